@@ -1,0 +1,34 @@
+//! Schema migrations for the vault's two stores.
+//!
+//! The data store (subjects, records, field ciphertext) and the key store (the sealed keyring and
+//! the wrapped DEKs) live in separate databases, so each has its own migrator: a backup of one
+//! never carries the other's tables.
+#![forbid(unsafe_code)]
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_data_store;
+mod m20261127_000002_key_store;
+
+/// Migrations of the data store.
+#[derive(Debug)]
+pub struct DataMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for DataMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_data_store::Migration)]
+    }
+}
+
+/// Migrations of the key store.
+#[derive(Debug)]
+pub struct KeyMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for KeyMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000002_key_store::Migration)]
+    }
+}

@@ -1,0 +1,521 @@
+//! The keyring: every category's KEK versions, the blind-index key and the audit-signing seed.
+//! At rest it is one age file, encrypted to the custodians' X25519 recipients (any one unseals it)
+//! or to a passphrase, so the standard `age` tool can open it in an emergency.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use age::secrecy::SecretString;
+use chrono::{DateTime, Utc};
+use ring::hmac;
+use ring::rand::SystemRandom;
+use zeroize::Zeroizing;
+
+use crate::domain::Category;
+use crate::envelope::{CryptoError, Kek, SecretKey};
+
+const MAGIC: &[u8] = b"SCHOOL-VAULT-KEYRING\0";
+const FORMAT_V1: u8 = 1;
+const MAX_CATEGORIES: usize = 1024;
+const MAX_VERSIONS: usize = 65_535;
+
+/// Why a keyring could not be made, sealed, unsealed or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    #[error("no identity or passphrase given can unseal the keyring: {0}")]
+    Unseal(#[source] age::DecryptError),
+    #[error("the keyring could not be sealed: {0}")]
+    Seal(String),
+    #[error("the keyring file is damaged: {0}")]
+    Corrupt(&'static str),
+    #[error("cannot read the identity file {path}: {source}")]
+    IdentityFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the identity file {path} holds no usable age identity (expected lines starting AGE-SECRET-KEY-1)"
+    )]
+    NoIdentity { path: String },
+    #[error("invalid age recipient {0:?}: expected a public key starting age1")]
+    Recipient(String),
+    #[error("the keyring has no key for category {0}: run `vaultctl keyring status` and rotate it")]
+    NoKeyFor(Category),
+    #[error("the keyring has no version {version} of the {category} key (retired or never made)")]
+    NoVersion { category: Category, version: u32 },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// A custodian's public age recipient (`age1...`). Public: safe to print.
+#[derive(Clone, Debug)]
+pub struct CustodianRecipient(age::x25519::Recipient);
+
+impl CustodianRecipient {
+    pub fn parse(s: &str) -> Result<Self, KeyringError> {
+        s.trim()
+            .parse::<age::x25519::Recipient>()
+            .map(CustodianRecipient)
+            .map_err(|_| KeyringError::Recipient(s.chars().take(80).collect()))
+    }
+}
+
+impl std::fmt::Display for CustodianRecipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A passphrase that seals or unseals the keyring. No Debug or Display.
+pub struct Passphrase(SecretString);
+
+impl Passphrase {
+    pub fn new(s: String) -> Self {
+        Passphrase(SecretString::from(s))
+    }
+}
+
+/// Whom the keyring is sealed to. age does not mix passphrases with recipients.
+pub enum SealTo {
+    Recipients(Vec<CustodianRecipient>),
+    /// A passphrase, with scrypt's log2 work factor (`None`: age's default, about 1 s here).
+    Passphrase(Passphrase, Option<u8>),
+}
+
+/// What unseals the keyring: the custodian's identities, or the passphrase.
+pub enum Unlock {
+    Identities(Vec<Box<dyn age::Identity + Send + Sync>>),
+    Passphrase(Passphrase),
+}
+
+impl Unlock {
+    /// Reads an age identity file, such as one made by `age-keygen -o key.txt`.
+    pub fn identity_file(path: &Path) -> Result<Self, KeyringError> {
+        let shown = path.display().to_string();
+        let file = age::IdentityFile::from_file(shown.clone()).map_err(|source| {
+            KeyringError::IdentityFile {
+                path: shown.clone(),
+                source,
+            }
+        })?;
+        let ids = file
+            .into_identities()
+            .map_err(|_| KeyringError::NoIdentity {
+                path: shown.clone(),
+            })?;
+        if ids.is_empty() {
+            return Err(KeyringError::NoIdentity { path: shown });
+        }
+        Ok(Unlock::Identities(ids))
+    }
+
+    /// A freshly generated X25519 identity, with its secret in age's own text form (for `--dev`).
+    pub fn generate_identity() -> (Self, CustodianRecipient, SecretString) {
+        let id = age::x25519::Identity::generate();
+        let recipient = CustodianRecipient(id.to_public());
+        let text = id.to_string();
+        (Unlock::Identities(vec![Box::new(id)]), recipient, text)
+    }
+}
+
+struct KekEntry {
+    created: DateTime<Utc>,
+    key: SecretKey,
+    kek: Kek,
+}
+
+/// The unsealed keyring. No Debug, Display or Serialize: it holds every key of the vault.
+pub struct Keyring {
+    created: DateTime<Utc>,
+    keks: BTreeMap<Category, BTreeMap<u32, KekEntry>>,
+    blind_index: SecretKey,
+    blind_hmac: hmac::Key,
+    audit_seed: SecretKey,
+}
+
+/// An HMAC of an identifier under the blind-index key: lets the vault find a subject by IIN
+/// without storing the IIN. Not secret by itself.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlindIndex([u8; 32]);
+
+impl BlindIndex {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// What the custodian sees of one category's keys: versions and dates, never key bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KekInfo {
+    pub category: Category,
+    pub version: u32,
+    pub created: DateTime<Utc>,
+}
+
+impl Keyring {
+    /// A fresh keyring with version 1 of a KEK for every given category.
+    pub fn generate<'a>(
+        categories: impl IntoIterator<Item = &'a Category>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, KeyringError> {
+        let rng = SystemRandom::new();
+        let now = to_seconds(now);
+        let mut keks = BTreeMap::new();
+        for c in categories {
+            let key = SecretKey::generate(&rng)?;
+            let mut versions = BTreeMap::new();
+            versions.insert(
+                1,
+                KekEntry {
+                    created: now,
+                    kek: Kek::new(1, &key),
+                    key,
+                },
+            );
+            keks.insert(c.clone(), versions);
+        }
+        let blind_index = SecretKey::generate(&rng)?;
+        let audit_seed = SecretKey::generate(&rng)?;
+        Ok(Self::assemble(now, keks, blind_index, audit_seed))
+    }
+
+    fn assemble(
+        created: DateTime<Utc>,
+        keks: BTreeMap<Category, BTreeMap<u32, KekEntry>>,
+        blind_index: SecretKey,
+        audit_seed: SecretKey,
+    ) -> Self {
+        let blind_hmac = hmac::Key::new(hmac::HMAC_SHA256, blind_index.expose());
+        Keyring {
+            created,
+            keks,
+            blind_index,
+            blind_hmac,
+            audit_seed,
+        }
+    }
+
+    pub fn created(&self) -> DateTime<Utc> {
+        self.created
+    }
+
+    /// The newest KEK version of a category, which wraps every new DEK.
+    pub(crate) fn newest_kek(&self, category: &Category) -> Result<&Kek, KeyringError> {
+        self.keks
+            .get(category)
+            .and_then(|v| v.values().next_back())
+            .map(|e| &e.kek)
+            .ok_or_else(|| KeyringError::NoKeyFor(category.clone()))
+    }
+
+    pub(crate) fn kek(&self, category: &Category, version: u32) -> Result<&Kek, KeyringError> {
+        self.keks
+            .get(category)
+            .ok_or_else(|| KeyringError::NoKeyFor(category.clone()))?
+            .get(&version)
+            .map(|e| &e.kek)
+            .ok_or_else(|| KeyringError::NoVersion {
+                category: category.clone(),
+                version,
+            })
+    }
+
+    /// Adds a new KEK version for the category (creating its first if it has none).
+    pub fn rotate(&mut self, category: &Category, now: DateTime<Utc>) -> Result<u32, KeyringError> {
+        let rng = SystemRandom::new();
+        let versions = self.keks.entry(category.clone()).or_default();
+        let next = versions.keys().next_back().map_or(1, |v| v + 1);
+        let key = SecretKey::generate(&rng)?;
+        versions.insert(
+            next,
+            KekEntry {
+                created: to_seconds(now),
+                kek: Kek::new(next, &key),
+                key,
+            },
+        );
+        Ok(next)
+    }
+
+    /// Every KEK version, for status and rotation planning.
+    pub fn kek_versions(&self) -> Vec<KekInfo> {
+        self.keks
+            .iter()
+            .flat_map(|(c, vs)| {
+                vs.iter().map(|(v, e)| KekInfo {
+                    category: c.clone(),
+                    version: *v,
+                    created: e.created,
+                })
+            })
+            .collect()
+    }
+
+    /// HMAC-SHA256 of `value` under the blind-index key, domain-separated by `kind`.
+    pub fn blind_index(&self, kind: &str, value: &[u8]) -> BlindIndex {
+        let mut ctx = hmac::Context::with_key(&self.blind_hmac);
+        ctx.update(&(kind.len() as u16).to_be_bytes());
+        ctx.update(kind.as_bytes());
+        ctx.update(value);
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        BlindIndex(out)
+    }
+
+    /// The Ed25519 seed of the audit-signing key.
+    #[allow(dead_code)] // used by the audit log's signed checkpoints
+    pub(crate) fn audit_seed(&self) -> &[u8; 32] {
+        self.audit_seed.expose()
+    }
+
+    /// Every key in clear; see `Vault::test_hooks_key_material`.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn raw_keys(&self) -> Vec<Vec<u8>> {
+        let mut out = vec![
+            self.blind_index.expose().to_vec(),
+            self.audit_seed.expose().to_vec(),
+        ];
+        for vs in self.keks.values() {
+            out.extend(vs.values().map(|e| e.key.expose().to_vec()));
+        }
+        out
+    }
+
+    /// The plaintext encoding, in a buffer zeroed on drop.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(256 + self.keks.len() * 128));
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&self.created.timestamp().to_be_bytes());
+        out.extend_from_slice(self.blind_index.expose());
+        out.extend_from_slice(self.audit_seed.expose());
+        out.extend_from_slice(&(self.keks.len() as u16).to_be_bytes());
+        for (cat, versions) in &self.keks {
+            out.push(cat.as_str().len() as u8);
+            out.extend_from_slice(cat.as_str().as_bytes());
+            out.extend_from_slice(&(versions.len() as u16).to_be_bytes());
+            for (v, e) in versions {
+                out.extend_from_slice(&v.to_be_bytes());
+                out.extend_from_slice(&e.created.timestamp().to_be_bytes());
+                out.extend_from_slice(e.key.expose());
+            }
+        }
+        out
+    }
+
+    /// Parses the plaintext encoding strictly: any trailing byte, duplicate or bad name is refused.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyringError> {
+        let mut r = Reader(bytes);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(KeyringError::Corrupt("not a vault keyring"));
+        }
+        if r.u8()? != FORMAT_V1 {
+            return Err(KeyringError::Corrupt("unknown keyring format version"));
+        }
+        let created = r.time()?;
+        let blind_index = r.key()?;
+        let audit_seed = r.key()?;
+        let n = usize::from(r.u16()?);
+        if n > MAX_CATEGORIES {
+            return Err(KeyringError::Corrupt("too many categories"));
+        }
+        let mut keks = BTreeMap::new();
+        for _ in 0..n {
+            let len = usize::from(r.u8()?);
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| KeyringError::Corrupt("category name is not UTF-8"))?;
+            let cat = Category::parse(name)
+                .map_err(|_| KeyringError::Corrupt("invalid category name"))?;
+            let nv = usize::from(r.u16()?);
+            if nv > MAX_VERSIONS {
+                return Err(KeyringError::Corrupt("too many key versions"));
+            }
+            let mut versions = BTreeMap::new();
+            for _ in 0..nv {
+                let v = r.u32()?;
+                let created = r.time()?;
+                let key = r.key()?;
+                if v == 0 {
+                    return Err(KeyringError::Corrupt("key version 0"));
+                }
+                let entry = KekEntry {
+                    created,
+                    kek: Kek::new(v, &key),
+                    key,
+                };
+                if versions.insert(v, entry).is_some() {
+                    return Err(KeyringError::Corrupt("duplicate key version"));
+                }
+            }
+            if keks.insert(cat, versions).is_some() {
+                return Err(KeyringError::Corrupt("duplicate category"));
+            }
+        }
+        if !r.0.is_empty() {
+            return Err(KeyringError::Corrupt("trailing bytes after the keyring"));
+        }
+        Ok(Self::assemble(created, keks, blind_index, audit_seed))
+    }
+
+    /// Encrypts the keyring into one age file.
+    pub fn seal(&self, to: &SealTo) -> Result<Vec<u8>, KeyringError> {
+        let plain = self.encode();
+        let encryptor = match to {
+            SealTo::Recipients(rs) => {
+                if rs.is_empty() {
+                    return Err(KeyringError::Seal(
+                        "no custodian recipient given: name at least one age1... key".into(),
+                    ));
+                }
+                age::Encryptor::with_recipients(rs.iter().map(|r| &r.0 as &dyn age::Recipient))
+                    .map_err(|e| KeyringError::Seal(e.to_string()))?
+            }
+            SealTo::Passphrase(p, work) => {
+                let mut r = age::scrypt::Recipient::new(p.0.clone());
+                if let Some(log_n) = work {
+                    r.set_work_factor(*log_n);
+                }
+                age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                    .map_err(|e| KeyringError::Seal(e.to_string()))?
+            }
+        };
+        let mut out = Vec::with_capacity(plain.len() + 512);
+        let mut w = encryptor
+            .wrap_output(&mut out)
+            .map_err(|e| KeyringError::Seal(e.to_string()))?;
+        w.write_all(&plain)
+            .and_then(|_| w.finish().map(|_| ()))
+            .map_err(|e| KeyringError::Seal(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Decrypts an age-sealed keyring with the given identities or passphrase.
+    pub fn unseal(sealed: &[u8], unlock: &Unlock) -> Result<Self, KeyringError> {
+        let dec = age::Decryptor::new_buffered(sealed).map_err(KeyringError::Unseal)?;
+        let mut reader = match unlock {
+            Unlock::Identities(ids) => {
+                dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            }
+            Unlock::Passphrase(p) => {
+                let id = age::scrypt::Identity::new(p.0.clone());
+                dec.decrypt(std::iter::once(&id as &dyn age::Identity))
+            }
+        }
+        .map_err(KeyringError::Unseal)?;
+        let mut plain = Zeroizing::new(Vec::new());
+        reader
+            .read_to_end(&mut plain)
+            .map_err(|_| KeyringError::Corrupt("the sealed keyring failed authentication"))?;
+        Self::decode(&plain)
+    }
+}
+
+/// The keyring stores times to the second; truncating when keys are made keeps the in-memory
+/// keyring equal to its stored form.
+fn to_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KeyringError> {
+        if self.0.len() < n {
+            return Err(KeyringError::Corrupt("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, KeyringError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, KeyringError> {
+        let mut b = [0u8; 2];
+        b.copy_from_slice(self.take(2)?);
+        Ok(u16::from_be_bytes(b))
+    }
+    fn u32(&mut self) -> Result<u32, KeyringError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(b))
+    }
+    fn time(&mut self) -> Result<DateTime<Utc>, KeyringError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        DateTime::from_timestamp(i64::from_be_bytes(b), 0)
+            .ok_or(KeyringError::Corrupt("timestamp out of range"))
+    }
+    fn key(&mut self) -> Result<SecretKey, KeyringError> {
+        let mut b = Zeroizing::new([0u8; 32]);
+        b.copy_from_slice(self.take(32)?);
+        Ok(SecretKey::from_bytes(&b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cats() -> Vec<Category> {
+        ["health", "identity"]
+            .iter()
+            .map(|c| Category::parse(c).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let mut kr = Keyring::generate(&cats(), now).unwrap();
+        assert_eq!(kr.rotate(&cats()[0], now).unwrap(), 2);
+        let bytes = kr.encode();
+        let back = Keyring::decode(&bytes).unwrap();
+        assert_eq!(back.kek_versions(), kr.kek_versions());
+        assert_eq!(*back.encode(), *bytes);
+        assert_eq!(back.blind_index("iin", b"1"), kr.blind_index("iin", b"1"));
+        assert_ne!(kr.blind_index("iin", b"1"), kr.blind_index("iim", b"1"));
+    }
+
+    #[test]
+    fn decode_refuses_damage() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let bytes = Keyring::generate(&cats(), now).unwrap().encode();
+        for cut in 0..bytes.len() {
+            assert!(Keyring::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.to_vec();
+        extra.push(0);
+        assert!(Keyring::decode(&extra).is_err());
+    }
+
+    #[test]
+    fn passphrase_seal_unseal() {
+        let now = Utc::now();
+        let kr = Keyring::generate(&cats(), now).unwrap();
+        let sealed = kr
+            .seal(&SealTo::Passphrase(
+                Passphrase::new("correct horse".into()),
+                Some(10),
+            ))
+            .unwrap();
+        assert!(sealed.starts_with(b"age-encryption.org/v1"));
+        let back = Keyring::unseal(
+            &sealed,
+            &Unlock::Passphrase(Passphrase::new("correct horse".into())),
+        )
+        .unwrap();
+        assert_eq!(back.kek_versions(), kr.kek_versions());
+        assert!(matches!(
+            Keyring::unseal(
+                &sealed,
+                &Unlock::Passphrase(Passphrase::new("wrong".into()))
+            ),
+            Err(KeyringError::Unseal(_))
+        ));
+    }
+}

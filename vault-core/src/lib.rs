@@ -1,0 +1,34 @@
+//! The school records vault's domain: the catalog, the envelope, the keyring, the two stores
+//! and the services the HTTP server and `vaultctl` call. It knows nothing of HTTP or argv.
+#![forbid(unsafe_code)]
+
+mod catalog;
+mod clock;
+mod domain;
+mod envelope;
+mod keyring;
+mod store;
+mod value;
+mod vault;
+
+pub use catalog::{
+    Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
+    RecordTypeDef, Retention, RetentionTrigger, Tier,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use domain::{
+    Category, DekId, DomainError, FieldName, Iin, Purpose, RecordId, RecordType, SchoolId,
+    SubjectId, SubjectKind,
+};
+pub use envelope::{
+    CryptoError, DEK_FORMAT_V1, Dek, FIELD_FORMAT_V1, RecordKeys, WrappedDek, wrapped_kek_version,
+};
+pub use keyring::{
+    BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
+};
+pub use store::{StoreConfig, StoreError, Stores, redact_url};
+pub use value::{FieldValue, MAX_VALUE_BYTES};
+pub use vault::{
+    FieldChange, FieldView, NewSubject, RecordMeta, RecordView, SealReason, ShredReceipt, Subject,
+    Vault, VaultError,
+};

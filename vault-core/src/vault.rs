@@ -1,0 +1,890 @@
+//! The vault service: the one entry point the HTTP server and `vaultctl` call for subjects and
+//! records. Writes span two stores; the order of the two transactions is chosen so that a crash
+//! between them never leaves a readable half-record:
+//!
+//! - create/update: DEKs first (key store), then the record and its fields (data store). A crash
+//!   between leaves unused DEKs that open nothing; a failed data write removes them again.
+//! - shred: mark the record `shredding` (data), destroy its DEKs (key), then delete the
+//!   ciphertext and mark it `shredded` (data). A crash at any point is finished on the next open.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ring::rand::SystemRandom;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::clock::{Clock, SystemClock};
+use crate::domain::{
+    Category, DekId, DomainError, FieldName, Iin, RecordId, RecordType, SchoolId, SubjectId,
+    SubjectKind,
+};
+use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
+use crate::keyring::{CustodianRecipient, Keyring, KeyringError, SealTo, Unlock};
+use crate::store::entities::{dek, keyring_row, record, record_field, subject};
+use crate::store::{StoreError, Stores};
+use crate::value::FieldValue;
+
+const STATE_ACTIVE: &str = "active";
+const STATE_SHREDDING: &str = "shredding";
+const STATE_SHREDDED: &str = "shredded";
+const KEYRING_ROW: i32 = 1;
+
+/// Everything the vault service can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "record type '{0}' is not in the catalog: the vault stores only what the approved list names"
+    )]
+    UnknownRecordType(RecordType),
+    #[error(
+        "field '{field}' is not in the catalog for record type '{record_type}': the vault stores only what the approved list names"
+    )]
+    UnknownField {
+        record_type: RecordType,
+        field: FieldName,
+    },
+    #[error("field '{field}' has a value of the wrong kind: expected {expected}")]
+    InvalidValue {
+        field: FieldName,
+        expected: &'static str,
+    },
+    #[error("a record needs at least one field")]
+    EmptyRecord,
+    #[error(
+        "record type '{record_type}' is for {expected} subjects, but subject {subject} is a {actual}"
+    )]
+    WrongSubjectKind {
+        record_type: RecordType,
+        subject: SubjectId,
+        expected: SubjectKind,
+        actual: SubjectKind,
+    },
+    #[error("subject {0} does not exist")]
+    SubjectNotFound(SubjectId),
+    #[error("record {0} does not exist")]
+    RecordNotFound(RecordId),
+    #[error("record {0} was shredded: its data cannot be recovered")]
+    RecordShredded(RecordId),
+    #[error(
+        "record {record} is at version {current}, not {expected}: read it again and reapply the change"
+    )]
+    StaleVersion {
+        record: RecordId,
+        expected: u64,
+        current: u64,
+    },
+    #[error("a subject with this IIN already exists")]
+    DuplicateIin,
+    #[error("the key store already holds a keyring: refusing to overwrite it")]
+    KeyringExists,
+    #[error("the key store holds no keyring: initialise one first (vaultctl keyring init)")]
+    KeyringMissing,
+    #[error("the {category} key of record {record} failed to open: the key store was altered")]
+    DekTampered {
+        record: RecordId,
+        category: Category,
+        #[source]
+        source: KeyringError,
+    },
+    #[error("field '{field}' of record {record} failed to open: {source}")]
+    FieldTampered {
+        record: RecordId,
+        field: FieldName,
+        #[source]
+        source: CryptoError,
+    },
+    #[error("the data store holds a malformed row: {0}")]
+    CorruptRow(&'static str),
+}
+
+/// A data subject as the data store knows it. No personal data: the IIN is only a blind index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub id: SubjectId,
+    pub school: SchoolId,
+    pub kind: SubjectKind,
+    pub created_at: DateTime<Utc>,
+    pub left_at: Option<DateTime<Utc>>,
+}
+
+/// What creating a subject needs.
+#[derive(Debug)]
+pub struct NewSubject {
+    pub school: SchoolId,
+    pub kind: SubjectKind,
+    pub iin: Option<Iin>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub id: RecordId,
+    pub subject: SubjectId,
+    pub school: SchoolId,
+    pub record_type: RecordType,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a field came back sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SealReason {
+    /// The caller was not allowed to open this category.
+    NotAllowed,
+    /// The category's key is gone: the data was crypto-shredded.
+    Shredded,
+}
+
+impl SealReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SealReason::NotAllowed => "not_allowed",
+            SealReason::Shredded => "shredded",
+        }
+    }
+}
+
+/// One field of a read record: its value, or a sealed marker naming category and reason.
+#[derive(Debug, PartialEq)]
+pub enum FieldView {
+    Open {
+        category: Category,
+        value: FieldValue,
+    },
+    Sealed {
+        category: Category,
+        reason: SealReason,
+    },
+}
+
+#[derive(Debug)]
+pub struct RecordView {
+    pub meta: RecordMeta,
+    pub fields: BTreeMap<FieldName, FieldView>,
+}
+
+/// A change to one field on update: a new value, or removal.
+#[derive(Debug)]
+pub enum FieldChange {
+    Set(FieldValue),
+    Remove,
+}
+
+/// What a shred destroyed: no values, only what and how many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShredReceipt {
+    pub record: RecordId,
+    pub categories: Vec<Category>,
+    pub deks_destroyed: u64,
+    pub fields_deleted: u64,
+}
+
+/// The vault service over both stores with the unsealed keyring.
+pub struct Vault {
+    catalog: Arc<Catalog>,
+    keyring: Arc<Keyring>,
+    stores: Stores,
+    rng: SystemRandom,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").finish_non_exhaustive()
+    }
+}
+
+fn parse_row<T>(r: Result<T, DomainError>, what: &'static str) -> Result<T, VaultError> {
+    r.map_err(|_| VaultError::CorruptRow(what))
+}
+
+impl Vault {
+    /// Makes a fresh keyring for every category the catalog collects and stores it sealed.
+    /// Refuses when the key store already has one.
+    pub async fn init_keyring(
+        stores: &Stores,
+        catalog: &Catalog,
+        seal_to: &SealTo,
+        now: DateTime<Utc>,
+    ) -> Result<(), VaultError> {
+        if keyring_row::Entity::find_by_id(KEYRING_ROW)
+            .one(&stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .is_some()
+        {
+            return Err(VaultError::KeyringExists);
+        }
+        let keyring = Keyring::generate(catalog.collected_categories(), now)?;
+        let sealed = keyring.seal(seal_to)?;
+        let recipients = match seal_to {
+            SealTo::Recipients(rs) => rs
+                .iter()
+                .map(CustodianRecipient::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            SealTo::Passphrase(..) => String::new(),
+        };
+        keyring_row::Entity::insert(keyring_row::ActiveModel {
+            id: Set(KEYRING_ROW),
+            generation: Set(1),
+            sealed: Set(sealed),
+            recipients: Set(recipients),
+            updated_at: Set(now),
+        })
+        .exec_without_returning(&stores.keys)
+        .await
+        // A concurrent init that won the race shows up as a primary-key conflict.
+        .map_err(|_| VaultError::KeyringExists)?;
+        Ok(())
+    }
+
+    /// The sealed keyring exactly as stored: an age file.
+    pub async fn sealed_keyring(stores: &Stores) -> Result<Vec<u8>, VaultError> {
+        keyring_row::Entity::find_by_id(KEYRING_ROW)
+            .one(&stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .map(|r| r.sealed)
+            .ok_or(VaultError::KeyringMissing)
+    }
+
+    /// Unseals the keyring and opens the service. Finishes any shred a crash interrupted.
+    pub async fn open(
+        stores: Stores,
+        catalog: Arc<Catalog>,
+        unlock: &Unlock,
+    ) -> Result<Vault, VaultError> {
+        Self::open_with_clock(stores, catalog, unlock, Arc::new(SystemClock)).await
+    }
+
+    pub async fn open_with_clock(
+        stores: Stores,
+        catalog: Arc<Catalog>,
+        unlock: &Unlock,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Vault, VaultError> {
+        let sealed = Self::sealed_keyring(&stores).await?;
+        let keyring = Keyring::unseal(&sealed, unlock)?;
+        for c in catalog.collected_categories() {
+            keyring.newest_kek(c)?;
+        }
+        let vault = Vault {
+            catalog,
+            keyring: Arc::new(keyring),
+            stores,
+            rng: SystemRandom::new(),
+            clock,
+        };
+        vault.resume_shreds().await?;
+        Ok(vault)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Creates a subject; the IIN is kept only as a blind index.
+    pub async fn create_subject(&self, new: NewSubject) -> Result<Subject, VaultError> {
+        let id = SubjectId::new_random();
+        let now = self.clock.now();
+        let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
+        if let Some(ix) = &iin_index
+            && subject::Entity::find()
+                .filter(subject::Column::IinIndex.eq(ix.clone()))
+                .one(&self.stores.data)
+                .await
+                .map_err(StoreError::data)?
+                .is_some()
+        {
+            return Err(VaultError::DuplicateIin);
+        }
+        subject::Entity::insert(subject::ActiveModel {
+            id: Set(id.to_string()),
+            school_id: Set(new.school.as_str().to_owned()),
+            kind: Set(new.kind.as_str().to_owned()),
+            iin_index: Set(iin_index),
+            created_at: Set(now),
+            left_at: Set(None),
+        })
+        .exec_without_returning(&self.stores.data)
+        .await
+        .map_err(StoreError::data)?;
+        Ok(Subject {
+            id,
+            school: new.school,
+            kind: new.kind,
+            created_at: now,
+            left_at: None,
+        })
+    }
+
+    fn iin_index(&self, iin: &Iin) -> Vec<u8> {
+        self.keyring
+            .blind_index("iin", iin.digits().as_bytes())
+            .as_bytes()
+            .to_vec()
+    }
+
+    pub async fn subject(&self, id: SubjectId) -> Result<Subject, VaultError> {
+        let row = subject::Entity::find_by_id(id.to_string())
+            .one(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or(VaultError::SubjectNotFound(id))?;
+        subject_from_row(row)
+    }
+
+    /// Finds a subject by IIN through the blind index, without the IIN ever being stored.
+    pub async fn find_subject_by_iin(&self, iin: &Iin) -> Result<Option<Subject>, VaultError> {
+        subject::Entity::find()
+            .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
+            .one(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .map(subject_from_row)
+            .transpose()
+    }
+
+    /// Checks fields against the catalog and returns each with its category.
+    fn check_fields<'a>(
+        &self,
+        record_type: &RecordType,
+        fields: impl IntoIterator<Item = (&'a FieldName, Option<&'a FieldValue>)>,
+    ) -> Result<Vec<(&'a FieldName, Category)>, VaultError> {
+        let rt = self
+            .catalog
+            .record_type(record_type)
+            .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            let def = rt.field(name).ok_or_else(|| VaultError::UnknownField {
+                record_type: record_type.clone(),
+                field: name.clone(),
+            })?;
+            if let Some(v) = value {
+                v.check(def.field_type)
+                    .map_err(|expected| VaultError::InvalidValue {
+                        field: name.clone(),
+                        expected,
+                    })?;
+            }
+            out.push((name, def.category.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Seals the given fields with `keys`, returning the rows to insert.
+    fn seal_rows(
+        &self,
+        keys: &mut RecordKeys,
+        record: RecordId,
+        fields: &[(&FieldName, Category, &FieldValue)],
+    ) -> Result<Vec<record_field::ActiveModel>, VaultError> {
+        fields
+            .iter()
+            .map(|(name, cat, value)| {
+                let ct = keys.seal(&self.keyring, &self.rng, name, cat, value.as_bytes())?;
+                Ok(record_field::ActiveModel {
+                    record_id: Set(record.to_string()),
+                    field: Set(name.as_str().to_owned()),
+                    category: Set(cat.as_str().to_owned()),
+                    ciphertext: Set(ct),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores newly made DEKs in one key-store transaction.
+    async fn insert_deks(&self, record: RecordId, deks: &[WrappedDek]) -> Result<(), VaultError> {
+        if deks.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let rows = deks.iter().map(|d| dek::ActiveModel {
+            id: Set(d.id.to_string()),
+            record_id: Set(record.to_string()),
+            category: Set(d.category.as_str().to_owned()),
+            kek_version: Set(d.kek_version as i32),
+            wrapped: Set(d.wrapped.clone()),
+            created_at: Set(now),
+        });
+        let txn = self.stores.keys.begin().await.map_err(StoreError::keys)?;
+        dek::Entity::insert_many(rows)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(StoreError::keys)?;
+        txn.commit().await.map_err(StoreError::keys)?;
+        Ok(())
+    }
+
+    /// Removes DEKs whose data write failed, so nothing is left half-written.
+    async fn remove_deks(&self, deks: &[WrappedDek]) {
+        let ids: Vec<String> = deks.iter().map(|d| d.id.to_string()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = dek::Entity::delete_many()
+            .filter(dek::Column::Id.is_in(ids))
+            .exec(&self.stores.keys)
+            .await
+        {
+            // Unused DEKs protect no data; leaving them is safe, only untidy.
+            tracing::warn!(error = %e, "could not remove DEKs of a failed write");
+        }
+    }
+
+    /// Writes a new record for a subject: every field validated against the catalog and sealed.
+    pub async fn write_record(
+        &self,
+        subject_id: SubjectId,
+        record_type: &RecordType,
+        fields: &BTreeMap<FieldName, FieldValue>,
+    ) -> Result<RecordMeta, VaultError> {
+        if fields.is_empty() {
+            return Err(VaultError::EmptyRecord);
+        }
+        let checked = self.check_fields(record_type, fields.iter().map(|(n, v)| (n, Some(v))))?;
+        let subj = self.subject(subject_id).await?;
+        let expected = self
+            .catalog
+            .record_type(record_type)
+            .map(|rt| rt.subject_kind)
+            .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;
+        if subj.kind != expected {
+            return Err(VaultError::WrongSubjectKind {
+                record_type: record_type.clone(),
+                subject: subject_id,
+                expected,
+                actual: subj.kind,
+            });
+        }
+
+        let id = RecordId::new_random();
+        let mut keys = RecordKeys::new(id);
+        let to_seal: Vec<_> = checked
+            .into_iter()
+            .zip(fields.values())
+            .map(|((n, c), v)| (n, c, v))
+            .collect();
+        let rows = self.seal_rows(&mut keys, id, &to_seal)?;
+        let new_deks = keys.take_new();
+        self.insert_deks(id, &new_deks).await?;
+
+        let now = self.clock.now();
+        let meta = RecordMeta {
+            id,
+            subject: subject_id,
+            school: subj.school,
+            record_type: record_type.clone(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let result = async {
+            let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
+            record::Entity::insert(record::ActiveModel {
+                id: Set(id.to_string()),
+                subject_id: Set(subject_id.to_string()),
+                school_id: Set(meta.school.as_str().to_owned()),
+                record_type: Set(record_type.as_str().to_owned()),
+                version: Set(1),
+                state: Set(STATE_ACTIVE.into()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .exec_without_returning(&txn)
+            .await
+            .map_err(StoreError::data)?;
+            record_field::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(StoreError::data)?;
+            txn.commit().await.map_err(StoreError::data)?;
+            Ok::<_, VaultError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.remove_deks(&new_deks).await;
+            return Err(e);
+        }
+        Ok(meta)
+    }
+
+    async fn record_row(&self, id: RecordId) -> Result<record::Model, VaultError> {
+        let row = record::Entity::find_by_id(id.to_string())
+            .one(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or(VaultError::RecordNotFound(id))?;
+        if row.state != STATE_ACTIVE {
+            return Err(VaultError::RecordShredded(id));
+        }
+        Ok(row)
+    }
+
+    async fn wrapped_deks(
+        &self,
+        id: RecordId,
+        categories: &BTreeSet<Category>,
+    ) -> Result<Vec<WrappedDek>, VaultError> {
+        if categories.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = categories.iter().map(Category::as_str).collect();
+        dek::Entity::find()
+            .filter(dek::Column::RecordId.eq(id.to_string()))
+            .filter(dek::Column::Category.is_in(names))
+            .all(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .into_iter()
+            .map(|r| {
+                Ok(WrappedDek {
+                    id: parse_row(DekId::parse(&r.id), "DEK id")?,
+                    category: parse_row(Category::parse(&r.category), "DEK category")?,
+                    kek_version: u32::try_from(r.kek_version)
+                        .map_err(|_| VaultError::CorruptRow("KEK version"))?,
+                    wrapped: r.wrapped,
+                })
+            })
+            .collect()
+    }
+
+    async fn unwrap_all(
+        &self,
+        id: RecordId,
+        categories: &BTreeSet<Category>,
+    ) -> Result<RecordKeys, VaultError> {
+        let mut keys = RecordKeys::new(id);
+        for w in self.wrapped_deks(id, categories).await? {
+            keys.unwrap(&self.keyring, &w)
+                .map_err(|source| VaultError::DekTampered {
+                    record: id,
+                    category: w.category.clone(),
+                    source,
+                })?;
+        }
+        Ok(keys)
+    }
+
+    /// Reads a record, opening only the categories in `allowed`; the others come back sealed.
+    pub async fn read_record(
+        &self,
+        id: RecordId,
+        allowed: &BTreeSet<Category>,
+    ) -> Result<RecordView, VaultError> {
+        let row = self.record_row(id).await?;
+        let meta = meta_from_row(&row)?;
+        let fields = record_field::Entity::find()
+            .filter(record_field::Column::RecordId.eq(id.to_string()))
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?;
+        let wanted: BTreeSet<Category> = fields
+            .iter()
+            .filter_map(|f| Category::parse(&f.category).ok())
+            .filter(|c| allowed.contains(c))
+            .collect();
+        let keys = self.unwrap_all(id, &wanted).await?;
+        let mut out = BTreeMap::new();
+        for f in fields {
+            let name = parse_row(FieldName::parse(&f.field), "field name")?;
+            let category = parse_row(Category::parse(&f.category), "field category")?;
+            let view = if !allowed.contains(&category) {
+                FieldView::Sealed {
+                    category,
+                    reason: SealReason::NotAllowed,
+                }
+            } else {
+                match keys.open(&name, &category, &f.ciphertext) {
+                    None => FieldView::Sealed {
+                        category,
+                        reason: SealReason::Shredded,
+                    },
+                    Some(Err(source)) => {
+                        return Err(VaultError::FieldTampered {
+                            record: id,
+                            field: name,
+                            source,
+                        });
+                    }
+                    Some(Ok(plain)) => FieldView::Open {
+                        category,
+                        value: FieldValue::from_plaintext(&plain).ok_or(
+                            VaultError::FieldTampered {
+                                record: id,
+                                field: name.clone(),
+                                source: CryptoError::Malformed,
+                            },
+                        )?,
+                    },
+                }
+            };
+            out.insert(name, view);
+        }
+        Ok(RecordView { meta, fields: out })
+    }
+
+    /// Updates fields of a record if it is still at `expected_version`; a stale version is
+    /// refused and nothing changes.
+    pub async fn update_record(
+        &self,
+        id: RecordId,
+        expected_version: u64,
+        changes: &BTreeMap<FieldName, FieldChange>,
+    ) -> Result<RecordMeta, VaultError> {
+        if changes.is_empty() {
+            return Err(VaultError::EmptyRecord);
+        }
+        let row = self.record_row(id).await?;
+        let mut meta = meta_from_row(&row)?;
+        if meta.version != expected_version {
+            return Err(VaultError::StaleVersion {
+                record: id,
+                expected: expected_version,
+                current: meta.version,
+            });
+        }
+        let checked = self.check_fields(
+            &meta.record_type,
+            changes.iter().map(|(n, c)| {
+                (
+                    n,
+                    match c {
+                        FieldChange::Set(v) => Some(v),
+                        FieldChange::Remove => None,
+                    },
+                )
+            }),
+        )?;
+        let sets: Vec<(&FieldName, Category, &FieldValue)> = checked
+            .iter()
+            .zip(changes.values())
+            .filter_map(|((n, c), ch)| match ch {
+                FieldChange::Set(v) => Some((*n, c.clone(), v)),
+                FieldChange::Remove => None,
+            })
+            .collect();
+        let cats: BTreeSet<Category> = sets.iter().map(|(_, c, _)| c.clone()).collect();
+        let mut keys = self.unwrap_all(id, &cats).await?;
+        let rows = self.seal_rows(&mut keys, id, &sets)?;
+        let new_deks = keys.take_new();
+        self.insert_deks(id, &new_deks).await?;
+
+        let now = self.clock.now();
+        let result = async {
+            let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
+            let next = i64::try_from(expected_version + 1)
+                .map_err(|_| VaultError::CorruptRow("record version"))?;
+            let updated = record::Entity::update_many()
+                .col_expr(record::Column::Version, Expr::value(next))
+                .col_expr(record::Column::UpdatedAt, Expr::value(now))
+                .filter(record::Column::Id.eq(id.to_string()))
+                .filter(record::Column::Version.eq(next - 1))
+                .filter(record::Column::State.eq(STATE_ACTIVE))
+                .exec(&txn)
+                .await
+                .map_err(StoreError::data)?;
+            if updated.rows_affected != 1 {
+                txn.rollback().await.map_err(StoreError::data)?;
+                let current = self.record_row(id).await?;
+                return Err(VaultError::StaleVersion {
+                    record: id,
+                    expected: expected_version,
+                    current: u64::try_from(current.version).unwrap_or(0),
+                });
+            }
+            let names: Vec<String> = changes.keys().map(|n| n.as_str().to_owned()).collect();
+            record_field::Entity::delete_many()
+                .filter(record_field::Column::RecordId.eq(id.to_string()))
+                .filter(record_field::Column::Field.is_in(names))
+                .exec(&txn)
+                .await
+                .map_err(StoreError::data)?;
+            if !rows.is_empty() {
+                record_field::Entity::insert_many(rows)
+                    .exec_without_returning(&txn)
+                    .await
+                    .map_err(StoreError::data)?;
+            }
+            txn.commit().await.map_err(StoreError::data)?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.remove_deks(&new_deks).await;
+            return Err(e);
+        }
+        meta.version = expected_version + 1;
+        meta.updated_at = now;
+        Ok(meta)
+    }
+
+    /// Crypto-shreds a record: its DEKs are destroyed, so its fields can never be opened again,
+    /// and the ciphertext is deleted too. The record row stays as a tombstone.
+    pub async fn shred_record(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
+        let row = record::Entity::find_by_id(id.to_string())
+            .one(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or(VaultError::RecordNotFound(id))?;
+        if row.state == STATE_SHREDDED {
+            return Err(VaultError::RecordShredded(id));
+        }
+        record::Entity::update_many()
+            .col_expr(record::Column::State, Expr::value(STATE_SHREDDING))
+            .col_expr(record::Column::UpdatedAt, Expr::value(self.clock.now()))
+            .filter(record::Column::Id.eq(id.to_string()))
+            .exec(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?;
+        self.finish_shred(id).await
+    }
+
+    /// Destroys the DEKs and deletes the ciphertext of a record marked `shredding`.
+    async fn finish_shred(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
+        let key = id.to_string();
+        let deks = dek::Entity::find()
+            .filter(dek::Column::RecordId.eq(key.clone()))
+            .all(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?;
+        let mut categories: Vec<Category> = deks
+            .iter()
+            .filter_map(|d| Category::parse(&d.category).ok())
+            .collect();
+        let destroyed = dek::Entity::delete_many()
+            .filter(dek::Column::RecordId.eq(key.clone()))
+            .exec(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .rows_affected;
+
+        let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
+        let fields = record_field::Entity::find()
+            .filter(record_field::Column::RecordId.eq(key.clone()))
+            .all(&txn)
+            .await
+            .map_err(StoreError::data)?;
+        for f in &fields {
+            if let Ok(c) = Category::parse(&f.category)
+                && !categories.contains(&c)
+            {
+                categories.push(c);
+            }
+        }
+        let deleted = record_field::Entity::delete_many()
+            .filter(record_field::Column::RecordId.eq(key.clone()))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::data)?
+            .rows_affected;
+        record::Entity::update_many()
+            .col_expr(record::Column::State, Expr::value(STATE_SHREDDED))
+            .col_expr(record::Column::UpdatedAt, Expr::value(self.clock.now()))
+            .filter(record::Column::Id.eq(key))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::data)?;
+        txn.commit().await.map_err(StoreError::data)?;
+        categories.sort();
+        Ok(ShredReceipt {
+            record: id,
+            categories,
+            deks_destroyed: destroyed,
+            fields_deleted: deleted,
+        })
+    }
+
+    /// Completes every shred that a crash interrupted.
+    async fn resume_shreds(&self) -> Result<(), VaultError> {
+        let pending = record::Entity::find()
+            .filter(record::Column::State.eq(STATE_SHREDDING))
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?;
+        for r in pending {
+            let id = parse_row(RecordId::parse(&r.id), "record id")?;
+            tracing::info!(record = %id, "finishing an interrupted shred");
+            self.finish_shred(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts the DEKs the key store holds for a record (for status and tests).
+    pub async fn dek_count(&self, id: RecordId) -> Result<u64, VaultError> {
+        let n = dek::Entity::find()
+            .filter(dek::Column::RecordId.eq(id.to_string()))
+            .all(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .len();
+        Ok(n as u64)
+    }
+
+    /// Every KEK and DEK the vault holds, in clear. Only for tests that scan stores for leaked
+    /// key bytes; compiled only with the `test-hooks` feature, which no shipped binary enables.
+    #[cfg(feature = "test-hooks")]
+    pub async fn test_hooks_key_material(&self) -> Result<Vec<Vec<u8>>, VaultError> {
+        let mut out: Vec<Vec<u8>> = self.keyring.raw_keys();
+        let rows = dek::Entity::find()
+            .all(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?;
+        for r in rows {
+            let id = parse_row(RecordId::parse(&r.record_id), "record id")?;
+            let w = WrappedDek {
+                id: parse_row(DekId::parse(&r.id), "DEK id")?,
+                category: parse_row(Category::parse(&r.category), "category")?,
+                kek_version: r.kek_version as u32,
+                wrapped: r.wrapped,
+            };
+            out.push(crate::envelope::test_hooks_unwrap(&self.keyring, id, &w)?);
+        }
+        Ok(out)
+    }
+}
+
+fn subject_from_row(r: subject::Model) -> Result<Subject, VaultError> {
+    Ok(Subject {
+        id: parse_row(SubjectId::parse(&r.id), "subject id")?,
+        school: parse_row(SchoolId::parse(&r.school_id), "school id")?,
+        kind: parse_row(SubjectKind::parse(&r.kind), "subject kind")?,
+        created_at: r.created_at,
+        left_at: r.left_at,
+    })
+}
+
+fn meta_from_row(r: &record::Model) -> Result<RecordMeta, VaultError> {
+    Ok(RecordMeta {
+        id: parse_row(RecordId::parse(&r.id), "record id")?,
+        subject: parse_row(SubjectId::parse(&r.subject_id), "subject id")?,
+        school: parse_row(SchoolId::parse(&r.school_id), "school id")?,
+        record_type: parse_row(RecordType::parse(&r.record_type), "record type")?,
+        version: u64::try_from(r.version).map_err(|_| VaultError::CorruptRow("record version"))?,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
