@@ -1,1 +1,311 @@
+//! Helpers for the end-to-end tests: a fresh vault on SQLite (a temp folder) or on PostgreSQL
+//! (two fresh databases on the server named by `VAULT_TEST_PG_URL`).
+//!
+//! Without `VAULT_TEST_PG_URL` the PostgreSQL variants are skipped with a note, unless `CI` is
+//! set: then a missing or unreachable PostgreSQL fails the run.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+use vault_core::{
+    Catalog, CustodianRecipient, FieldName, FieldType, FieldValue, RecordType, SealTo, StoreConfig,
+    Stores, Unlock, Vault,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async scenario once per backend, as `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::pg_admin_url().is_some() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
+/// The PostgreSQL admin URL, or `None` (skip) outside CI. Panics in CI when it is not set.
+pub fn pg_admin_url() -> Option<String> {
+    match std::env::var("VAULT_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but VAULT_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
+        }
+        _ => {
+            eprintln!("note: VAULT_TEST_PG_URL not set; skipping the PostgreSQL variant");
+            None
+        }
+    }
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = url.split_at(start);
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let query = rest.find('?').map_or("", |q| &rest[q..]);
+    format!("{head}{}/{db}{query}", &rest[..slash])
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::load(&repo_root().join("policies/catalog.toml")).expect("shipped catalog"))
+}
+
+/// A fresh pair of stores, and what is needed to inspect them behind the vault's back.
+pub struct TestStores {
+    pub backend: Backend,
+    pub config: StoreConfig,
+    /// The SQLite folder (kept alive for the test's duration).
+    pub dir: tempfile::TempDir,
+    /// PostgreSQL database names (data, keys).
+    pub pg_dbs: Option<(String, String)>,
+}
+
+impl TestStores {
+    pub async fn new(backend: Backend) -> TestStores {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => TestStores {
+                backend,
+                config: StoreConfig::sqlite_dir(&dir.path().join("data")).unwrap(),
+                dir,
+                pg_dbs: None,
+            },
+            Backend::Postgres => {
+                let admin = pg_admin_url().expect("PostgreSQL variant needs VAULT_TEST_PG_URL");
+                let conn = Database::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("cannot reach PostgreSQL at VAULT_TEST_PG_URL: {e}")
+                });
+                let tag = uuid::Uuid::new_v4().simple().to_string();
+                let (d, k) = (format!("vt_{tag}_data"), format!("vt_{tag}_keys"));
+                for db in [&d, &k] {
+                    conn.execute_unprepared(&format!("CREATE DATABASE {db}"))
+                        .await
+                        .unwrap();
+                }
+                conn.close().await.unwrap();
+                TestStores {
+                    backend,
+                    config: StoreConfig {
+                        data_url: with_database(&admin, &d),
+                        keys_url: with_database(&admin, &k),
+                    },
+                    dir,
+                    pg_dbs: Some((d, k)),
+                }
+            }
+        }
+    }
+
+    pub async fn open(&self) -> Stores {
+        Stores::open(&self.config).await.unwrap()
+    }
+
+    /// A raw connection to the data store, for tampering behind the vault's back.
+    pub async fn raw_data(&self) -> DatabaseConnection {
+        Database::connect(&self.config.data_url).await.unwrap()
+    }
+
+    pub async fn raw_keys(&self) -> DatabaseConnection {
+        Database::connect(&self.config.keys_url).await.unwrap()
+    }
+
+    /// Everything the data store holds as bytes: the SQLite files (with WAL), or a `pg_dump`.
+    pub fn data_store_bytes(&self) -> Vec<u8> {
+        self.store_bytes(true)
+    }
+
+    pub fn key_store_bytes(&self) -> Vec<u8> {
+        self.store_bytes(false)
+    }
+
+    fn store_bytes(&self, data: bool) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => {
+                let base = if data { "data.db" } else { "keys.db" };
+                let mut out = Vec::new();
+                for suffix in ["", "-wal", "-shm"] {
+                    let p = self.dir.path().join("data").join(format!("{base}{suffix}"));
+                    if let Ok(b) = std::fs::read(&p) {
+                        out.extend(b);
+                    }
+                }
+                assert!(!out.is_empty(), "no SQLite files found");
+                out
+            }
+            Backend::Postgres => {
+                let url = if data {
+                    &self.config.data_url
+                } else {
+                    &self.config.keys_url
+                };
+                let out = Command::new("pg_dump")
+                    .arg("--dbname")
+                    .arg(url)
+                    .output()
+                    .expect("pg_dump must be installed for the PostgreSQL scan");
+                assert!(
+                    out.status.success(),
+                    "pg_dump failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            }
+        }
+    }
+}
+
+/// A vault over fresh stores, sealed to a custodian identity file in the test's temp folder.
+pub struct TestVault {
+    pub stores: TestStores,
+    pub vault: Vault,
+    pub identity: PathBuf,
+    pub recipient: CustodianRecipient,
+}
+
+impl TestVault {
+    pub async fn new(backend: Backend) -> TestVault {
+        let stores = TestStores::new(backend).await;
+        let identity = stores.dir.path().join("custodian.txt");
+        let recipient = Unlock::generate_identity_file(&identity).unwrap();
+        let s = stores.open().await;
+        let catalog = catalog();
+        Vault::init_keyring(
+            &s,
+            &catalog,
+            &SealTo::Recipients(vec![recipient.clone()]),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+        let vault = Vault::open(s, catalog, &Unlock::identity_file(&identity).unwrap())
+            .await
+            .unwrap();
+        TestVault {
+            stores,
+            vault,
+            identity,
+            recipient,
+        }
+    }
+
+    /// Closes the vault and opens it again from the stores, as a restart would.
+    pub async fn reopen(self) -> Result<TestVault, vault_core::VaultError> {
+        let TestVault {
+            stores,
+            vault,
+            identity,
+            recipient,
+        } = self;
+        drop(vault);
+        let s = stores.open().await;
+        let vault = Vault::open(s, catalog(), &Unlock::identity_file(&identity)?).await?;
+        Ok(TestVault {
+            stores,
+            vault,
+            identity,
+            recipient,
+        })
+    }
+}
+
+/// A value of the field's type that contains `marker` wherever the type allows text.
+pub fn value_for(ty: FieldType, marker: &str, iin: &str) -> Value {
+    match ty {
+        FieldType::Text => json!(marker),
+        FieldType::Date => json!("2012-09-01"),
+        FieldType::Number => json!(42),
+        FieldType::Boolean => json!(true),
+        FieldType::Iin => json!(iin),
+        FieldType::Json => json!({ "note": marker, "items": [1, 2, 3] }),
+    }
+}
+
+/// A record with every catalog field of `record_type` filled, each with its own marker.
+/// Returns the fields and the markers (so a scan can look for each).
+pub fn full_record(
+    catalog: &Catalog,
+    record_type: &str,
+    iin: &str,
+) -> (
+    std::collections::BTreeMap<FieldName, FieldValue>,
+    Vec<String>,
+) {
+    let rt = catalog
+        .record_type(&RecordType::parse(record_type).unwrap())
+        .unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut fields = std::collections::BTreeMap::new();
+    let mut markers = vec![iin.to_owned()];
+    for f in rt.fields() {
+        let marker = format!("MARKER-{}-{}", f.name, &run[..12]);
+        let v = value_for(f.field_type, &marker, iin);
+        fields.insert(f.name.clone(), FieldValue::from_json(&v));
+        if matches!(f.field_type, FieldType::Text | FieldType::Json) {
+            markers.push(marker);
+        }
+    }
+    (fields, markers)
+}
+
+/// A valid IIN with the given 11-digit prefix's check digit, trying serials until one exists.
+pub fn make_iin(yymmdd: &str, century_sex: u8) -> String {
+    for serial in 0..10_000u32 {
+        let prefix = format!("{yymmdd}{century_sex}{serial:04}");
+        let d: Vec<u8> = prefix.bytes().map(|b| b - b'0').collect();
+        if let Some(c) = vault_core::Iin::check_digit(&d) {
+            return format!("{prefix}{c}");
+        }
+    }
+    panic!("no valid IIN for {yymmdd}")
+}
+
+/// True if `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Hex of bytes, as `pg_dump` prints bytea.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs an external tool, or returns `None` (skip) when it is missing outside CI.
+pub fn tool(name: &str) -> Option<Command> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        Some(Command::new(name))
+    } else if std::env::var_os("CI").is_some() {
+        panic!("CI is set but `{name}` is not installed")
+    } else {
+        eprintln!("note: `{name}` not installed; skipping this check");
+        None
+    }
+}

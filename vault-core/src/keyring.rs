@@ -112,12 +112,38 @@ impl Unlock {
         Ok(Unlock::Identities(ids))
     }
 
-    /// A freshly generated X25519 identity, with its secret in age's own text form (for `--dev`).
-    pub fn generate_identity() -> (Self, CustodianRecipient, SecretString) {
+    /// A freshly generated X25519 identity, kept in memory only.
+    pub fn generate_identity() -> (Self, CustodianRecipient) {
         let id = age::x25519::Identity::generate();
         let recipient = CustodianRecipient(id.to_public());
-        let text = id.to_string();
-        (Unlock::Identities(vec![Box::new(id)]), recipient, text)
+        (Unlock::Identities(vec![Box::new(id)]), recipient)
+    }
+
+    /// Writes a new identity file in `age-keygen`'s format (owner-only permissions) and returns
+    /// its public recipient. Refuses to overwrite an existing file.
+    pub fn generate_identity_file(path: &Path) -> Result<CustodianRecipient, KeyringError> {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let recipient = CustodianRecipient(id.to_public());
+        let text = Zeroizing::new(format!(
+            "# created: {}\n# public key: {}\n{}\n",
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            recipient,
+            id.to_string().expose_secret()
+        ));
+        let io_err = |source| KeyringError::IdentityFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(path).map_err(io_err)?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err)?;
+        Ok(recipient)
     }
 }
 
