@@ -160,7 +160,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -225,7 +225,7 @@ impl SchoolId {
 
 impl fmt::Display for SchoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -246,6 +246,11 @@ macro_rules! id_type {
                 Uuid::try_parse(s)
                     .map(Self)
                     .map_err(|_| DomainError::Id { kind: $kind, value: truncate(s) })
+            }
+
+            /// A random (version 4) id from 16 bytes of OS randomness.
+            pub fn from_random_bytes(b: [u8; 16]) -> Self {
+                Self(uuid::Builder::from_random_bytes(b).into_uuid())
             }
 
             /// The 16 bytes, as bound into AAD.
@@ -307,7 +312,7 @@ impl SubjectKind {
 
 impl fmt::Display for SubjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -72,29 +72,108 @@ fn random_nonce(rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
     Ok(n)
 }
 
-fn push_str(aad: &mut Vec<u8>, s: &str) {
-    // Length-prefixed so that ("ab","c") and ("a","bc") never give the same AAD.
-    aad.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    aad.extend_from_slice(s.as_bytes());
+/// OS randomness fetched in one call and handed out in slices: sealing a record needs ~500
+/// random bytes (keys, ids, nonces), and one `getrandom` per nonce cost more than the AES-GCM
+/// itself. Every byte is used once and zeroed as it is handed out.
+pub(crate) struct Entropy {
+    buf: Zeroizing<[u8; ENTROPY_POOL]>,
+    pos: usize,
 }
 
-fn field_aad(record: RecordId, field: &FieldName, category: &Category, dek: DekId) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(FIELD_AAD_DOMAIN.len() + 32 + 4 + 128);
-    aad.extend_from_slice(FIELD_AAD_DOMAIN);
-    aad.extend_from_slice(record.as_bytes());
-    push_str(&mut aad, field.as_str());
-    push_str(&mut aad, category.as_str());
-    aad.extend_from_slice(dek.as_bytes());
+// One student record (6 DEKs of key, id and wrap nonce; 20 field nonces) takes 600 bytes.
+const ENTROPY_POOL: usize = 640;
+
+impl Entropy {
+    pub(crate) fn new() -> Self {
+        Entropy {
+            buf: Zeroizing::new([0u8; ENTROPY_POOL]),
+            pos: ENTROPY_POOL,
+        }
+    }
+
+    fn fill(&mut self, rng: &SystemRandom, out: &mut [u8]) -> Result<(), CryptoError> {
+        if out.len() > ENTROPY_POOL {
+            return rng.fill(out).map_err(|_| CryptoError::Random);
+        }
+        if ENTROPY_POOL - self.pos < out.len() {
+            rng.fill(self.buf.as_mut())
+                .map_err(|_| CryptoError::Random)?;
+            self.pos = 0;
+        }
+        let src = &mut self.buf[self.pos..self.pos + out.len()];
+        out.copy_from_slice(src);
+        src.fill(0);
+        self.pos += out.len();
+        Ok(())
+    }
+
+    fn nonce(&mut self, rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
+        let mut n = [0u8; NONCE_LEN];
+        self.fill(rng, &mut n)?;
+        Ok(n)
+    }
+
+    fn key(&mut self, rng: &SystemRandom) -> Result<SecretKey, CryptoError> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        self.fill(rng, k.as_mut())?;
+        Ok(SecretKey(k))
+    }
+
+    fn dek_id(&mut self, rng: &SystemRandom) -> Result<DekId, CryptoError> {
+        let mut b = [0u8; 16];
+        self.fill(rng, &mut b)?;
+        Ok(DekId::from_random_bytes(b))
+    }
+}
+
+/// The AAD, built on the stack: names are at most 64 bytes, so it never exceeds 200 bytes, and
+/// sealing a field allocates only its output.
+struct AadBuf {
+    buf: [u8; 200],
+    len: usize,
+}
+
+impl AadBuf {
+    fn new(domain: &[u8]) -> Self {
+        let mut a = AadBuf {
+            buf: [0u8; 200],
+            len: 0,
+        };
+        a.push(domain);
+        a
+    }
+    fn push(&mut self, b: &[u8]) {
+        // Callers pass names parsed to at most 64 bytes; truncation cannot happen, and if it
+        // did the AAD would still differ from any honest one, so opening would fail safely.
+        let n = b.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+    }
+    fn push_str(&mut self, s: &str) {
+        // Length-prefixed so that ("ab","c") and ("a","bc") never give the same AAD.
+        self.push(&(s.len() as u16).to_be_bytes());
+        self.push(s.as_bytes());
+    }
+    fn as_aad(&self) -> Aad<&[u8]> {
+        Aad::from(&self.buf[..self.len])
+    }
+}
+
+fn field_aad(record: RecordId, field: &FieldName, category: &Category, dek: DekId) -> AadBuf {
+    let mut aad = AadBuf::new(FIELD_AAD_DOMAIN);
+    aad.push(record.as_bytes());
+    aad.push_str(field.as_str());
+    aad.push_str(category.as_str());
+    aad.push(dek.as_bytes());
     aad
 }
 
-fn dek_aad(record: RecordId, category: &Category, kek_version: u32, dek: DekId) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DEK_AAD_DOMAIN.len() + 32 + 4 + 70);
-    aad.extend_from_slice(DEK_AAD_DOMAIN);
-    aad.extend_from_slice(record.as_bytes());
-    push_str(&mut aad, category.as_str());
-    aad.extend_from_slice(&kek_version.to_be_bytes());
-    aad.extend_from_slice(dek.as_bytes());
+fn dek_aad(record: RecordId, category: &Category, kek_version: u32, dek: DekId) -> AadBuf {
+    let mut aad = AadBuf::new(DEK_AAD_DOMAIN);
+    aad.push(record.as_bytes());
+    aad.push_str(category.as_str());
+    aad.push(&kek_version.to_be_bytes());
+    aad.push(dek.as_bytes());
     aad
 }
 
@@ -116,6 +195,15 @@ impl Dek {
         })
     }
 
+    fn generate_from(entropy: &mut Entropy, rng: &SystemRandom) -> Result<Self, CryptoError> {
+        let key = entropy.key(rng)?;
+        Ok(Dek {
+            id: entropy.dek_id(rng)?,
+            cipher: key.aead(),
+            key,
+        })
+    }
+
     pub fn id(&self) -> DekId {
         self.id
     }
@@ -129,7 +217,17 @@ impl Dek {
         category: &Category,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let nonce = random_nonce(rng)?;
+        self.seal_with_nonce(random_nonce(rng)?, record, field, category, plaintext)
+    }
+
+    fn seal_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        record: RecordId,
+        field: &FieldName,
+        category: &Category,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(FIELD_FORMAT_V1);
         out.extend_from_slice(&nonce);
@@ -139,7 +237,7 @@ impl Dek {
             .cipher
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
+                aad.as_aad(),
                 &mut out[1 + NONCE_LEN..],
             )
             .map_err(|_| CryptoError::Authentication)?;
@@ -168,7 +266,7 @@ impl Dek {
         let mut buf = Zeroizing::new(body.to_vec());
         let len = self
             .cipher
-            .open_in_place(nonce, Aad::from(&aad), buf.as_mut_slice())
+            .open_in_place(nonce, aad.as_aad(), buf.as_mut_slice())
             .map_err(|_| CryptoError::Authentication)?
             .len();
         buf.truncate(len);
@@ -191,6 +289,7 @@ impl Kek {
     }
 
     /// Wraps a DEK for (record, category) under this KEK version.
+    #[cfg(test)]
     pub(crate) fn wrap(
         &self,
         rng: &SystemRandom,
@@ -198,7 +297,16 @@ impl Kek {
         record: RecordId,
         category: &Category,
     ) -> Result<Vec<u8>, CryptoError> {
-        let nonce = random_nonce(rng)?;
+        self.wrap_with_nonce(random_nonce(rng)?, dek, record, category)
+    }
+
+    fn wrap_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        dek: &Dek,
+        record: RecordId,
+        category: &Category,
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(WRAPPED_DEK_LEN);
         out.push(DEK_FORMAT_V1);
         out.extend_from_slice(&self.version.to_be_bytes());
@@ -209,7 +317,7 @@ impl Kek {
             .cipher
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
+                aad.as_aad(),
                 &mut out[1 + 4 + NONCE_LEN..],
             )
             .map_err(|_| CryptoError::Authentication)?;
@@ -235,7 +343,7 @@ impl Kek {
         let mut buf = Zeroizing::new(wrapped[5 + NONCE_LEN..].to_vec());
         let plain = self
             .cipher
-            .open_in_place(nonce, Aad::from(&aad), buf.as_mut_slice())
+            .open_in_place(nonce, aad.as_aad(), buf.as_mut_slice())
             .map_err(|_| CryptoError::Authentication)?;
         let bytes: &[u8; 32] = (&*plain).try_into().map_err(|_| CryptoError::Malformed)?;
         let key = SecretKey::from_bytes(bytes);
@@ -276,6 +384,7 @@ pub struct RecordKeys {
     record: RecordId,
     deks: BTreeMap<Category, Dek>,
     new: Vec<WrappedDek>,
+    entropy: Entropy,
 }
 
 impl RecordKeys {
@@ -284,6 +393,7 @@ impl RecordKeys {
             record,
             deks: BTreeMap::new(),
             new: Vec::new(),
+            entropy: Entropy::new(),
         }
     }
 
@@ -310,8 +420,9 @@ impl RecordKeys {
     ) -> Result<Vec<u8>, KeyringError> {
         if !self.deks.contains_key(category) {
             let kek = keyring.newest_kek(category)?;
-            let dek = Dek::generate(rng)?;
-            let wrapped = kek.wrap(rng, &dek, self.record, category)?;
+            let dek = Dek::generate_from(&mut self.entropy, rng)?;
+            let nonce = self.entropy.nonce(rng)?;
+            let wrapped = kek.wrap_with_nonce(nonce, &dek, self.record, category)?;
             self.new.push(WrappedDek {
                 id: dek.id(),
                 category: category.clone(),
@@ -320,8 +431,9 @@ impl RecordKeys {
             });
             self.deks.insert(category.clone(), dek);
         }
+        let nonce = self.entropy.nonce(rng)?;
         match self.deks.get(category) {
-            Some(dek) => Ok(dek.seal_field(rng, self.record, field, category, plaintext)?),
+            Some(dek) => Ok(dek.seal_with_nonce(nonce, self.record, field, category, plaintext)?),
             None => Err(KeyringError::NoKeyFor(category.clone())),
         }
     }
@@ -462,6 +574,20 @@ mod tests {
         let v2 = Kek::new(2, &key);
         let w = v1.wrap(&rng, &dek, rec, &cat).unwrap();
         assert!(v2.unwrap(&w, rec, &cat, dek.id()).is_err());
+    }
+
+    #[test]
+    fn entropy_pool_hands_out_each_byte_once() {
+        let rng = SystemRandom::new();
+        let mut e = Entropy::new();
+        let mut seen = std::collections::HashSet::new();
+        // Several refills' worth of nonces: none may repeat.
+        for _ in 0..1000 {
+            assert!(seen.insert(e.nonce(&rng).unwrap()));
+        }
+        let mut big = vec![0u8; ENTROPY_POOL + 1];
+        e.fill(&rng, &mut big).unwrap();
+        assert!(big.iter().any(|b| *b != 0));
     }
 
     proptest! {

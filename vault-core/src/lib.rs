@@ -29,6 +29,6 @@ pub use keyring::{
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use value::{FieldValue, MAX_VALUE_BYTES};
 pub use vault::{
-    FieldChange, FieldView, NewSubject, RecordMeta, RecordView, SealReason, ShredReceipt, Subject,
-    Vault, VaultError,
+    FieldChange, FieldView, KekStatus, NewSubject, RecordMeta, RecordView, SealReason,
+    ShredReceipt, Subject, Vault, VaultError,
 };

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
@@ -22,7 +24,7 @@ use crate::domain::{
     SubjectKind,
 };
 use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
-use crate::keyring::{CustodianRecipient, Keyring, KeyringError, SealTo, Unlock};
+use crate::keyring::{CustodianRecipient, KekInfo, Keyring, KeyringError, SealTo, Unlock};
 use crate::store::entities::{dek, keyring_row, record, record_field, subject};
 use crate::store::{StoreError, Stores};
 use crate::value::FieldValue;
@@ -192,6 +194,13 @@ pub struct ShredReceipt {
     pub fields_deleted: u64,
 }
 
+/// One KEK version and the number of DEKs it wraps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KekStatus {
+    pub kek: KekInfo,
+    pub deks: u64,
+}
+
 /// The vault service over both stores with the unsealed keyring.
 pub struct Vault {
     catalog: Arc<Catalog>,
@@ -291,6 +300,42 @@ impl Vault {
         };
         vault.resume_shreds().await?;
         Ok(vault)
+    }
+
+    /// Both stores answer: what `/readyz` reports. The keyring is unsealed by construction.
+    pub async fn check_ready(&self) -> Result<(), VaultError> {
+        self.stores.data.ping().await.map_err(StoreError::data)?;
+        self.stores.keys.ping().await.map_err(StoreError::keys)?;
+        Ok(())
+    }
+
+    /// KEK versions and how many DEKs each wraps, for the custodian. No key bytes.
+    pub async fn key_status(&self) -> Result<Vec<KekStatus>, VaultError> {
+        let rows = dek::Entity::find()
+            .select_only()
+            .column(dek::Column::Category)
+            .column(dek::Column::KekVersion)
+            .column_as(dek::Column::Id.count(), "n")
+            .group_by(dek::Column::Category)
+            .group_by(dek::Column::KekVersion)
+            .into_tuple::<(String, i32, i64)>()
+            .all(&self.stores.keys)
+            .await
+            .map_err(StoreError::keys)?;
+        let count = |c: &Category, v: u32| {
+            rows.iter()
+                .find(|(rc, rv, _)| rc == c.as_str() && *rv as u32 == v)
+                .map_or(0, |r| r.2 as u64)
+        };
+        Ok(self
+            .keyring
+            .kek_versions()
+            .into_iter()
+            .map(|k| KekStatus {
+                deks: count(&k.category, k.version),
+                kek: k,
+            })
+            .collect())
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -1,0 +1,104 @@
+//! The real `vault-server --dev` binary: starts on port 0, makes its keyring once, answers
+//! health and readiness over real HTTP, and reuses its keyring after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    addr: String,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn start(data: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--catalog")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog.toml"))
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        addr,
+        stderr,
+    }
+}
+
+impl Server {
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.stderr.join().unwrap()
+    }
+}
+
+#[test]
+fn dev_server_starts_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("vault-data");
+    let server = start(&data);
+    assert_eq!(server.get("/healthz"), (200, r#"{"status":"ok"}"#.into()));
+    assert_eq!(server.get("/readyz"), (200, r#"{"status":"ready"}"#.into()));
+    let log = server.stop();
+    assert!(log.contains("DEV MODE: made a new keyring"), "{log}");
+    assert!(data.join("dev-custodian.txt").exists());
+
+    // A restart unseals the same keyring instead of making a new one.
+    let server = start(&data);
+    assert_eq!(server.get("/readyz").0, 200);
+    let log = server.stop();
+    assert!(log.contains("DEV MODE: SQLite in"), "{log}");
+    assert!(!log.contains("made a new keyring"), "{log}");
+}
+
+#[test]
+fn production_mode_without_identity_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--catalog")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog.toml"))
+        .env_remove("VAULT_IDENTITY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pass --identity FILE"), "{err}");
+}
