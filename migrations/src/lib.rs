@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_data_store;
 mod m20261127_000002_key_store;
+mod m20261127_000003_access;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -18,7 +19,10 @@ pub struct DataMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for DataMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_data_store::Migration)]
+        vec![
+            Box::new(m20261127_000001_data_store::Migration),
+            Box::new(m20261127_000003_access::Migration),
+        ]
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 use vault_core::{
-    Catalog, CustodianRecipient, FieldName, FieldType, FieldValue, RecordType, SealTo, StoreConfig,
-    Stores, Unlock, Vault,
+    Catalog, Clock, CustodianRecipient, FieldName, FieldType, FieldValue, Policy, RecordType,
+    SealTo, StoreConfig, Stores, Unlock, Vault,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +71,15 @@ pub fn repo_root() -> PathBuf {
 
 pub fn catalog() -> Arc<Catalog> {
     Arc::new(Catalog::load(&repo_root().join("policies/catalog.toml")).expect("shipped catalog"))
+}
+
+/// The shipped policy folder: catalog, casbin model and grants, holidays.
+pub async fn policy() -> Arc<Policy> {
+    Arc::new(
+        Policy::load_dir(&repo_root().join("policies"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 /// A fresh pair of stores, and what is needed to inspect them behind the vault's back.
@@ -187,6 +196,11 @@ pub struct TestVault {
 
 impl TestVault {
     pub async fn new(backend: Backend) -> TestVault {
+        Self::with_clock(backend, Arc::new(vault_core::SystemClock)).await
+    }
+
+    /// A vault whose clock the test moves (expiry, deadlines) instead of sleeping.
+    pub async fn with_clock(backend: Backend, clock: Arc<dyn Clock>) -> TestVault {
         let stores = TestStores::new(backend).await;
         let identity = stores.dir.path().join("custodian.txt");
         let recipient = Unlock::generate_identity_file(&identity).unwrap();
@@ -200,9 +214,14 @@ impl TestVault {
         )
         .await
         .unwrap();
-        let vault = Vault::open(s, catalog, &Unlock::identity_file(&identity).unwrap())
-            .await
-            .unwrap();
+        let vault = Vault::open_with_clock(
+            s,
+            policy().await,
+            &Unlock::identity_file(&identity).unwrap(),
+            clock,
+        )
+        .await
+        .unwrap();
         TestVault {
             stores,
             vault,
@@ -221,7 +240,7 @@ impl TestVault {
         } = self;
         drop(vault);
         let s = stores.open().await;
-        let vault = Vault::open(s, catalog(), &Unlock::identity_file(&identity)?).await?;
+        let vault = Vault::open(s, policy().await, &Unlock::identity_file(&identity)?).await?;
         Ok(TestVault {
             stores,
             vault,

@@ -55,7 +55,7 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
     // The stranger's identity does not unseal it.
     let err = Vault::open(
         s.clone(),
-        catalog(),
+        vault_tests::policy().await,
         &Unlock::identity_file(&other).unwrap(),
     )
     .await
@@ -65,9 +65,13 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
         "{err:?}"
     );
     // The custodian's does.
-    let vault = Vault::open(s.clone(), catalog(), &Unlock::identity_file(&key).unwrap())
-        .await
-        .unwrap();
+    let vault = Vault::open(
+        s.clone(),
+        vault_tests::policy().await,
+        &Unlock::identity_file(&key).unwrap(),
+    )
+    .await
+    .unwrap();
     drop(vault);
 
     // The real age tool opens the stored file and finds a vault keyring inside.

@@ -279,7 +279,7 @@ async fn flipped_bits_fail_to_open(backend: Backend) {
         .unwrap();
         let err = Vault::open(
             t.stores.open().await,
-            catalog(),
+            vault_tests::policy().await,
             &Unlock::identity_file(&t.identity).unwrap(),
         )
         .await

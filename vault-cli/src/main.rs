@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use vault_core::{
-    Catalog, CustodianRecipient, Passphrase, SealTo, StoreConfig, Stores, Unlock, Vault,
+    Catalog, CustodianRecipient, Passphrase, Policy, SealTo, StoreConfig, Stores, Unlock, Vault,
 };
 
 #[derive(Parser, Debug)]
@@ -21,14 +21,14 @@ use vault_core::{
 struct Cli {
     #[command(flatten)]
     stores: StoreArgs,
-    /// The school's catalog of approved data.
+    /// Folder of the catalog, casbin model and grants, and holidays.
     #[arg(
         long,
         global = true,
-        env = "VAULT_CATALOG",
-        default_value = "policies/catalog.toml"
+        env = "VAULT_POLICIES",
+        default_value = "policies"
     )]
-    catalog: PathBuf,
+    policies: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,9 +63,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum CatalogCmd {
-    /// Validate the catalog and summarise it.
+    /// Validate the catalog and the access policy, and summarise them.
     ///
-    /// Example: vaultctl catalog check --catalog policies/catalog.toml
+    /// Example: vaultctl catalog check --policies policies
     Check,
 }
 
@@ -135,7 +135,10 @@ fn review_line(catalog: &Catalog) -> String {
 }
 
 async fn run(cli: Cli, out: &mut String) -> Result<()> {
-    let catalog = Catalog::load(&cli.catalog).context("loading the catalog")?;
+    let policy = Policy::load_dir(&cli.policies)
+        .await
+        .context("loading the policies")?;
+    let catalog = policy.catalog().clone();
     match cli.command {
         Command::Catalog(CatalogCmd::Check) => {
             outln!(
@@ -146,6 +149,7 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 catalog.collected_categories().count(),
                 catalog.purposes().count()
             );
+            outln!(out, "policy OK: {} grants", policy.grants().len());
             outln!(out, "{}", review_line(&catalog));
         }
         Command::Keyring(KeyringCmd::Init {
@@ -203,7 +207,7 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
         Command::Keyring(KeyringCmd::Status { identity }) => {
             let stores = Stores::open(&store_config(&cli.stores)?).await?;
             let unlock = Unlock::identity_file(&identity)?;
-            let vault = Vault::open(stores, Arc::new(catalog), &unlock).await?;
+            let vault = Vault::open(stores, Arc::new(policy), &unlock).await?;
             outln!(
                 out,
                 "{:<20} {:>7} {:<20} {:>8}",

@@ -6,16 +6,16 @@ use std::process::{Command, Output};
 
 use vault_core::Unlock;
 
-fn catalog() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/catalog.toml")
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
 fn vaultctl(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vaultctl"))
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .arg("--catalog")
-        .arg(catalog())
+        .arg("--policies")
+        .arg(policies())
         .args(args)
         .env_remove("VAULT_DATA_URL")
         .env_remove("VAULT_KEYS_URL")
@@ -101,16 +101,20 @@ fn bad_input_gets_a_clear_error() {
         text(&o.stderr)
     );
 
-    let bad = dir.path().join("catalog.toml");
+    let bad = dir.path().join("policies");
+    std::fs::create_dir(&bad).unwrap();
+    for f in ["model.conf", "policy.csv", "holidays-kz.toml"] {
+        std::fs::copy(policies().join(f), bad.join(f)).unwrap();
+    }
     std::fs::write(
-        &bad,
-        std::fs::read_to_string(catalog())
+        bad.join("catalog.toml"),
+        std::fs::read_to_string(policies().join("catalog.toml"))
             .unwrap()
             .replace("category = \"religion\"", "category = \"relgion\""),
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
-        .args(["--catalog", bad.to_str().unwrap(), "catalog", "check"])
+        .args(["--policies", bad.to_str().unwrap(), "catalog", "check"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

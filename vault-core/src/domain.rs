@@ -4,7 +4,6 @@
 use std::fmt;
 
 use chrono::NaiveDate;
-use uuid::Uuid;
 
 /// Why a domain value was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -233,24 +232,24 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $t:ident, $kind:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-        pub struct $t(Uuid);
+        pub struct $t(::uuid::Uuid);
 
         impl $t {
             /// A fresh random id.
             pub fn new_random() -> Self {
-                Self(Uuid::new_v4())
+                Self(::uuid::Uuid::new_v4())
             }
 
             /// Parses a UUID in its hyphenated form.
-            pub fn parse(s: &str) -> Result<Self, DomainError> {
-                Uuid::try_parse(s)
+            pub fn parse(s: &str) -> Result<Self, $crate::domain::DomainError> {
+                ::uuid::Uuid::try_parse(s)
                     .map(Self)
-                    .map_err(|_| DomainError::Id { kind: $kind, value: truncate(s) })
+                    .map_err(|_| $crate::domain::DomainError::Id { kind: $kind, value: s.chars().take(80).collect() })
             }
 
             /// A random (version 4) id from 16 bytes of OS randomness.
             pub fn from_random_bytes(b: [u8; 16]) -> Self {
-                Self(uuid::Builder::from_random_bytes(b).into_uuid())
+                Self(::uuid::Builder::from_random_bytes(b).into_uuid())
             }
 
             /// The 16 bytes, as bound into AAD.
@@ -259,13 +258,15 @@ macro_rules! id_type {
             }
         }
 
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 self.0.hyphenated().fmt(f)
             }
         }
     };
 }
+
+pub(crate) use id_type;
 
 id_type!(
     /// A data subject: a student, a staff member or a guardian.

@@ -293,7 +293,6 @@ impl Keyring {
     }
 
     /// The Ed25519 seed of the audit-signing key.
-    #[allow(dead_code)] // used by the audit log's signed checkpoints
     pub(crate) fn audit_seed(&self) -> &[u8; 32] {
         self.audit_seed.expose()
     }

@@ -2,15 +2,24 @@
 //! and the services the HTTP server and `vaultctl` call. It knows nothing of HTTP or argv.
 #![forbid(unsafe_code)]
 
+mod access;
+mod audit;
 mod catalog;
 mod clock;
 mod domain;
 mod envelope;
 mod keyring;
+mod policy;
 mod store;
 mod value;
 mod vault;
 
+pub use access::{
+    AccessRequest, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, BreakGlass,
+    BreakGlassId, Consent, ConsentGiver, ConsentId, LegalGround, NewAccessRequest, NewConsent,
+    Principal, PrincipalId, RequestId, RequestStatus, WITHDRAWAL_WORKING_DAYS,
+};
+pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
 pub use catalog::{
     Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
     RecordTypeDef, Retention, RetentionTrigger, Tier,
@@ -26,6 +35,7 @@ pub use envelope::{
 pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
+pub use policy::{Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use value::{FieldValue, MAX_VALUE_BYTES};
 pub use vault::{

@@ -17,6 +17,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
 };
 
+use crate::audit::{AuditError, AuditLog, AuditRecord, AuditReport};
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -25,6 +26,7 @@ use crate::domain::{
 };
 use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
 use crate::keyring::{CustodianRecipient, KekInfo, Keyring, KeyringError, SealTo, Unlock};
+use crate::policy::{DenyReason, Policy, PolicyError};
 use crate::store::entities::{dek, keyring_row, record, record_field, subject};
 use crate::store::{StoreError, Stores};
 use crate::value::FieldValue;
@@ -109,6 +111,33 @@ pub enum VaultError {
     },
     #[error("the data store holds a malformed row: {0}")]
     CorruptRow(&'static str),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("missing, unknown or revoked token")]
+    Unauthenticated,
+    #[error("{category}: {reason}")]
+    Forbidden {
+        category: Category,
+        reason: DenyReason,
+    },
+    #[error("{category} needs a director's approval: request access first")]
+    ApprovalRequired { category: Category },
+    #[error(
+        "{category} is a special category and this subject has no consent or legal ground on file for it: record one first"
+    )]
+    NoLegalBasis { category: Category },
+    #[error("subject {0} is blocked: its data is kept but not processed until unblocked")]
+    Blocked(SubjectId),
+    #[error("nobody may approve or review their own request")]
+    SelfApproval,
+    #[error("only a director of school {school} or the general director may decide this")]
+    NotApprover { school: SchoolId },
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A data subject as the data store knows it. No personal data: the IIN is only a blind index.
@@ -144,17 +173,42 @@ pub struct RecordMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SealReason {
-    /// The caller was not allowed to open this category.
+    /// The caller did not ask to open this category.
     NotAllowed,
     /// The category's key is gone: the data was crypto-shredded.
     Shredded,
+    /// The policy forbids it, with the reason.
+    Forbidden(DenyReason),
+    /// A director's approval would open it.
+    ApprovalRequired,
+    /// A special category without consent or a legal ground on file.
+    NoLegalBasis,
+    /// The subject is blocked (stored, not processed).
+    Blocked,
 }
 
 impl SealReason {
+    /// A stable code for APIs.
     pub fn as_str(&self) -> &'static str {
         match self {
             SealReason::NotAllowed => "not_allowed",
             SealReason::Shredded => "shredded",
+            SealReason::Forbidden(_) => "forbidden",
+            SealReason::ApprovalRequired => "approval_required",
+            SealReason::NoLegalBasis => "no_legal_basis",
+            SealReason::Blocked => "blocked",
+        }
+    }
+
+    /// A sentence for people (and the audit log): never a value.
+    pub fn describe(&self) -> String {
+        match self {
+            SealReason::Forbidden(r) => format!("forbidden: {r}"),
+            SealReason::ApprovalRequired => "approval required from a director".into(),
+            SealReason::NoLegalBasis => "no consent or legal ground on file".into(),
+            SealReason::Blocked => "subject is blocked".into(),
+            SealReason::Shredded => "shredded".into(),
+            SealReason::NotAllowed => "not requested".into(),
         }
     }
 }
@@ -203,11 +257,12 @@ pub struct KekStatus {
 
 /// The vault service over both stores with the unsealed keyring.
 pub struct Vault {
-    catalog: Arc<Catalog>,
+    policy: Arc<Policy>,
     keyring: Arc<Keyring>,
     stores: Stores,
     rng: SystemRandom,
     clock: Arc<dyn Clock>,
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for Vault {
@@ -274,29 +329,32 @@ impl Vault {
     /// Unseals the keyring and opens the service. Finishes any shred a crash interrupted.
     pub async fn open(
         stores: Stores,
-        catalog: Arc<Catalog>,
+        policy: Arc<Policy>,
         unlock: &Unlock,
     ) -> Result<Vault, VaultError> {
-        Self::open_with_clock(stores, catalog, unlock, Arc::new(SystemClock)).await
+        Self::open_with_clock(stores, policy, unlock, Arc::new(SystemClock)).await
     }
 
+    /// Opens with an injected clock (tests of expiry and deadlines move it instead of sleeping).
     pub async fn open_with_clock(
         stores: Stores,
-        catalog: Arc<Catalog>,
+        policy: Arc<Policy>,
         unlock: &Unlock,
         clock: Arc<dyn Clock>,
     ) -> Result<Vault, VaultError> {
         let sealed = Self::sealed_keyring(&stores).await?;
         let keyring = Keyring::unseal(&sealed, unlock)?;
-        for c in catalog.collected_categories() {
+        for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
+        let audit = AuditLog::start(stores.data.clone(), keyring.audit_seed(), clock.clone())?;
         let vault = Vault {
-            catalog,
+            policy,
             keyring: Arc::new(keyring),
             stores,
             rng: SystemRandom::new(),
             clock,
+            audit,
         };
         vault.resume_shreds().await?;
         Ok(vault)
@@ -339,7 +397,51 @@ impl Vault {
     }
 
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        self.policy.catalog()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub(crate) fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub(crate) fn rng(&self) -> &SystemRandom {
+        &self.rng
+    }
+
+    /// Checks the audit chain and its signed checkpoints; reports the first broken entry.
+    pub async fn verify_audit(&self) -> Result<AuditReport, VaultError> {
+        Ok(self.audit.verify(&self.stores.data).await?)
+    }
+
+    /// Every audit entry about a subject: who touched its data, when, why, with what outcome.
+    pub async fn access_history(&self, subject: SubjectId) -> Result<Vec<AuditRecord>, VaultError> {
+        Ok(AuditLog::for_subject(&self.stores.data, subject).await?)
+    }
+
+    /// The whole audit log, oldest first.
+    pub async fn audit_entries(&self) -> Result<Vec<AuditRecord>, VaultError> {
+        Ok(AuditLog::all(&self.stores.data).await?)
+    }
+
+    /// A record's metadata (no values).
+    pub async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
+        meta_from_row(&self.record_row(id).await?)
+    }
+
+    /// The categories a record holds fields in.
+    pub async fn record_categories(&self, id: RecordId) -> Result<BTreeSet<Category>, VaultError> {
+        Ok(record_field::Entity::find()
+            .filter(record_field::Column::RecordId.eq(id.to_string()))
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .iter()
+            .filter_map(|f| Category::parse(&f.category).ok())
+            .collect())
     }
 
     pub fn stores(&self) -> &Stores {
@@ -372,6 +474,7 @@ impl Vault {
             iin_index: Set(iin_index),
             created_at: Set(now),
             left_at: Set(None),
+            blocked_at: Set(None),
         })
         .exec_without_returning(&self.stores.data)
         .await
@@ -419,7 +522,7 @@ impl Vault {
         fields: impl IntoIterator<Item = (&'a FieldName, Option<&'a FieldValue>)>,
     ) -> Result<Vec<(&'a FieldName, Category)>, VaultError> {
         let rt = self
-            .catalog
+            .catalog()
             .record_type(record_type)
             .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;
         let mut out = Vec::new();
@@ -513,7 +616,7 @@ impl Vault {
         let checked = self.check_fields(record_type, fields.iter().map(|(n, v)| (n, Some(v))))?;
         let subj = self.subject(subject_id).await?;
         let expected = self
-            .catalog
+            .catalog()
             .record_type(record_type)
             .map(|rt| rt.subject_kind)
             .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use vault_core::{Catalog, SealTo, StoreConfig, Stores, Unlock, Vault, VaultError};
+use vault_core::{Catalog, Policy, SealTo, StoreConfig, Stores, Unlock, Vault, VaultError};
 
 /// The school records vault's HTTP server.
 #[derive(Parser, Debug)]
@@ -32,9 +32,9 @@ struct Args {
     /// The custodian's age identity file that unseals the keyring.
     #[arg(long, env = "VAULT_IDENTITY")]
     identity: Option<PathBuf>,
-    /// The school's catalog of approved data.
-    #[arg(long, env = "VAULT_CATALOG", default_value = "policies/catalog.toml")]
-    catalog: PathBuf,
+    /// Folder of the catalog, casbin model and grants, and holidays.
+    #[arg(long, env = "VAULT_POLICIES", default_value = "policies")]
+    policies: PathBuf,
     /// Address to listen on; port 0 picks a free port (printed at start).
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8200")]
     listen: String,
@@ -97,7 +97,10 @@ async fn dev_keyring(
 }
 
 async fn run(args: Args) -> Result<()> {
-    let catalog = Catalog::load(&args.catalog).context("loading the catalog")?;
+    let policy = Policy::load_dir(&args.policies)
+        .await
+        .context("loading the policies")?;
+    let catalog = policy.catalog();
     let today = chrono::Utc::now().date_naive();
     if catalog.policy().review_overdue(today) {
         tracing::warn!(
@@ -121,7 +124,7 @@ async fn run(args: Args) -> Result<()> {
         );
         eprintln!(" Never store real personal data in a dev vault.");
         eprintln!("==================================================================");
-        dev_keyring(&stores, &catalog, &args.data_dir).await?
+        dev_keyring(&stores, catalog, &args.data_dir).await?
     } else {
         match args.identity {
             Some(p) => p,
@@ -131,7 +134,7 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     let unlock = Unlock::identity_file(&identity)?;
-    let vault = Vault::open(stores, Arc::new(catalog), &unlock)
+    let vault = Vault::open(stores, Arc::new(policy), &unlock)
         .await
         .context("unsealing the keyring")?;
     drop(unlock);

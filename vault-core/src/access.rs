@@ -1,0 +1,1661 @@
+//! Who may decrypt what, per request: principals and their tokens, the legal basis of special
+//! categories (consent or a recorded ground), director approvals, break-glass, and the reads and
+//! writes that go through these decisions. Every decision leaves an audit entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use ring::digest::{SHA256, digest};
+use ring::rand::SecureRandom;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::domain::{
+    Category, FieldName, Purpose, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
+};
+use crate::policy::{Action, Decision, Role, Scope};
+use crate::store::StoreError;
+use crate::store::entities::{
+    access_request, break_glass, consent, legal_ground, principal, principal_role, subject,
+};
+use crate::value::FieldValue;
+use crate::vault::{
+    FieldChange, FieldView, RecordMeta, RecordView, SealReason, ShredReceipt, Subject, Vault,
+    VaultError,
+};
+
+/// How long a break-glass access stays open.
+pub const BREAK_GLASS_WINDOW: Duration = Duration::hours(4);
+/// After this long unreviewed, a break-glass access is overdue.
+pub const BREAK_GLASS_REVIEW_DUE: Duration = Duration::hours(24);
+/// Working days to stop processing after consent is withdrawn (Art. 8(7)).
+pub const WITHDRAWAL_WORKING_DAYS: u32 = 15;
+
+crate::domain::id_type!(
+    /// A principal: a member of staff or a school app.
+    PrincipalId,
+    "principal id"
+);
+crate::domain::id_type!(
+    /// A consent record.
+    ConsentId,
+    "consent id"
+);
+crate::domain::id_type!(
+    /// An access request (and, once decided, the approval or denial).
+    RequestId,
+    "request id"
+);
+crate::domain::id_type!(
+    /// One break-glass access.
+    BreakGlassId,
+    "break-glass id"
+);
+
+/// A bearer token. Secret: no Debug, Display or Serialize; compared only by hash, in constant time.
+pub struct BearerToken(Zeroizing<String>);
+
+impl BearerToken {
+    /// Takes a token as presented (e.g. from an `Authorization: Bearer` header).
+    pub fn new(s: &str) -> Self {
+        BearerToken(Zeroizing::new(s.trim().to_owned()))
+    }
+    /// The token text, to hand to its holder once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    fn hash(&self) -> Vec<u8> {
+        digest(&SHA256, self.0.as_bytes()).as_ref().to_vec()
+    }
+}
+
+/// An authenticated principal and the roles it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub id: PrincipalId,
+    pub name: String,
+    pub roles: Vec<(Scope, Role)>,
+}
+
+impl Principal {
+    fn actor(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// Who gave a consent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsentGiver {
+    /// The subject. For a student, only when the operator confirmed the student is 18 or older.
+    Subject { confirmed_adult: bool },
+    /// The subject's legal representative (Civil Code Art. 22, 23).
+    Guardian(SubjectId),
+}
+
+/// What a consent says (Art. 8(4)); operator and BIN come from the catalog.
+#[derive(Clone, Debug)]
+pub struct NewConsent {
+    pub subject: SubjectId,
+    pub given_by: ConsentGiver,
+    /// `paper`, `e_signature` or `sms_code`.
+    pub method: String,
+    /// Where the evidence is: a scan reference, a signature id.
+    pub evidence_ref: String,
+    pub text_version: String,
+    pub categories: Vec<Category>,
+    pub third_party: bool,
+    pub cross_border: bool,
+    pub publication: bool,
+    pub term_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consent {
+    pub id: ConsentId,
+    pub subject: SubjectId,
+    pub operator: String,
+    pub operator_bin: String,
+    pub given_by: ConsentGiver,
+    pub method: String,
+    pub evidence_ref: String,
+    pub text_version: String,
+    pub categories: Vec<Category>,
+    pub third_party: bool,
+    pub cross_border: bool,
+    pub publication: bool,
+    pub given_at: DateTime<Utc>,
+    pub term_until: Option<DateTime<Utc>>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    pub withdrawal_deadline: Option<NaiveDate>,
+    pub refusal_reason: Option<String>,
+}
+
+/// The grounds that make processing lawful without consent. The list follows Art. 9 of Law
+/// No. 94-V; the codes are the vault's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegalGround {
+    InternationalTreaty,
+    LawEnforcementOrCourt,
+    StateStatistics,
+    StateFunctionsByLaw,
+    VitalInterests,
+    PubliclyAvailable,
+    OperatorObligationByLaw,
+}
+
+impl LegalGround {
+    pub const ALL: &'static [&'static str] = &[
+        "international_treaty",
+        "law_enforcement_or_court",
+        "state_statistics",
+        "state_functions_by_law",
+        "vital_interests",
+        "publicly_available",
+        "operator_obligation_by_law",
+    ];
+    pub fn parse(s: &str) -> Result<Self, VaultError> {
+        Ok(match s {
+            "international_treaty" => Self::InternationalTreaty,
+            "law_enforcement_or_court" => Self::LawEnforcementOrCourt,
+            "state_statistics" => Self::StateStatistics,
+            "state_functions_by_law" => Self::StateFunctionsByLaw,
+            "vital_interests" => Self::VitalInterests,
+            "publicly_available" => Self::PubliclyAvailable,
+            "operator_obligation_by_law" => Self::OperatorObligationByLaw,
+            other => {
+                return Err(VaultError::Invalid(format!(
+                    "unknown legal ground '{}': expected one of {}",
+                    other.chars().take(64).collect::<String>(),
+                    Self::ALL.join(", ")
+                )));
+            }
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        Self::ALL[self as usize]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Revoked,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Revoked => "revoked",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, VaultError> {
+        Ok(match s {
+            "pending" => Self::Pending,
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "revoked" => Self::Revoked,
+            _ => return Err(VaultError::CorruptRow("request status")),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewAccessRequest {
+    pub subject: SubjectId,
+    pub record: Option<RecordId>,
+    pub categories: Vec<Category>,
+    pub purpose: Purpose,
+    pub justification: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRequest {
+    pub id: RequestId,
+    pub requester: PrincipalId,
+    pub school: SchoolId,
+    pub subject: SubjectId,
+    pub record: Option<RecordId>,
+    pub categories: Vec<Category>,
+    pub purpose: Purpose,
+    pub justification: String,
+    pub status: RequestStatus,
+    pub created_at: DateTime<Utc>,
+    pub decided_by: Option<PrincipalId>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub uses_left: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlass {
+    pub id: BreakGlassId,
+    pub principal: PrincipalId,
+    pub school: SchoolId,
+    pub subject: SubjectId,
+    pub justification: String,
+    pub opened_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub reviewed_by: Option<PrincipalId>,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub review_note: Option<String>,
+}
+
+fn pr<T>(r: Result<T, crate::domain::DomainError>, what: &'static str) -> Result<T, VaultError> {
+    r.map_err(|_| VaultError::CorruptRow(what))
+}
+
+fn cats_to_str(c: &[Category]) -> String {
+    c.iter().map(Category::as_str).collect::<Vec<_>>().join(",")
+}
+
+fn cats_from_str(s: &str) -> Result<Vec<Category>, VaultError> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| pr(Category::parse(x), "category list"))
+        .collect()
+}
+
+fn request_from_row(m: access_request::Model) -> Result<AccessRequest, VaultError> {
+    Ok(AccessRequest {
+        id: pr(RequestId::parse(&m.id), "request id")?,
+        requester: pr(PrincipalId::parse(&m.requester), "principal id")?,
+        school: pr(SchoolId::parse(&m.school_id), "school id")?,
+        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
+        record: m
+            .record_id
+            .as_deref()
+            .map(RecordId::parse)
+            .transpose()
+            .map_err(|_| VaultError::CorruptRow("record id"))?,
+        categories: cats_from_str(&m.categories)?,
+        purpose: pr(Purpose::parse(&m.purpose), "purpose")?,
+        justification: m.justification,
+        status: RequestStatus::parse(&m.status)?,
+        created_at: m.created_at,
+        decided_by: m
+            .decided_by
+            .as_deref()
+            .map(PrincipalId::parse)
+            .transpose()
+            .map_err(|_| VaultError::CorruptRow("principal id"))?,
+        decided_at: m.decided_at,
+        reason: m.reason,
+        expires_at: m.expires_at,
+        uses_left: m.uses_left.map(|u| u32::try_from(u).unwrap_or(0)),
+    })
+}
+
+fn break_glass_from_row(m: break_glass::Model) -> Result<BreakGlass, VaultError> {
+    Ok(BreakGlass {
+        id: pr(BreakGlassId::parse(&m.id), "break-glass id")?,
+        principal: pr(PrincipalId::parse(&m.principal), "principal id")?,
+        school: pr(SchoolId::parse(&m.school_id), "school id")?,
+        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
+        justification: m.justification,
+        opened_at: m.opened_at,
+        expires_at: m.expires_at,
+        reviewed_by: m
+            .reviewed_by
+            .as_deref()
+            .map(PrincipalId::parse)
+            .transpose()
+            .map_err(|_| VaultError::CorruptRow("principal id"))?,
+        reviewed_at: m.reviewed_at,
+        review_note: m.review_note,
+    })
+}
+
+fn consent_from_row(m: consent::Model) -> Result<Consent, VaultError> {
+    let given_by = match (m.given_by.as_str(), m.guardian_id.as_deref()) {
+        ("guardian", Some(g)) => ConsentGiver::Guardian(pr(SubjectId::parse(g), "guardian id")?),
+        ("subject", _) => ConsentGiver::Subject {
+            confirmed_adult: false,
+        },
+        ("subject_adult", _) => ConsentGiver::Subject {
+            confirmed_adult: true,
+        },
+        _ => return Err(VaultError::CorruptRow("consent giver")),
+    };
+    Ok(Consent {
+        id: pr(ConsentId::parse(&m.id), "consent id")?,
+        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
+        operator: m.operator,
+        operator_bin: m.operator_bin,
+        given_by,
+        method: m.method,
+        evidence_ref: m.evidence_ref,
+        text_version: m.text_version,
+        categories: cats_from_str(&m.categories)?,
+        third_party: m.third_party,
+        cross_border: m.cross_border,
+        publication: m.publication,
+        given_at: m.given_at,
+        term_until: m.term_until,
+        withdrawn_at: m.withdrawn_at,
+        withdrawal_deadline: m.withdrawal_deadline,
+        refusal_reason: m.refusal_reason,
+    })
+}
+
+/// Free text from callers (justifications, reasons): bounded, so a log or a row cannot be flooded.
+fn text(field: &'static str, s: &str, min: usize) -> Result<String, VaultError> {
+    let t = s.trim();
+    if t.chars().count() < min {
+        return Err(VaultError::Invalid(format!(
+            "{field} must be at least {min} characters"
+        )));
+    }
+    if t.len() > 2000 {
+        return Err(VaultError::Invalid(format!(
+            "{field} must be at most 2000 bytes"
+        )));
+    }
+    Ok(t.to_owned())
+}
+
+impl Vault {
+    // ----- principals -------------------------------------------------------------------------
+
+    /// Creates a principal with roles and returns its bearer token, shown only this once.
+    pub async fn create_principal(
+        &self,
+        name: &str,
+        roles: &[(Scope, Role)],
+    ) -> Result<(Principal, BearerToken), VaultError> {
+        let name = text("a principal's name", name, 1)?;
+        if roles.is_empty() {
+            return Err(VaultError::Invalid(
+                "a principal needs at least one role".into(),
+            ));
+        }
+        let mut raw = Zeroizing::new([0u8; 32]);
+        self.rng()
+            .fill(raw.as_mut())
+            .map_err(|_| VaultError::Invalid("the random generator failed".into()))?;
+        let token = BearerToken(Zeroizing::new(format!("vt_{}", hex::encode(&raw[..]))));
+        let id = PrincipalId::new_random();
+        let now = self.now();
+        principal::Entity::insert(principal::ActiveModel {
+            id: Set(id.to_string()),
+            name: Set(name.clone()),
+            token_hash: Set(token.hash()),
+            created_at: Set(now),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let rows = roles.iter().map(|(s, r)| principal_role::ActiveModel {
+            principal_id: Set(id.to_string()),
+            scope: Set(s.as_str().to_owned()),
+            role: Set(r.as_str().to_owned()),
+        });
+        principal_role::Entity::insert_many(rows)
+            .exec_without_returning(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new("admin", "principal.create", Outcome::Done);
+        ev.reason = Some(format!(
+            "principal {id}: {}",
+            roles
+                .iter()
+                .map(|(s, r)| format!("{r}@{}", s.as_str()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        self.audit().append(vec![ev]).await?;
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        Ok((Principal { id, name, roles }, token))
+    }
+
+    /// Finds the principal a token belongs to. Unknown, revoked and malformed tokens are all
+    /// refused the same way.
+    pub async fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
+        let hash = token.hash();
+        let row = principal::Entity::find()
+            .filter(principal::Column::TokenHash.eq(hash.clone()))
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let Some(row) = row else {
+            return Err(VaultError::Unauthenticated);
+        };
+        if !bool::from(row.token_hash.as_slice().ct_eq(hash.as_slice())) || row.revoked_at.is_some()
+        {
+            return Err(VaultError::Unauthenticated);
+        }
+        let id = pr(PrincipalId::parse(&row.id), "principal id")?;
+        self.principal_by_id(id, row.name).await
+    }
+
+    async fn principal_by_id(
+        &self,
+        id: PrincipalId,
+        name: String,
+    ) -> Result<Principal, VaultError> {
+        let roles = principal_role::Entity::find()
+            .filter(principal_role::Column::PrincipalId.eq(id.to_string()))
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    pr(Scope::parse(&r.scope), "role scope")?,
+                    Role::parse(&r.role).map_err(|_| VaultError::CorruptRow("role"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
+        Ok(Principal { id, name, roles })
+    }
+
+    /// Revokes a principal's token at once, for every server sharing the store.
+    pub async fn revoke_principal(&self, id: PrincipalId) -> Result<(), VaultError> {
+        let r = principal::Entity::update_many()
+            .col_expr(principal::Column::RevokedAt, Expr::value(self.now()))
+            .filter(principal::Column::Id.eq(id.to_string()))
+            .filter(principal::Column::RevokedAt.is_null())
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        if r.rows_affected == 0 {
+            return Err(VaultError::Invalid(format!(
+                "principal {id} does not exist or is already revoked"
+            )));
+        }
+        let mut ev = AuditEvent::new("admin", "principal.revoke", Outcome::Done);
+        ev.reason = Some(format!("principal {id}"));
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    // ----- decisions ----------------------------------------------------------------------------
+
+    /// The policy's answer for one category, without per-subject checks.
+    pub fn decide(
+        &self,
+        p: &Principal,
+        school: &SchoolId,
+        category: &Category,
+        action: Action,
+        purpose: &Purpose,
+    ) -> Decision {
+        self.policy()
+            .decide(&p.roles, school, category, action, purpose)
+    }
+
+    /// Requires every category to be allowed outright for `action`; audits the refusal.
+    async fn require(
+        &self,
+        p: &Principal,
+        subj: &Subject,
+        record: Option<RecordId>,
+        cats: &BTreeSet<Category>,
+        action: Action,
+        purpose: &Purpose,
+        audit_action: &'static str,
+    ) -> Result<(), VaultError> {
+        for c in cats {
+            let refusal = match self.decide(p, &subj.school, c, action, purpose) {
+                Decision::Allow => None,
+                Decision::ApprovalRequired => Some(VaultError::ApprovalRequired {
+                    category: c.clone(),
+                }),
+                Decision::Deny(reason) => Some(VaultError::Forbidden {
+                    category: c.clone(),
+                    reason,
+                }),
+            };
+            if let Some(err) = refusal {
+                let mut ev = self.event(
+                    p,
+                    audit_action,
+                    Outcome::Denied,
+                    subj,
+                    record,
+                    vec![c.clone()],
+                    Some(purpose),
+                );
+                ev.reason = Some(err.to_string());
+                self.audit().append(vec![ev]).await?;
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        p: &Principal,
+        action: &'static str,
+        outcome: Outcome,
+        subj: &Subject,
+        record: Option<RecordId>,
+        categories: Vec<Category>,
+        purpose: Option<&Purpose>,
+    ) -> AuditEvent {
+        AuditEvent {
+            actor: p.actor(),
+            action,
+            school: Some(subj.school.clone()),
+            subject: Some(subj.id),
+            record,
+            categories,
+            purpose: purpose.cloned(),
+            outcome,
+            reason: None,
+        }
+    }
+
+    // ----- legal basis ----------------------------------------------------------------------
+
+    /// Whether a current consent or recorded ground covers (subject, category) now.
+    pub async fn has_legal_basis(
+        &self,
+        subject: SubjectId,
+        category: &Category,
+    ) -> Result<bool, VaultError> {
+        let now = self.now();
+        let consents = consent::Entity::find()
+            .filter(consent::Column::SubjectId.eq(subject.to_string()))
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let by_consent = consents.iter().any(|c| {
+            c.categories.split(',').any(|x| x == category.as_str())
+                && c.given_at <= now
+                && c.term_until.is_none_or(|t| t > now)
+                // A withdrawal ends the basis, unless it was refused with a recorded reason.
+                && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
+        });
+        if by_consent {
+            return Ok(true);
+        }
+        let grounds = legal_ground::Entity::find()
+            .filter(legal_ground::Column::SubjectId.eq(subject.to_string()))
+            .filter(legal_ground::Column::Category.eq(category.as_str()))
+            .filter(legal_ground::Column::EndedAt.is_null())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        Ok(grounds.is_some())
+    }
+
+    fn needs_basis(&self, c: &Category) -> bool {
+        self.catalog().category(c).is_some_and(|d| d.legal_basis)
+    }
+
+    /// Records a consent (Art. 8(4)). For a student, a guardian gives it unless the operator
+    /// confirmed the student is an adult.
+    pub async fn record_consent(
+        &self,
+        p: &Principal,
+        new: NewConsent,
+    ) -> Result<Consent, VaultError> {
+        let subj = self.subject(new.subject).await?;
+        if new.categories.is_empty() {
+            return Err(VaultError::Invalid(
+                "a consent lists the data it covers: give at least one category".into(),
+            ));
+        }
+        for c in &new.categories {
+            if !self.catalog().collected_categories().any(|k| k == c) {
+                return Err(VaultError::Invalid(format!(
+                    "category '{c}' is not collected by the school"
+                )));
+            }
+        }
+        if !matches!(new.method.as_str(), "paper" | "e_signature" | "sms_code") {
+            return Err(VaultError::Invalid(
+                "consent method must be paper, e_signature or sms_code".into(),
+            ));
+        }
+        let evidence = text("evidence_ref", &new.evidence_ref, 1)?;
+        let version = text("text_version", &new.text_version, 1)?;
+        let (given_by, guardian) = match &new.given_by {
+            ConsentGiver::Guardian(g) => {
+                let gs = self.subject(*g).await?;
+                if gs.kind != SubjectKind::Guardian {
+                    return Err(VaultError::Invalid(format!(
+                        "subject {g} is not a guardian"
+                    )));
+                }
+                ("guardian", Some(g.to_string()))
+            }
+            ConsentGiver::Subject { confirmed_adult } => {
+                if subj.kind == SubjectKind::Student && !confirmed_adult {
+                    return Err(VaultError::Invalid(
+                        "a student under 18 cannot consent alone: record the guardian's consent, or confirm the student is an adult".into(),
+                    ));
+                }
+                (
+                    if *confirmed_adult {
+                        "subject_adult"
+                    } else {
+                        "subject"
+                    },
+                    None,
+                )
+            }
+        };
+        let cats: BTreeSet<Category> = new.categories.iter().cloned().collect();
+        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        self.require(
+            p,
+            &subj,
+            None,
+            &cats,
+            Action::Consent,
+            &purpose,
+            "consent.record",
+        )
+        .await?;
+        let id = ConsentId::new_random();
+        let now = self.now();
+        let policy = self.catalog().policy().clone();
+        consent::Entity::insert(consent::ActiveModel {
+            id: Set(id.to_string()),
+            subject_id: Set(subj.id.to_string()),
+            operator: Set(policy.operator.clone()),
+            operator_bin: Set(policy.operator_bin.clone()),
+            given_by: Set(given_by.into()),
+            guardian_id: Set(guardian),
+            method: Set(new.method.clone()),
+            evidence_ref: Set(evidence),
+            text_version: Set(version),
+            categories: Set(cats_to_str(&new.categories)),
+            third_party: Set(new.third_party),
+            cross_border: Set(new.cross_border),
+            publication: Set(new.publication),
+            given_at: Set(now),
+            term_until: Set(new.term_until),
+            recorded_by: Set(p.id.to_string()),
+            withdrawn_at: Set(None),
+            withdrawal_deadline: Set(None),
+            refusal_reason: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "consent.record",
+            Outcome::Done,
+            &subj,
+            None,
+            cats.into_iter().collect(),
+            None,
+        );
+        ev.reason = Some(format!("consent {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.consent(id).await
+    }
+
+    pub async fn consent(&self, id: ConsentId) -> Result<Consent, VaultError> {
+        consent::Entity::find_by_id(id.to_string())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or_else(|| VaultError::NotFound(format!("consent {id}")))
+            .and_then(consent_from_row)
+    }
+
+    pub async fn consents_of(&self, subject: SubjectId) -> Result<Vec<Consent>, VaultError> {
+        consent::Entity::find()
+            .filter(consent::Column::SubjectId.eq(subject.to_string()))
+            .order_by_asc(consent::Column::GivenAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(consent_from_row)
+            .collect()
+    }
+
+    /// Withdraws a consent: the basis ends now and processing must stop within 15 working days
+    /// (the deadline is recorded). With `refusal`, the operator refuses to stop because a law
+    /// requires keeping the data (Art. 8(2)); the reason is recorded and the basis continues.
+    pub async fn withdraw_consent(
+        &self,
+        p: &Principal,
+        id: ConsentId,
+        refusal: Option<&str>,
+    ) -> Result<Consent, VaultError> {
+        let c = self.consent(id).await?;
+        if c.withdrawn_at.is_some() {
+            return Err(VaultError::Invalid(format!(
+                "consent {id} was already withdrawn"
+            )));
+        }
+        let subj = self.subject(c.subject).await?;
+        let cats: BTreeSet<Category> = c.categories.iter().cloned().collect();
+        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        self.require(
+            p,
+            &subj,
+            None,
+            &cats,
+            Action::Consent,
+            &purpose,
+            "consent.withdraw",
+        )
+        .await?;
+        let refusal = refusal
+            .map(|r| text("the refusal reason", r, 10))
+            .transpose()?;
+        let now = self.now();
+        let deadline = self
+            .policy()
+            .add_working_days(now.date_naive(), WITHDRAWAL_WORKING_DAYS);
+        consent::Entity::update_many()
+            .col_expr(consent::Column::WithdrawnAt, Expr::value(now))
+            .col_expr(consent::Column::WithdrawalDeadline, Expr::value(deadline))
+            .col_expr(consent::Column::RefusalReason, Expr::value(refusal.clone()))
+            .filter(consent::Column::Id.eq(id.to_string()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let outcome = if refusal.is_some() {
+            Outcome::Refused
+        } else {
+            Outcome::Done
+        };
+        let mut ev = self.event(
+            p,
+            "consent.withdraw",
+            outcome,
+            &subj,
+            None,
+            c.categories.clone(),
+            None,
+        );
+        ev.reason = Some(format!("consent {id}; stop processing by {deadline}"));
+        self.audit().append(vec![ev]).await?;
+        self.consent(id).await
+    }
+
+    /// Records a legal ground other than consent for (subject, category).
+    pub async fn record_legal_ground(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+        category: &Category,
+        ground: LegalGround,
+        reference: &str,
+    ) -> Result<(), VaultError> {
+        let subj = self.subject(subject).await?;
+        let reference = text("the ground's reference", reference, 3)?;
+        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        self.require(
+            p,
+            &subj,
+            None,
+            &BTreeSet::from([category.clone()]),
+            Action::Consent,
+            &purpose,
+            "ground.record",
+        )
+        .await?;
+        legal_ground::Entity::insert(legal_ground::ActiveModel {
+            id: Set(uuid::Uuid::new_v4().to_string()),
+            subject_id: Set(subject.to_string()),
+            category: Set(category.as_str().to_owned()),
+            ground: Set(ground.as_str().to_owned()),
+            reference: Set(reference),
+            recorded_by: Set(p.id.to_string()),
+            recorded_at: Set(self.now()),
+            ended_at: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "ground.record",
+            Outcome::Done,
+            &subj,
+            None,
+            vec![category.clone()],
+            None,
+        );
+        ev.reason = Some(format!("ground {}", ground.as_str()));
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    // ----- approvals -----------------------------------------------------------------------------
+
+    /// Asks a director to approve opening categories of a subject (or one record) for a purpose.
+    pub async fn request_access(
+        &self,
+        p: &Principal,
+        new: NewAccessRequest,
+    ) -> Result<AccessRequest, VaultError> {
+        let subj = self.subject(new.subject).await?;
+        let justification = text("the justification", &new.justification, 10)?;
+        if new.categories.is_empty() {
+            return Err(VaultError::Invalid(
+                "name at least one category to open".into(),
+            ));
+        }
+        for c in &new.categories {
+            if let Decision::Deny(reason) =
+                self.decide(p, &subj.school, c, Action::Read, &new.purpose)
+            {
+                let mut ev = self.event(
+                    p,
+                    "access.request",
+                    Outcome::Denied,
+                    &subj,
+                    new.record,
+                    vec![c.clone()],
+                    Some(&new.purpose),
+                );
+                ev.reason = Some(reason.to_string());
+                self.audit().append(vec![ev]).await?;
+                return Err(VaultError::Forbidden {
+                    category: c.clone(),
+                    reason,
+                });
+            }
+        }
+        let id = RequestId::new_random();
+        access_request::Entity::insert(access_request::ActiveModel {
+            id: Set(id.to_string()),
+            requester: Set(p.id.to_string()),
+            school_id: Set(subj.school.as_str().to_owned()),
+            subject_id: Set(subj.id.to_string()),
+            record_id: Set(new.record.map(|r| r.to_string())),
+            categories: Set(cats_to_str(&new.categories)),
+            purpose: Set(new.purpose.as_str().to_owned()),
+            justification: Set(justification),
+            status: Set(RequestStatus::Pending.as_str().into()),
+            created_at: Set(self.now()),
+            decided_by: Set(None),
+            decided_at: Set(None),
+            reason: Set(None),
+            expires_at: Set(None),
+            uses_left: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "access.request",
+            Outcome::Done,
+            &subj,
+            new.record,
+            new.categories.clone(),
+            Some(&new.purpose),
+        );
+        ev.reason = Some(format!("request {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.access_request(id).await
+    }
+
+    pub async fn access_request(&self, id: RequestId) -> Result<AccessRequest, VaultError> {
+        access_request::Entity::find_by_id(id.to_string())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or_else(|| VaultError::NotFound(format!("access request {id}")))
+            .and_then(request_from_row)
+    }
+
+    /// Pending requests a principal may decide: those of schools where it may approve.
+    pub async fn pending_requests(&self, p: &Principal) -> Result<Vec<AccessRequest>, VaultError> {
+        let rows = access_request::Entity::find()
+            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
+            .order_by_asc(access_request::Column::CreatedAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = request_from_row(r)?;
+            if r.requester != p.id && self.may_approve(p, &r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn may_approve(&self, p: &Principal, r: &AccessRequest) -> bool {
+        r.categories
+            .iter()
+            .all(|c| self.decide(p, &r.school, c, Action::Approve, &r.purpose) == Decision::Allow)
+    }
+
+    async fn decidable(
+        &self,
+        p: &Principal,
+        id: RequestId,
+        action: &'static str,
+    ) -> Result<(AccessRequest, Subject), VaultError> {
+        let r = self.access_request(id).await?;
+        let subj = self.subject(r.subject).await?;
+        let refusal = if r.requester == p.id {
+            Some(VaultError::SelfApproval)
+        } else if !self.may_approve(p, &r) {
+            Some(VaultError::NotApprover {
+                school: r.school.clone(),
+            })
+        } else if r.status != RequestStatus::Pending {
+            Some(VaultError::Invalid(format!(
+                "request {id} is {}, not pending",
+                r.status.as_str()
+            )))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            let mut ev = self.event(
+                p,
+                action,
+                Outcome::Denied,
+                &subj,
+                r.record,
+                r.categories.clone(),
+                Some(&r.purpose),
+            );
+            ev.reason = Some(format!("request {id}: {e}"));
+            self.audit().append(vec![ev]).await?;
+            return Err(e);
+        }
+        Ok((r, subj))
+    }
+
+    /// Approves a pending request until `expires_at`, for `uses` reads.
+    pub async fn approve_request(
+        &self,
+        p: &Principal,
+        id: RequestId,
+        expires_at: DateTime<Utc>,
+        uses: u32,
+    ) -> Result<AccessRequest, VaultError> {
+        if uses == 0 || uses > 1000 {
+            return Err(VaultError::Invalid(
+                "an approval allows 1 to 1000 uses".into(),
+            ));
+        }
+        if expires_at <= self.now() {
+            return Err(VaultError::Invalid(
+                "an approval must expire in the future".into(),
+            ));
+        }
+        let (r, subj) = self.decidable(p, id, "access.approve").await?;
+        let done = access_request::Entity::update_many()
+            .col_expr(
+                access_request::Column::Status,
+                Expr::value(RequestStatus::Approved.as_str()),
+            )
+            .col_expr(
+                access_request::Column::DecidedBy,
+                Expr::value(p.id.to_string()),
+            )
+            .col_expr(access_request::Column::DecidedAt, Expr::value(self.now()))
+            .col_expr(access_request::Column::ExpiresAt, Expr::value(expires_at))
+            .col_expr(access_request::Column::UsesLeft, Expr::value(uses as i32))
+            .filter(access_request::Column::Id.eq(id.to_string()))
+            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        if done.rows_affected != 1 {
+            return Err(VaultError::Invalid(format!(
+                "request {id} was decided meanwhile"
+            )));
+        }
+        let mut ev = self.event(
+            p,
+            "access.approve",
+            Outcome::Done,
+            &subj,
+            r.record,
+            r.categories.clone(),
+            Some(&r.purpose),
+        );
+        ev.reason = Some(format!(
+            "request {id}: {uses} uses until {}",
+            expires_at.to_rfc3339()
+        ));
+        self.audit().append(vec![ev]).await?;
+        self.access_request(id).await
+    }
+
+    /// Denies a pending request with a reason.
+    pub async fn deny_request(
+        &self,
+        p: &Principal,
+        id: RequestId,
+        reason: &str,
+    ) -> Result<AccessRequest, VaultError> {
+        let reason = text("the reason", reason, 5)?;
+        let (r, subj) = self.decidable(p, id, "access.deny").await?;
+        access_request::Entity::update_many()
+            .col_expr(
+                access_request::Column::Status,
+                Expr::value(RequestStatus::Denied.as_str()),
+            )
+            .col_expr(
+                access_request::Column::DecidedBy,
+                Expr::value(p.id.to_string()),
+            )
+            .col_expr(access_request::Column::DecidedAt, Expr::value(self.now()))
+            .col_expr(access_request::Column::Reason, Expr::value(reason))
+            .filter(access_request::Column::Id.eq(id.to_string()))
+            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "access.deny",
+            Outcome::Done,
+            &subj,
+            r.record,
+            r.categories.clone(),
+            Some(&r.purpose),
+        );
+        ev.reason = Some(format!("request {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.access_request(id).await
+    }
+
+    /// Revokes an approval: it opens nothing from now on, on every server.
+    pub async fn revoke_approval(
+        &self,
+        p: &Principal,
+        id: RequestId,
+    ) -> Result<AccessRequest, VaultError> {
+        let r = self.access_request(id).await?;
+        let subj = self.subject(r.subject).await?;
+        if r.requester != p.id && !self.may_approve(p, &r) {
+            return Err(VaultError::NotApprover {
+                school: r.school.clone(),
+            });
+        }
+        access_request::Entity::update_many()
+            .col_expr(
+                access_request::Column::Status,
+                Expr::value(RequestStatus::Revoked.as_str()),
+            )
+            .filter(access_request::Column::Id.eq(id.to_string()))
+            .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "access.revoke",
+            Outcome::Done,
+            &subj,
+            r.record,
+            r.categories.clone(),
+            Some(&r.purpose),
+        );
+        ev.reason = Some(format!("request {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.access_request(id).await
+    }
+
+    /// Takes one use of an approval that covers `category` of this record for this purpose.
+    async fn use_approval(
+        &self,
+        p: &Principal,
+        subj: &Subject,
+        record: RecordId,
+        category: &Category,
+        purpose: &Purpose,
+    ) -> Result<Option<RequestId>, VaultError> {
+        let now = self.now();
+        let rows = access_request::Entity::find()
+            .filter(access_request::Column::Requester.eq(p.id.to_string()))
+            .filter(access_request::Column::SubjectId.eq(subj.id.to_string()))
+            .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
+            .filter(access_request::Column::Purpose.eq(purpose.as_str()))
+            .filter(access_request::Column::ExpiresAt.gt(now))
+            .filter(access_request::Column::UsesLeft.gt(0))
+            .order_by_asc(access_request::Column::ExpiresAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        for r in rows {
+            let covers = r.categories.split(',').any(|c| c == category.as_str())
+                && r.record_id
+                    .as_deref()
+                    .is_none_or(|rid| rid == record.to_string());
+            if !covers {
+                continue;
+            }
+            // Atomic: two servers cannot both spend the last use.
+            let taken = access_request::Entity::update_many()
+                .col_expr(
+                    access_request::Column::UsesLeft,
+                    Expr::col(access_request::Column::UsesLeft).sub(1),
+                )
+                .filter(access_request::Column::Id.eq(r.id.clone()))
+                .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
+                .filter(access_request::Column::UsesLeft.gt(0))
+                .exec(&self.stores().data)
+                .await
+                .map_err(StoreError::data)?;
+            if taken.rows_affected == 1 {
+                return Ok(Some(pr(RequestId::parse(&r.id), "request id")?));
+            }
+        }
+        Ok(None)
+    }
+
+    // ----- break-glass ------------------------------------------------------------------------
+
+    /// Opens a subject's health data at once for a medical emergency. Flagged, and a director
+    /// must review it.
+    pub async fn open_break_glass(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+        justification: &str,
+    ) -> Result<BreakGlass, VaultError> {
+        let subj = self.subject(subject).await?;
+        let justification = text("the justification", justification, 10)?;
+        let health = pr(Category::parse("health"), "category")?;
+        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        self.require(
+            p,
+            &subj,
+            None,
+            &BTreeSet::from([health.clone()]),
+            Action::BreakGlass,
+            &purpose,
+            "break_glass.open",
+        )
+        .await?;
+        let id = BreakGlassId::new_random();
+        let now = self.now();
+        break_glass::Entity::insert(break_glass::ActiveModel {
+            id: Set(id.to_string()),
+            principal: Set(p.id.to_string()),
+            school_id: Set(subj.school.as_str().to_owned()),
+            subject_id: Set(subj.id.to_string()),
+            justification: Set(justification),
+            opened_at: Set(now),
+            expires_at: Set(now + BREAK_GLASS_WINDOW),
+            reviewed_by: Set(None),
+            reviewed_at: Set(None),
+            review_note: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "break_glass.open",
+            Outcome::Allowed,
+            &subj,
+            None,
+            vec![health],
+            Some(&purpose),
+        );
+        ev.reason = Some(format!("BREAK-GLASS {id}: review required"));
+        self.audit().append(vec![ev]).await?;
+        self.break_glass(id).await
+    }
+
+    pub async fn break_glass(&self, id: BreakGlassId) -> Result<BreakGlass, VaultError> {
+        break_glass::Entity::find_by_id(id.to_string())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or_else(|| VaultError::NotFound(format!("break-glass access {id}")))
+            .and_then(break_glass_from_row)
+    }
+
+    async fn active_break_glass(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Option<BreakGlassId>, VaultError> {
+        let now = self.now();
+        let row = break_glass::Entity::find()
+            .filter(break_glass::Column::Principal.eq(p.id.to_string()))
+            .filter(break_glass::Column::SubjectId.eq(subject.to_string()))
+            .filter(break_glass::Column::OpenedAt.lte(now))
+            .filter(break_glass::Column::ExpiresAt.gt(now))
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        row.map(|r| pr(BreakGlassId::parse(&r.id), "break-glass id"))
+            .transpose()
+    }
+
+    /// A director of the school (not the one who opened it) reviews a break-glass access.
+    pub async fn review_break_glass(
+        &self,
+        p: &Principal,
+        id: BreakGlassId,
+        note: &str,
+    ) -> Result<BreakGlass, VaultError> {
+        let bg = self.break_glass(id).await?;
+        let subj = self.subject(bg.subject).await?;
+        let note = text("the review note", note, 5)?;
+        let health = pr(Category::parse("health"), "category")?;
+        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        if bg.principal == p.id {
+            return Err(VaultError::SelfApproval);
+        }
+        if self.decide(p, &bg.school, &health, Action::Approve, &purpose) != Decision::Allow {
+            return Err(VaultError::NotApprover {
+                school: bg.school.clone(),
+            });
+        }
+        if bg.reviewed_at.is_some() {
+            return Err(VaultError::Invalid(format!(
+                "break-glass access {id} was already reviewed"
+            )));
+        }
+        break_glass::Entity::update_many()
+            .col_expr(
+                break_glass::Column::ReviewedBy,
+                Expr::value(p.id.to_string()),
+            )
+            .col_expr(break_glass::Column::ReviewedAt, Expr::value(self.now()))
+            .col_expr(break_glass::Column::ReviewNote, Expr::value(note))
+            .filter(break_glass::Column::Id.eq(id.to_string()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = self.event(
+            p,
+            "break_glass.review",
+            Outcome::Done,
+            &subj,
+            None,
+            vec![health],
+            Some(&purpose),
+        );
+        ev.reason = Some(format!("break-glass {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.break_glass(id).await
+    }
+
+    /// Break-glass accesses left unreviewed for more than 24 hours.
+    pub async fn overdue_break_glass(&self) -> Result<Vec<BreakGlass>, VaultError> {
+        let cutoff = self.now() - BREAK_GLASS_REVIEW_DUE;
+        break_glass::Entity::find()
+            .filter(break_glass::Column::ReviewedAt.is_null())
+            .filter(break_glass::Column::OpenedAt.lt(cutoff))
+            .order_by_asc(break_glass::Column::OpenedAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(break_glass_from_row)
+            .collect()
+    }
+
+    // ----- blocking ----------------------------------------------------------------------------
+
+    /// Blocks or unblocks a subject (Art. 25(2)(8)): blocked data is stored but not processed.
+    pub async fn set_blocked(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+        blocked: bool,
+    ) -> Result<(), VaultError> {
+        let subj = self.subject(subject).await?;
+        let all: BTreeSet<Category> = self.catalog().collected_categories().cloned().collect();
+        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        self.require(
+            p,
+            &subj,
+            None,
+            &all,
+            Action::Consent,
+            &purpose,
+            "subject.block",
+        )
+        .await?;
+        subject::Entity::update_many()
+            .col_expr(
+                subject::Column::BlockedAt,
+                Expr::value(if blocked { Some(self.now()) } else { None }),
+            )
+            .filter(subject::Column::Id.eq(subject.to_string()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let action = if blocked {
+            "subject.block"
+        } else {
+            "subject.unblock"
+        };
+        self.audit()
+            .append(vec![self.event(
+                p,
+                action,
+                Outcome::Done,
+                &subj,
+                None,
+                Vec::new(),
+                None,
+            )])
+            .await?;
+        Ok(())
+    }
+
+    // ----- reads and writes through decisions ---------------------------------------------------
+
+    /// Reads a record for a purpose: each category opens, or comes back sealed with the reason.
+    /// The audit entries are committed before any value is returned.
+    pub async fn read_record_as(
+        &self,
+        p: &Principal,
+        id: RecordId,
+        purpose: &Purpose,
+    ) -> Result<RecordView, VaultError> {
+        let meta = self.record_meta(id).await?;
+        let subj = self.subject(meta.subject).await?;
+        let present = self.record_categories(id).await?;
+        let mut open = BTreeSet::new();
+        let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
+        let mut events = Vec::new();
+        let mut via = Vec::new();
+        let blocked = self.is_blocked(subj.id).await?;
+        for c in &present {
+            if blocked {
+                sealed.insert(c.clone(), SealReason::Blocked);
+                continue;
+            }
+            let reason = match self.decide(p, &subj.school, c, Action::Read, purpose) {
+                Decision::Deny(r) => Some(SealReason::Forbidden(r)),
+                Decision::ApprovalRequired => {
+                    let emergency =
+                        purpose.as_str() == "medical_emergency" && c.as_str() == "health";
+                    let bg = if emergency {
+                        self.active_break_glass(p, subj.id).await?
+                    } else {
+                        None
+                    };
+                    if let Some(bg) = bg {
+                        via.push(format!("break-glass {bg}"));
+                        None
+                    } else if let Some(req) = self.use_approval(p, &subj, id, c, purpose).await? {
+                        via.push(format!("approval {req}"));
+                        None
+                    } else {
+                        Some(SealReason::ApprovalRequired)
+                    }
+                }
+                Decision::Allow => None,
+            };
+            let reason = match reason {
+                None if self.needs_basis(c) && !self.has_legal_basis(subj.id, c).await? => {
+                    Some(SealReason::NoLegalBasis)
+                }
+                r => r,
+            };
+            match reason {
+                None => {
+                    open.insert(c.clone());
+                }
+                Some(r) => {
+                    sealed.insert(c.clone(), r);
+                }
+            }
+        }
+        if !open.is_empty() {
+            let mut ev = self.event(
+                p,
+                "record.read",
+                Outcome::Allowed,
+                &subj,
+                Some(id),
+                open.iter().cloned().collect(),
+                Some(purpose),
+            );
+            if !via.is_empty() {
+                ev.reason = Some(via.join("; "));
+            }
+            events.push(ev);
+        }
+        let mut by_reason: BTreeMap<String, (Outcome, Vec<Category>)> = BTreeMap::new();
+        for (c, r) in &sealed {
+            let outcome = if *r == SealReason::ApprovalRequired {
+                Outcome::ApprovalRequired
+            } else {
+                Outcome::Denied
+            };
+            by_reason
+                .entry(r.describe())
+                .or_insert((outcome, Vec::new()))
+                .1
+                .push(c.clone());
+        }
+        for (reason, (outcome, cats)) in by_reason {
+            let mut ev = self.event(
+                p,
+                "record.read",
+                outcome,
+                &subj,
+                Some(id),
+                cats,
+                Some(purpose),
+            );
+            ev.reason = Some(reason);
+            events.push(ev);
+        }
+        // Durable before any value leaves.
+        self.audit().append(events).await?;
+        let mut view = self.read_record(id, &open).await?;
+        for f in view.fields.values_mut() {
+            if let FieldView::Sealed { category, reason } = f
+                && let Some(r) = sealed.get(category)
+            {
+                *reason = r.clone();
+            }
+        }
+        Ok(view)
+    }
+
+    async fn is_blocked(&self, subject: SubjectId) -> Result<bool, VaultError> {
+        Ok(subject::Entity::find_by_id(subject.to_string())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .is_some_and(|s| s.blocked_at.is_some()))
+    }
+
+    async fn check_write(
+        &self,
+        p: &Principal,
+        subj: &Subject,
+        record: Option<RecordId>,
+        cats: &BTreeSet<Category>,
+        action: Action,
+        purpose: &Purpose,
+        audit_action: &'static str,
+    ) -> Result<(), VaultError> {
+        if self.is_blocked(subj.id).await? {
+            let mut ev = self.event(
+                p,
+                audit_action,
+                Outcome::Denied,
+                subj,
+                record,
+                cats.iter().cloned().collect(),
+                Some(purpose),
+            );
+            ev.reason = Some("subject is blocked".into());
+            self.audit().append(vec![ev]).await?;
+            return Err(VaultError::Blocked(subj.id));
+        }
+        self.require(p, subj, record, cats, action, purpose, audit_action)
+            .await?;
+        for c in cats {
+            if self.needs_basis(c) && !self.has_legal_basis(subj.id, c).await? {
+                let mut ev = self.event(
+                    p,
+                    audit_action,
+                    Outcome::Denied,
+                    subj,
+                    record,
+                    vec![c.clone()],
+                    Some(purpose),
+                );
+                ev.reason = Some(format!("no legal basis for {c}"));
+                self.audit().append(vec![ev]).await?;
+                return Err(VaultError::NoLegalBasis {
+                    category: c.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn categories_of(
+        &self,
+        record_type: &RecordType,
+        names: impl Iterator<Item = FieldName>,
+    ) -> Result<BTreeSet<Category>, VaultError> {
+        let rt = self
+            .catalog()
+            .record_type(record_type)
+            .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;
+        names
+            .map(|n| {
+                rt.field(&n)
+                    .map(|f| f.category.clone())
+                    .ok_or_else(|| VaultError::UnknownField {
+                        record_type: record_type.clone(),
+                        field: n,
+                    })
+            })
+            .collect()
+    }
+
+    /// Writes a record for a purpose, if every category may be written and special categories
+    /// have a legal basis.
+    pub async fn write_record_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+        record_type: &RecordType,
+        fields: &BTreeMap<FieldName, FieldValue>,
+        purpose: &Purpose,
+    ) -> Result<RecordMeta, VaultError> {
+        let subj = self.subject(subject).await?;
+        let cats = self.categories_of(record_type, fields.keys().cloned())?;
+        self.check_write(
+            p,
+            &subj,
+            None,
+            &cats,
+            Action::Write,
+            purpose,
+            "record.write",
+        )
+        .await?;
+        let meta = self.write_record(subject, record_type, fields).await?;
+        self.audit()
+            .append(vec![self.event(
+                p,
+                "record.write",
+                Outcome::Allowed,
+                &subj,
+                Some(meta.id),
+                cats.into_iter().collect(),
+                Some(purpose),
+            )])
+            .await?;
+        Ok(meta)
+    }
+
+    /// Updates a record for a purpose, with the same checks as a write.
+    pub async fn update_record_as(
+        &self,
+        p: &Principal,
+        id: RecordId,
+        expected_version: u64,
+        changes: &BTreeMap<FieldName, FieldChange>,
+        purpose: &Purpose,
+    ) -> Result<RecordMeta, VaultError> {
+        let meta = self.record_meta(id).await?;
+        let subj = self.subject(meta.subject).await?;
+        let cats = self.categories_of(&meta.record_type, changes.keys().cloned())?;
+        self.check_write(
+            p,
+            &subj,
+            Some(id),
+            &cats,
+            Action::Update,
+            purpose,
+            "record.update",
+        )
+        .await?;
+        let out = self.update_record(id, expected_version, changes).await?;
+        self.audit()
+            .append(vec![self.event(
+                p,
+                "record.update",
+                Outcome::Allowed,
+                &subj,
+                Some(id),
+                cats.into_iter().collect(),
+                Some(purpose),
+            )])
+            .await?;
+        Ok(out)
+    }
+
+    /// Crypto-shreds a record on a principal's authority, leaving a shred certificate in the log.
+    pub async fn shred_record_as(
+        &self,
+        p: &Principal,
+        id: RecordId,
+        purpose: &Purpose,
+    ) -> Result<ShredReceipt, VaultError> {
+        let meta = self.record_meta(id).await?;
+        let subj = self.subject(meta.subject).await?;
+        let cats = self.record_categories(id).await?;
+        self.require(
+            p,
+            &subj,
+            Some(id),
+            &cats,
+            Action::Shred,
+            purpose,
+            "record.shred",
+        )
+        .await?;
+        let receipt = self.shred_record(id).await?;
+        let mut ev = self.event(
+            p,
+            "record.shred",
+            Outcome::Done,
+            &subj,
+            Some(id),
+            receipt.categories.clone(),
+            Some(purpose),
+        );
+        ev.reason = Some(format!(
+            "shred certificate: {} keys destroyed, {} fields deleted",
+            receipt.deks_destroyed, receipt.fields_deleted
+        ));
+        self.audit().append(vec![ev]).await?;
+        Ok(receipt)
+    }
+}
