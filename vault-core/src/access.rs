@@ -55,6 +55,15 @@ crate::domain::id_type!(
     "break-glass id"
 );
 
+/// The context of one request, for decisions and their audit entries.
+struct Act<'a> {
+    p: &'a Principal,
+    subj: &'a Subject,
+    record: Option<RecordId>,
+    purpose: &'a Purpose,
+    audit_action: &'static str,
+}
+
 /// A bearer token. Secret: no Debug, Display or Serialize; compared only by hash, in constant time.
 pub struct BearerToken(Zeroizing<String>);
 
@@ -498,16 +507,12 @@ impl Vault {
     /// Requires every category to be allowed outright for `action`; audits the refusal.
     async fn require(
         &self,
-        p: &Principal,
-        subj: &Subject,
-        record: Option<RecordId>,
+        a: &Act<'_>,
         cats: &BTreeSet<Category>,
         action: Action,
-        purpose: &Purpose,
-        audit_action: &'static str,
     ) -> Result<(), VaultError> {
         for c in cats {
-            let refusal = match self.decide(p, &subj.school, c, action, purpose) {
+            let refusal = match self.decide(a.p, &a.subj.school, c, action, a.purpose) {
                 Decision::Allow => None,
                 Decision::ApprovalRequired => Some(VaultError::ApprovalRequired {
                     category: c.clone(),
@@ -519,13 +524,13 @@ impl Vault {
             };
             if let Some(err) = refusal {
                 let mut ev = self.event(
-                    p,
-                    audit_action,
+                    a.p,
+                    a.audit_action,
                     Outcome::Denied,
-                    subj,
-                    record,
+                    a.subj,
+                    a.record,
                     vec![c.clone()],
-                    Some(purpose),
+                    Some(a.purpose),
                 );
                 ev.reason = Some(err.to_string());
                 self.audit().append(vec![ev]).await?;
@@ -653,13 +658,15 @@ impl Vault {
         let cats: BTreeSet<Category> = new.categories.iter().cloned().collect();
         let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
         self.require(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "consent.record",
+            },
             &cats,
             Action::Consent,
-            &purpose,
-            "consent.record",
         )
         .await?;
         let id = ConsentId::new_random();
@@ -743,13 +750,15 @@ impl Vault {
         let cats: BTreeSet<Category> = c.categories.iter().cloned().collect();
         let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
         self.require(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "consent.withdraw",
+            },
             &cats,
             Action::Consent,
-            &purpose,
-            "consent.withdraw",
         )
         .await?;
         let refusal = refusal
@@ -799,13 +808,15 @@ impl Vault {
         let reference = text("the ground's reference", reference, 3)?;
         let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
         self.require(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "ground.record",
+            },
             &BTreeSet::from([category.clone()]),
             Action::Consent,
-            &purpose,
-            "ground.record",
         )
         .await?;
         legal_ground::Entity::insert(legal_ground::ActiveModel {
@@ -1175,13 +1186,15 @@ impl Vault {
         let health = pr(Category::parse("health"), "category")?;
         let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
         self.require(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "break_glass.open",
+            },
             &BTreeSet::from([health.clone()]),
             Action::BreakGlass,
-            &purpose,
-            "break_glass.open",
         )
         .await?;
         let id = BreakGlassId::new_random();
@@ -1320,13 +1333,15 @@ impl Vault {
         let all: BTreeSet<Category> = self.catalog().collected_categories().cloned().collect();
         let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
         self.require(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "subject.block",
+            },
             &all,
             Action::Consent,
-            &purpose,
-            "subject.block",
         )
         .await?;
         subject::Entity::update_many()
@@ -1481,40 +1496,35 @@ impl Vault {
 
     async fn check_write(
         &self,
-        p: &Principal,
-        subj: &Subject,
-        record: Option<RecordId>,
+        a: &Act<'_>,
         cats: &BTreeSet<Category>,
         action: Action,
-        purpose: &Purpose,
-        audit_action: &'static str,
     ) -> Result<(), VaultError> {
-        if self.is_blocked(subj.id).await? {
+        if self.is_blocked(a.subj.id).await? {
             let mut ev = self.event(
-                p,
-                audit_action,
+                a.p,
+                a.audit_action,
                 Outcome::Denied,
-                subj,
-                record,
+                a.subj,
+                a.record,
                 cats.iter().cloned().collect(),
-                Some(purpose),
+                Some(a.purpose),
             );
             ev.reason = Some("subject is blocked".into());
             self.audit().append(vec![ev]).await?;
-            return Err(VaultError::Blocked(subj.id));
+            return Err(VaultError::Blocked(a.subj.id));
         }
-        self.require(p, subj, record, cats, action, purpose, audit_action)
-            .await?;
+        self.require(a, cats, action).await?;
         for c in cats {
-            if self.needs_basis(c) && !self.has_legal_basis(subj.id, c).await? {
+            if self.needs_basis(c) && !self.has_legal_basis(a.subj.id, c).await? {
                 let mut ev = self.event(
-                    p,
-                    audit_action,
+                    a.p,
+                    a.audit_action,
                     Outcome::Denied,
-                    subj,
-                    record,
+                    a.subj,
+                    a.record,
                     vec![c.clone()],
-                    Some(purpose),
+                    Some(a.purpose),
                 );
                 ev.reason = Some(format!("no legal basis for {c}"));
                 self.audit().append(vec![ev]).await?;
@@ -1560,13 +1570,15 @@ impl Vault {
         let subj = self.subject(subject).await?;
         let cats = self.categories_of(record_type, fields.keys().cloned())?;
         self.check_write(
-            p,
-            &subj,
-            None,
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose,
+                audit_action: "record.write",
+            },
             &cats,
             Action::Write,
-            purpose,
-            "record.write",
         )
         .await?;
         let meta = self.write_record(subject, record_type, fields).await?;
@@ -1597,13 +1609,15 @@ impl Vault {
         let subj = self.subject(meta.subject).await?;
         let cats = self.categories_of(&meta.record_type, changes.keys().cloned())?;
         self.check_write(
-            p,
-            &subj,
-            Some(id),
+            &Act {
+                p,
+                subj: &subj,
+                record: Some(id),
+                purpose,
+                audit_action: "record.update",
+            },
             &cats,
             Action::Update,
-            purpose,
-            "record.update",
         )
         .await?;
         let out = self.update_record(id, expected_version, changes).await?;
@@ -1632,13 +1646,15 @@ impl Vault {
         let subj = self.subject(meta.subject).await?;
         let cats = self.record_categories(id).await?;
         self.require(
-            p,
-            &subj,
-            Some(id),
+            &Act {
+                p,
+                subj: &subj,
+                record: Some(id),
+                purpose,
+                audit_action: "record.shred",
+            },
             &cats,
             Action::Shred,
-            purpose,
-            "record.shred",
         )
         .await?;
         let receipt = self.shred_record(id).await?;

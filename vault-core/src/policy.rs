@@ -441,11 +441,14 @@ impl Policy {
     }
 }
 
+/// Grants and role inheritances (child, parent) read from `policy.csv`.
+type ParsedPolicy = (Vec<Grant>, Vec<(Role, Role)>);
+
 fn parse_policy_csv(
     file: &str,
     text: &str,
     catalog: &Catalog,
-) -> Result<(Vec<Grant>, Vec<(Role, Role)>), PolicyError> {
+) -> Result<ParsedPolicy, PolicyError> {
     let err = |line: usize, reason: String| PolicyError::Invalid {
         file: file.into(),
         line,

@@ -1,0 +1,781 @@
+//! Who may decrypt what, end to end on SQLite and PostgreSQL: approvals, break-glass, consent
+//! and withdrawal, write-only admissions, tokens, and a tamper-evident audit log. Time moves by
+//! an injected clock, never by sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use sea_orm::{ConnectionTrait, Statement};
+use vault_core::{
+    AuditProblem, BearerToken, Category, ConsentGiver, FieldName, FieldValue, FieldView,
+    LegalGround, ManualClock, NewAccessRequest, NewConsent, NewSubject, Principal, Purpose,
+    RecordId, RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
+};
+use vault_tests::{Backend, TestVault, contains, on_both_backends};
+
+on_both_backends!(
+    approvals_gate_special_reads,
+    break_glass_opens_at_once_and_must_be_reviewed,
+    consent_gates_special_categories_and_withdrawal_ends_it,
+    tokens_authenticate_and_revoke,
+    audit_log_detects_edits_removals_and_reordering,
+    audit_never_holds_values,
+    concurrent_reads_share_audit_transactions,
+);
+
+fn start() -> DateTime<Utc> {
+    "2026-12-01T09:00:00Z".parse().unwrap()
+}
+
+fn cat(s: &str) -> Category {
+    Category::parse(s).unwrap()
+}
+fn purpose(s: &str) -> Purpose {
+    Purpose::parse(s).unwrap()
+}
+fn school(s: &str) -> SchoolId {
+    SchoolId::parse(s).unwrap()
+}
+
+struct School {
+    t: TestVault,
+    clock: Arc<ManualClock>,
+    admissions: Principal,
+    nurse: Principal,
+    teacher: Principal,
+    class_teacher: Principal,
+    director: Principal,
+    director2: Principal,
+    other_director: Principal,
+    general_director: Principal,
+    privacy: Principal,
+    student: SubjectId,
+    guardian: SubjectId,
+}
+
+async fn principal(t: &TestVault, name: &str, scope: &str, role: Role) -> Principal {
+    t.vault
+        .create_principal(name, &[(Scope::parse(scope).unwrap(), role)])
+        .await
+        .unwrap()
+        .0
+}
+
+async fn school_day(backend: Backend) -> School {
+    let clock = Arc::new(ManualClock::new(start()));
+    let t = TestVault::with_clock(backend, clock.clone()).await;
+    let student = t
+        .vault
+        .create_subject(NewSubject {
+            school: school("school-1"),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let guardian = t
+        .vault
+        .create_subject(NewSubject {
+            school: school("school-1"),
+            kind: SubjectKind::Guardian,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    School {
+        admissions: principal(&t, "Admissions office", "school-1", Role::Admissions).await,
+        nurse: principal(&t, "Nurse Aigul", "school-1", Role::Nurse).await,
+        teacher: principal(&t, "Teacher Bolat", "school-1", Role::Teacher).await,
+        class_teacher: principal(&t, "Class teacher Dana", "school-1", Role::ClassTeacher).await,
+        director: principal(&t, "Director Serik", "school-1", Role::Director).await,
+        director2: principal(&t, "Deputy director Aliya", "school-1", Role::Director).await,
+        other_director: principal(&t, "Director of school 2", "school-2", Role::Director).await,
+        general_director: principal(&t, "General director", "*", Role::GeneralDirector).await,
+        privacy: principal(&t, "Privacy officer", "school-1", Role::PrivacyOfficer).await,
+        t,
+        clock,
+        student,
+        guardian,
+    }
+}
+
+fn fields(pairs: &[(&str, &str)]) -> BTreeMap<FieldName, FieldValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (FieldName::parse(k).unwrap(), FieldValue::text(v)))
+        .collect()
+}
+
+impl School {
+    async fn consent(&self, cats: &[&str]) -> vault_core::Consent {
+        self.t
+            .vault
+            .record_consent(
+                &self.admissions,
+                NewConsent {
+                    subject: self.student,
+                    given_by: ConsentGiver::Guardian(self.guardian),
+                    method: "paper".into(),
+                    evidence_ref: "scan 2026/118".into(),
+                    text_version: "consent-v3".into(),
+                    categories: cats.iter().map(|c| cat(c)).collect(),
+                    third_party: false,
+                    cross_border: false,
+                    publication: false,
+                    term_until: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn enrol_with_health(&self) -> RecordId {
+        self.consent(&["health", "religion"]).await;
+        self.t
+            .vault
+            .write_record_as(
+                &self.admissions,
+                self.student,
+                &RecordType::parse("student").unwrap(),
+                &fields(&[
+                    ("full_name", "Aruzhan Serikovna"),
+                    ("special_educational_needs", "MARKER-dyslexia"),
+                ]),
+                &purpose("legal_administrative"),
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn health_of(&self, p: &Principal, record: RecordId, why: &str) -> FieldView {
+        let mut view = self
+            .t
+            .vault
+            .read_record_as(p, record, &purpose(why))
+            .await
+            .unwrap();
+        view.fields
+            .remove(&FieldName::parse("special_educational_needs").unwrap())
+            .unwrap()
+    }
+
+    async fn request(&self, p: &Principal, record: RecordId) -> vault_core::AccessRequest {
+        self.t
+            .vault
+            .request_access(
+                p,
+                NewAccessRequest {
+                    subject: self.student,
+                    record: Some(record),
+                    categories: vec![cat("health")],
+                    purpose: purpose("education"),
+                    justification: "planning support for the new term".into(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+}
+
+fn is_open(v: &FieldView) -> bool {
+    matches!(v, FieldView::Open { .. })
+}
+
+fn sealed_as(v: &FieldView) -> Option<&SealReason> {
+    match v {
+        FieldView::Sealed { reason, .. } => Some(reason),
+        FieldView::Open { .. } => None,
+    }
+}
+
+async fn approvals_gate_special_reads(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+
+    // Until approved: sealed, saying what would open it. Identity opens.
+    let view = v
+        .read_record_as(&s.nurse, rec, &purpose("education"))
+        .await
+        .unwrap();
+    assert!(is_open(
+        &view.fields[&FieldName::parse("full_name").unwrap()]
+    ));
+    assert_eq!(
+        sealed_as(&view.fields[&FieldName::parse("special_educational_needs").unwrap()]),
+        Some(&SealReason::ApprovalRequired)
+    );
+
+    let req = s.request(&s.nurse, rec).await;
+    // Nobody approves their own request; another school's director cannot approve.
+    let in_an_hour = start() + Duration::hours(1);
+    assert!(matches!(
+        v.approve_request(&s.nurse, req.id, in_an_hour, 2)
+            .await
+            .unwrap_err(),
+        VaultError::SelfApproval | VaultError::NotApprover { .. }
+    ));
+    assert!(matches!(
+        v.approve_request(&s.other_director, req.id, in_an_hour, 2)
+            .await
+            .unwrap_err(),
+        VaultError::NotApprover { .. }
+    ));
+    assert!(
+        v.pending_requests(&s.director)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == req.id)
+    );
+    assert!(
+        v.pending_requests(&s.other_director)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Approved for two uses: exactly two reads open it.
+    v.approve_request(&s.director, req.id, in_an_hour, 2)
+        .await
+        .unwrap();
+    assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
+    assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+    // The approval does not open the data for anyone else, or for another purpose.
+    assert_eq!(
+        sealed_as(&s.health_of(&s.teacher, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+
+    // Expiry: approved until +1h, read at +2h.
+    let req2 = s.request(&s.nurse, rec).await;
+    v.approve_request(&s.director, req2.id, start() + Duration::hours(1), 10)
+        .await
+        .unwrap();
+    s.clock.advance(Duration::hours(2));
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+    let now = start() + Duration::hours(2);
+
+    // Denied opens nothing.
+    let req3 = s.request(&s.nurse, rec).await;
+    v.deny_request(&s.director, req3.id, "not needed for this term")
+        .await
+        .unwrap();
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+    // A decided request cannot be approved afterwards.
+    assert!(
+        v.approve_request(&s.director2, req3.id, now + Duration::hours(1), 1)
+            .await
+            .is_err()
+    );
+
+    // Revoked opens nothing.
+    let req4 = s.request(&s.nurse, rec).await;
+    v.approve_request(&s.director2, req4.id, now + Duration::hours(1), 5)
+        .await
+        .unwrap();
+    assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
+    v.revoke_approval(&s.director, req4.id).await.unwrap();
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+
+    // A director's own read needs another director's approval too; the general director can give it.
+    let req5 = s.request(&s.director, rec).await;
+    assert!(matches!(
+        v.approve_request(&s.director, req5.id, now + Duration::hours(1), 1)
+            .await
+            .unwrap_err(),
+        VaultError::SelfApproval
+    ));
+    v.approve_request(&s.general_director, req5.id, now + Duration::hours(1), 1)
+        .await
+        .unwrap();
+    assert!(is_open(&s.health_of(&s.director, rec, "education").await));
+
+    // Every step left an audit entry, and the chain verifies.
+    let log = v.audit_entries().await.unwrap();
+    for action in [
+        "access.request",
+        "access.approve",
+        "access.deny",
+        "access.revoke",
+        "record.read",
+    ] {
+        assert!(log.iter().any(|e| e.action == action), "no {action} entry");
+    }
+    assert!(
+        log.iter()
+            .any(|e| e.action == "access.approve" && e.outcome == "denied")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.action == "record.read" && e.outcome == "approval_required")
+    );
+    let report = v.verify_audit().await.unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(report.entries as usize, log.len());
+}
+
+async fn break_glass_opens_at_once_and_must_be_reviewed(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+
+    assert!(matches!(
+        v.open_break_glass(&s.teacher, s.student, "student collapsed in class")
+            .await
+            .unwrap_err(),
+        VaultError::Forbidden { .. }
+    ));
+    let bg = v
+        .open_break_glass(&s.nurse, s.student, "anaphylaxis in the gym, need history")
+        .await
+        .unwrap();
+    assert!(is_open(
+        &s.health_of(&s.nurse, rec, "medical_emergency").await
+    ));
+    let log = v.access_history(s.student).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "break_glass.open"
+        && e.reason.as_deref().unwrap_or("").contains("BREAK-GLASS")));
+    assert!(log.iter().any(|e| e.action == "record.read"
+        && e.outcome == "allowed"
+        && e.reason.as_deref().unwrap_or("").contains("break-glass")));
+
+    assert!(v.overdue_break_glass().await.unwrap().is_empty());
+    s.clock.advance(Duration::hours(25));
+    let overdue = v.overdue_break_glass().await.unwrap();
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].id, bg.id);
+    // The window has closed: no more emergency reads without a new break-glass.
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "medical_emergency").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+
+    assert!(matches!(
+        v.review_break_glass(&s.nurse, bg.id, "it was fine")
+            .await
+            .unwrap_err(),
+        VaultError::SelfApproval
+    ));
+    assert!(matches!(
+        v.review_break_glass(&s.other_director, bg.id, "looks fine")
+            .await
+            .unwrap_err(),
+        VaultError::NotApprover { .. }
+    ));
+    let reviewed = v
+        .review_break_glass(&s.director, bg.id, "justified: ambulance called")
+        .await
+        .unwrap();
+    assert_eq!(reviewed.reviewed_by, Some(s.director.id));
+    assert!(v.overdue_break_glass().await.unwrap().is_empty());
+}
+
+async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backend) {
+    let s = school_day(backend).await;
+    let v = &s.t.vault;
+    let rt = RecordType::parse("student").unwrap();
+    let religion = fields(&[("full_name", "Timur"), ("religion", "MARKER-faith")]);
+
+    // No basis: refused, naming what is missing; nothing stored.
+    let err = v
+        .write_record_as(
+            &s.admissions,
+            s.student,
+            &rt,
+            &religion,
+            &purpose("religious_education"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VaultError::NoLegalBasis { category } if category.as_str() == "religion"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("religion"));
+
+    // A student cannot consent alone.
+    let err = v
+        .record_consent(
+            &s.admissions,
+            NewConsent {
+                subject: s.student,
+                given_by: ConsentGiver::Subject {
+                    confirmed_adult: false,
+                },
+                method: "paper".into(),
+                evidence_ref: "scan 1".into(),
+                text_version: "v3".into(),
+                categories: vec![cat("religion")],
+                third_party: false,
+                cross_border: false,
+                publication: false,
+                term_until: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("guardian"), "{err}");
+
+    // With the guardian's consent: written. Admissions cannot read it back.
+    let consent = s.consent(&["religion"]).await;
+    assert_eq!(consent.operator_bin.len(), 12);
+    assert_eq!(consent.given_by, ConsentGiver::Guardian(s.guardian));
+    let rec = v
+        .write_record_as(
+            &s.admissions,
+            s.student,
+            &rt,
+            &religion,
+            &purpose("religious_education"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let field = FieldName::parse("religion").unwrap();
+    let view = v
+        .read_record_as(&s.admissions, rec, &purpose("religious_education"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        sealed_as(&view.fields[&field]),
+        Some(SealReason::Forbidden(_))
+    ));
+    let view = v
+        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .await
+        .unwrap();
+    assert!(is_open(&view.fields[&field]));
+
+    // Withdrawal on Tuesday 1 December 2026: basis ends now; the deadline is 15 working days
+    // later, past three weekends and Independence Day (16 December).
+    let w = v
+        .withdraw_consent(&s.privacy, consent.id, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.withdrawal_deadline,
+        Some(NaiveDate::from_ymd_opt(2026, 12, 23).unwrap())
+    );
+    let view = v
+        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sealed_as(&view.fields[&field]),
+        Some(&SealReason::NoLegalBasis)
+    );
+    assert!(
+        v.withdraw_consent(&s.privacy, consent.id, None)
+            .await
+            .is_err(),
+        "withdrawn twice"
+    );
+
+    // A withdrawal refused with a recorded reason keeps the basis.
+    let c2 = s.consent(&["religion"]).await;
+    assert!(
+        v.withdraw_consent(&s.privacy, c2.id, Some("short"))
+            .await
+            .is_err()
+    );
+    let w2 = v
+        .withdraw_consent(
+            &s.privacy,
+            c2.id,
+            Some("Education law requires keeping it until June"),
+        )
+        .await
+        .unwrap();
+    assert!(w2.refusal_reason.is_some());
+    let view = v
+        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .await
+        .unwrap();
+    assert!(is_open(&view.fields[&field]));
+
+    // A named legal ground instead of consent.
+    let eth = fields(&[("ethnic_origin", "MARKER-origin")]);
+    assert!(
+        v.write_record_as(
+            &s.admissions,
+            s.student,
+            &rt,
+            &eth,
+            &purpose("legal_administrative")
+        )
+        .await
+        .is_err()
+    );
+    v.record_legal_ground(
+        &s.privacy,
+        s.student,
+        &cat("ethnicity"),
+        LegalGround::StateStatistics,
+        "Order on school statistics No. 12",
+    )
+    .await
+    .unwrap();
+    let rec2 = v
+        .write_record_as(
+            &s.admissions,
+            s.student,
+            &rt,
+            &eth,
+            &purpose("legal_administrative"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let view = v
+        .read_record_as(&s.director, rec2, &purpose("legal_administrative"))
+        .await
+        .unwrap();
+    assert!(is_open(
+        &view.fields[&FieldName::parse("ethnic_origin").unwrap()]
+    ));
+
+    // Every consent change is in the subject's history.
+    let log = v.access_history(s.student).await.unwrap();
+    assert!(log.iter().filter(|e| e.action == "consent.record").count() >= 2);
+    assert!(
+        log.iter()
+            .any(|e| e.action == "consent.withdraw" && e.outcome == "done")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.action == "consent.withdraw" && e.outcome == "refused")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.action == "record.write" && e.outcome == "denied")
+    );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+}
+
+async fn tokens_authenticate_and_revoke(backend: Backend) {
+    let s = school_day(backend).await;
+    let v = &s.t.vault;
+    let (p, token) = v
+        .create_principal(
+            "Timetable app",
+            &[(Scope::School(school("school-1")), Role::AppTimetable)],
+        )
+        .await
+        .unwrap();
+    assert!(token.expose().starts_with("vt_") && token.expose().len() == 67);
+    assert_eq!(v.authenticate(&token).await.unwrap(), p);
+    for bad in ["", "vt_", "vt_0000", &format!("{}x", token.expose())] {
+        assert!(matches!(
+            v.authenticate(&BearerToken::new(bad)).await.unwrap_err(),
+            VaultError::Unauthenticated
+        ));
+    }
+    // Only the hash is stored.
+    let db = s.t.stores.raw_data().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT token_hash FROM principals",
+        ))
+        .await
+        .unwrap();
+    for r in rows {
+        let h: Vec<u8> = r.try_get("", "token_hash").unwrap();
+        assert_eq!(h.len(), 32);
+        assert!(!contains(&h, token.expose().as_bytes()));
+    }
+    v.revoke_principal(p.id).await.unwrap();
+    assert!(matches!(
+        v.authenticate(&token).await.unwrap_err(),
+        VaultError::Unauthenticated
+    ));
+}
+
+async fn tamper(s: &School, sql: &str) {
+    let db = s.t.stores.raw_data().await;
+    db.execute_unprepared(sql).await.unwrap();
+}
+
+async fn audit_log_detects_edits_removals_and_reordering(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    for _ in 0..3 {
+        s.t.vault
+            .read_record_as(&s.nurse, rec, &purpose("education"))
+            .await
+            .unwrap();
+    }
+    let v = &s.t.vault;
+    let report = v.verify_audit().await.unwrap();
+    assert_eq!(report.problem, None);
+    assert!(
+        report.entries >= 12 && report.checkpoints >= 1,
+        "{report:?}"
+    );
+
+    // Edit one field of entry 3.
+    let original: String = {
+        let db = s.t.stores.raw_data().await;
+        db.query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT outcome FROM audit_log WHERE seq = 3",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "outcome")
+        .unwrap()
+    };
+    tamper(&s, "UPDATE audit_log SET outcome = 'forged' WHERE seq = 3").await;
+    assert_eq!(
+        v.verify_audit().await.unwrap().problem,
+        Some(AuditProblem::Altered { seq: 3 })
+    );
+    tamper(
+        &s,
+        &format!("UPDATE audit_log SET outcome = '{original}' WHERE seq = 3"),
+    )
+    .await;
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+
+    // Swap entries 4 and 5.
+    tamper(&s, "UPDATE audit_log SET seq = -1 WHERE seq = 4").await;
+    tamper(&s, "UPDATE audit_log SET seq = 4 WHERE seq = 5").await;
+    tamper(&s, "UPDATE audit_log SET seq = 5 WHERE seq = -1").await;
+    let problem = v.verify_audit().await.unwrap().problem;
+    assert!(
+        matches!(
+            problem,
+            Some(AuditProblem::OutOfOrder { seq: 4 } | AuditProblem::Altered { seq: 4 })
+        ),
+        "{problem:?}"
+    );
+    assert!(problem.unwrap().to_string().contains("entry 4"));
+    tamper(&s, "UPDATE audit_log SET seq = -1 WHERE seq = 4").await;
+    tamper(&s, "UPDATE audit_log SET seq = 4 WHERE seq = 5").await;
+    tamper(&s, "UPDATE audit_log SET seq = 5 WHERE seq = -1").await;
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+
+    // Delete entry 6.
+    tamper(&s, "DELETE FROM audit_log WHERE seq = 6").await;
+    let problem = v.verify_audit().await.unwrap().problem.unwrap();
+    assert_eq!(problem, AuditProblem::Missing { seq: 6 });
+    assert_eq!(problem.to_string(), "entry 6 is missing");
+
+    // Removing the newest entries is caught by the head and the signed checkpoints.
+    let t2 = school_day(backend).await;
+    let max: i64 = {
+        let db = t2.t.stores.raw_data().await;
+        db.query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT MAX(seq) AS m FROM audit_log",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "m")
+        .unwrap()
+    };
+    tamper(&t2, &format!("DELETE FROM audit_log WHERE seq = {max}")).await;
+    assert!(matches!(
+        t2.t.vault.verify_audit().await.unwrap().problem,
+        Some(AuditProblem::Truncated { .. })
+    ));
+}
+
+async fn audit_never_holds_values(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    let req = s.request(&s.nurse, rec).await;
+    v.approve_request(&s.director, req.id, start() + Duration::hours(1), 3)
+        .await
+        .unwrap();
+    let view = v
+        .read_record_as(&s.nurse, rec, &purpose("education"))
+        .await
+        .unwrap();
+    assert!(format!("{view:?}").contains("redacted"));
+    v.open_break_glass(&s.nurse, s.student, "seizure at lunch, need the history")
+        .await
+        .unwrap();
+    v.read_record_as(&s.nurse, rec, &purpose("medical_emergency"))
+        .await
+        .unwrap();
+    let _ = v
+        .write_record_as(
+            &s.teacher,
+            s.student,
+            &RecordType::parse("student").unwrap(),
+            &fields(&[("religion", "MARKER-denied-write")]),
+            &purpose("religious_education"),
+        )
+        .await
+        .unwrap_err();
+
+    let log = v.audit_entries().await.unwrap();
+    assert!(log.len() > 10);
+    let text = format!("{log:?}");
+    for m in ["MARKER", "dyslexia", "Aruzhan", "Serikovna", "denied-write"] {
+        assert!(!text.contains(m), "audit holds {m}");
+    }
+    // And not in the raw rows either, which the data-store scan also covers.
+    let vault = s.t.vault;
+    vault.stores().clone().close().await.unwrap();
+    drop(vault);
+    let raw = s.t.stores.data_store_bytes();
+    assert!(
+        contains(&raw, b"record.read"),
+        "positive control: audit rows are in the scan"
+    );
+    assert!(!contains(&raw, b"MARKER"));
+}
+
+async fn concurrent_reads_share_audit_transactions(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    let before = v.verify_audit().await.unwrap();
+    assert_eq!(before.problem, None);
+    const READS: usize = 64;
+    let education = purpose("education");
+    let reads = (0..READS).map(|_| v.read_record_as(&s.nurse, rec, &education));
+    for r in futures::future::join_all(reads).await {
+        let view = r.unwrap();
+        assert!(is_open(
+            &view.fields[&FieldName::parse("full_name").unwrap()]
+        ));
+    }
+    let after = v.verify_audit().await.unwrap();
+    assert_eq!(
+        after.problem, None,
+        "the chain is intact after concurrent appends"
+    );
+    // Each read writes two entries (identity allowed, health approval-required).
+    assert_eq!(after.entries - before.entries, 2 * READS as u64);
+    // One transaction (and one signed checkpoint) per batch, not per entry.
+    let batches = after.checkpoints - before.checkpoints;
+    assert!(
+        batches < READS as u64,
+        "{batches} batches for {READS} concurrent reads"
+    );
+}
