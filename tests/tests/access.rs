@@ -23,6 +23,7 @@ on_both_backends!(
     audit_log_detects_edits_removals_and_reordering,
     audit_never_holds_values,
     concurrent_reads_share_audit_transactions,
+    blocked_subjects_are_stored_not_processed,
 );
 
 fn start() -> DateTime<Utc> {
@@ -778,4 +779,45 @@ async fn concurrent_reads_share_audit_transactions(backend: Backend) {
         batches < READS as u64,
         "{batches} batches for {READS} concurrent reads"
     );
+}
+
+async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    // Only someone who may act for every category (the privacy officer) blocks.
+    assert!(v.set_blocked(&s.nurse, s.student, true).await.is_err());
+    v.set_blocked(&s.privacy, s.student, true).await.unwrap();
+    let view = v
+        .read_record_as(&s.admissions, rec, &purpose("legal_administrative"))
+        .await
+        .unwrap();
+    assert!(
+        view.fields
+            .values()
+            .all(|f| sealed_as(f) == Some(&SealReason::Blocked))
+    );
+    let err = v
+        .write_record_as(
+            &s.admissions,
+            s.student,
+            &RecordType::parse("student").unwrap(),
+            &fields(&[("full_name", "x")]),
+            &purpose("legal_administrative"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Blocked(id) if id == s.student));
+    // Still stored: unblocking makes it readable again.
+    v.set_blocked(&s.privacy, s.student, false).await.unwrap();
+    let view = v
+        .read_record_as(&s.admissions, rec, &purpose("legal_administrative"))
+        .await
+        .unwrap();
+    assert!(is_open(
+        &view.fields[&FieldName::parse("full_name").unwrap()]
+    ));
+    let log = v.access_history(s.student).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "subject.block"));
+    assert!(log.iter().any(|e| e.action == "subject.unblock"));
 }
