@@ -244,6 +244,15 @@ pub struct AccessRequest {
     pub uses_left: Option<u32>,
 }
 
+/// A subject access export: all data, decrypted, with consents and access history.
+#[derive(Debug)]
+pub struct SubjectExport {
+    pub subject: Subject,
+    pub records: Vec<RecordView>,
+    pub consents: Vec<Consent>,
+    pub history: Vec<crate::audit::AuditRecord>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakGlass {
     pub id: BreakGlassId,
@@ -487,6 +496,203 @@ impl Vault {
         ev.reason = Some(format!("principal {id}"));
         self.audit().append(vec![ev]).await?;
         Ok(())
+    }
+
+    // ----- scoping ------------------------------------------------------------------------------
+
+    /// A subject as seen by a principal: one of a school where it holds no role is answered as
+    /// not found, the same as one that does not exist, so ids cannot be probed across schools.
+    pub async fn subject_as(&self, p: &Principal, id: SubjectId) -> Result<Subject, VaultError> {
+        let subj = self.subject(id).await?;
+        if !p.roles.iter().any(|(s, _)| s.covers(&subj.school)) {
+            return Err(VaultError::SubjectNotFound(id));
+        }
+        Ok(subj)
+    }
+
+    /// Like `subject_as`, for a record.
+    async fn scoped_record(
+        &self,
+        p: &Principal,
+        id: RecordId,
+    ) -> Result<(RecordMeta, Subject), VaultError> {
+        let meta = self.record_meta(id).await?;
+        if !p.roles.iter().any(|(s, _)| s.covers(&meta.school)) {
+            return Err(VaultError::RecordNotFound(id));
+        }
+        let subj = self.subject(meta.subject).await?;
+        Ok((meta, subj))
+    }
+
+    /// Creates a subject, if the principal may write identity data in that school.
+    pub async fn create_subject_as(
+        &self,
+        p: &Principal,
+        new: crate::vault::NewSubject,
+    ) -> Result<Subject, VaultError> {
+        let identity = pr(Category::parse("identity"), "category")?;
+        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        match self.decide(p, &new.school, &identity, Action::Write, &purpose) {
+            Decision::Allow => {}
+            Decision::ApprovalRequired => {
+                return Err(VaultError::ApprovalRequired { category: identity });
+            }
+            Decision::Deny(reason) => {
+                return Err(VaultError::Forbidden {
+                    category: identity,
+                    reason,
+                });
+            }
+        }
+        let subj = self.create_subject(new).await?;
+        let ev = self.event(
+            p,
+            "subject.create",
+            Outcome::Done,
+            &subj,
+            None,
+            Vec::new(),
+            None,
+        );
+        self.audit().append(vec![ev]).await?;
+        Ok(subj)
+    }
+
+    /// A subject's records (metadata only), for a principal of its school.
+    pub async fn subject_records_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Vec<RecordMeta>, VaultError> {
+        self.subject_as(p, subject).await?;
+        let mut out = Vec::new();
+        for id in self.subject_record_ids(subject).await? {
+            out.push(self.record_meta(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Overdue break-glass accesses of the schools where the principal reviews them.
+    pub async fn overdue_break_glass_as(
+        &self,
+        p: &Principal,
+    ) -> Result<Vec<BreakGlass>, VaultError> {
+        let health = pr(Category::parse("health"), "category")?;
+        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        Ok(self
+            .overdue_break_glass()
+            .await?
+            .into_iter()
+            .filter(|b| {
+                self.decide(p, &b.school, &health, Action::Approve, &purpose) == Decision::Allow
+            })
+            .collect())
+    }
+
+    /// Whether the principal may read the audit log (the auditor role).
+    pub fn may_audit(&self, p: &Principal) -> bool {
+        let Ok(identity) = Category::parse("identity") else {
+            return false;
+        };
+        let Ok(audit) = Purpose::parse("audit") else {
+            return false;
+        };
+        p.roles.iter().any(|(scope, role)| {
+            let school = match scope {
+                Scope::School(s) => s.clone(),
+                Scope::Network => match SchoolId::parse("network") {
+                    Ok(s) => s,
+                    Err(_) => return false,
+                },
+            };
+            self.policy().decide(
+                &[(Scope::School(school.clone()), *role)],
+                &school,
+                &identity,
+                Action::AuditRead,
+                &audit,
+            ) == Decision::Allow
+        })
+    }
+
+    /// A subject's access history, for the auditor.
+    pub async fn access_history_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Vec<crate::audit::AuditRecord>, VaultError> {
+        if !self.may_audit(p) {
+            return Err(VaultError::NotAuditor);
+        }
+        self.subject(subject).await?;
+        let mut ev = AuditEvent::new(p.actor(), "audit.read", Outcome::Done);
+        ev.subject = Some(subject);
+        self.audit().append(vec![ev]).await?;
+        self.access_history(subject).await
+    }
+
+    /// Records an operator's decision that has no subject (such as a configuration override).
+    pub async fn record_operator_event(
+        &self,
+        actor: &str,
+        action: &'static str,
+        reason: String,
+    ) -> Result<(), VaultError> {
+        let mut ev = AuditEvent::new(actor, action, Outcome::Done);
+        ev.reason = Some(reason);
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    /// Everything held about a subject, decrypted for the privacy officer answering the
+    /// subject's access request (Art. 24): every record, consents, and who accessed it when.
+    pub async fn export_subject(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<SubjectExport, VaultError> {
+        let subj = self.subject_as(p, subject).await?;
+        let purpose = pr(Purpose::parse("subject_access"), "purpose")?;
+        let ids = self.subject_record_ids(subject).await?;
+        let mut all = BTreeSet::new();
+        for id in &ids {
+            all.extend(self.record_categories(*id).await?);
+        }
+        self.require(
+            &Act {
+                p,
+                subj: &subj,
+                record: None,
+                purpose: &purpose,
+                audit_action: "subject.export",
+            },
+            &all,
+            Action::Export,
+        )
+        .await?;
+        let mut ev = self.event(
+            p,
+            "subject.export",
+            Outcome::Allowed,
+            &subj,
+            None,
+            all.iter().cloned().collect(),
+            Some(&purpose),
+        );
+        ev.reason = Some(format!("{} records", ids.len()));
+        // Durable before the export leaves.
+        self.audit().append(vec![ev]).await?;
+        let mut records = Vec::new();
+        for id in ids {
+            let cats = self.record_categories(id).await?;
+            records.push(self.read_record(id, &cats).await?);
+        }
+        Ok(SubjectExport {
+            consents: self.consents_of(subject).await?,
+            history: self.access_history(subject).await?,
+            subject: subj,
+            records,
+        })
     }
 
     // ----- decisions ----------------------------------------------------------------------------
@@ -1382,8 +1588,7 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
-        let meta = self.record_meta(id).await?;
-        let subj = self.subject(meta.subject).await?;
+        let (_, subj) = self.scoped_record(p, id).await?;
         let present = self.record_categories(id).await?;
         let mut open = BTreeSet::new();
         let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
@@ -1567,7 +1772,7 @@ impl Vault {
         fields: &BTreeMap<FieldName, FieldValue>,
         purpose: &Purpose,
     ) -> Result<RecordMeta, VaultError> {
-        let subj = self.subject(subject).await?;
+        let subj = self.subject_as(p, subject).await?;
         let cats = self.categories_of(record_type, fields.keys().cloned())?;
         self.check_write(
             &Act {
@@ -1605,8 +1810,7 @@ impl Vault {
         changes: &BTreeMap<FieldName, FieldChange>,
         purpose: &Purpose,
     ) -> Result<RecordMeta, VaultError> {
-        let meta = self.record_meta(id).await?;
-        let subj = self.subject(meta.subject).await?;
+        let (meta, subj) = self.scoped_record(p, id).await?;
         let cats = self.categories_of(&meta.record_type, changes.keys().cloned())?;
         self.check_write(
             &Act {
@@ -1642,8 +1846,7 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<ShredReceipt, VaultError> {
-        let meta = self.record_meta(id).await?;
-        let subj = self.subject(meta.subject).await?;
+        let (_, subj) = self.scoped_record(p, id).await?;
         let cats = self.record_categories(id).await?;
         self.require(
             &Act {

@@ -17,7 +17,7 @@ mod vault;
 pub use access::{
     AccessRequest, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, BreakGlass,
     BreakGlassId, Consent, ConsentGiver, ConsentId, LegalGround, NewAccessRequest, NewConsent,
-    Principal, PrincipalId, RequestId, RequestStatus, WITHDRAWAL_WORKING_DAYS,
+    Principal, PrincipalId, RequestId, RequestStatus, SubjectExport, WITHDRAWAL_WORKING_DAYS,
 };
 pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
 pub use catalog::{

@@ -136,6 +136,8 @@ pub enum VaultError {
     NotApprover { school: SchoolId },
     #[error("{0} does not exist")]
     NotFound(String),
+    #[error("only an auditor may read the audit log")]
+    NotAuditor,
     #[error("{0}")]
     Invalid(String),
 }
@@ -430,6 +432,22 @@ impl Vault {
     /// A record's metadata (no values).
     pub async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
         meta_from_row(&self.record_row(id).await?)
+    }
+
+    /// The ids of a subject's records that still hold data (not shredded).
+    pub async fn subject_record_ids(
+        &self,
+        subject: SubjectId,
+    ) -> Result<Vec<RecordId>, VaultError> {
+        record::Entity::find()
+            .filter(record::Column::SubjectId.eq(subject.to_string()))
+            .filter(record::Column::State.eq(STATE_ACTIVE))
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .iter()
+            .map(|r| parse_row(RecordId::parse(&r.id), "record id"))
+            .collect()
     }
 
     /// The categories a record holds fields in.

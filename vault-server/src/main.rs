@@ -1,81 +1,155 @@
 //! `vault-server`: the HTTP front of the school records vault.
 //!
 //! `vault-server --dev` runs on the embedded default: SQLite in `./vault-data`, a dev custodian
-//! identity and keyring made on first start. Never use `--dev` for real data.
+//! identity, keyring and principals made on first start. Never use `--dev` for real data.
 #![forbid(unsafe_code)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::Arc;
+mod api;
+mod problem;
+mod telemetry;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use vault_core::{Catalog, Policy, SealTo, StoreConfig, Stores, Unlock, Vault, VaultError};
+use serde::Deserialize;
+use tracing::Instrument;
+use vault_core::{
+    Catalog, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock, Vault, VaultError,
+};
 
-/// The school records vault's HTTP server.
+use crate::api::AppState;
+use crate::telemetry::Metrics;
+
+/// The school records vault's HTTP server. Every option can also come from a `VAULT_`
+/// environment variable or the `--config` file (flags and variables win over the file).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Development mode: SQLite in --data-dir, a dev keyring made on first start. Not for real data.
+    /// Development mode: a dev keyring and dev principals made on first start. Not for real data.
     #[arg(long)]
     dev: bool,
-    /// Folder of the embedded SQLite stores (data.db, keys.db).
-    #[arg(long, env = "VAULT_DATA_DIR", default_value = "vault-data")]
-    data_dir: PathBuf,
+    /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, policies,
+    /// store_country, allow_store_outside_kz.
+    #[arg(long, env = "VAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder of the embedded SQLite stores (data.db, keys.db). Default: vault-data.
+    #[arg(long, env = "VAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Data-store URL (PostgreSQL in production); overrides --data-dir.
-    #[arg(long, env = "VAULT_DATA_URL", requires = "keys_url")]
+    #[arg(long, env = "VAULT_DATA_URL")]
     data_url: Option<String>,
     /// Key-store URL; a separate database from the data store.
-    #[arg(long, env = "VAULT_KEYS_URL", requires = "data_url")]
+    #[arg(long, env = "VAULT_KEYS_URL")]
     keys_url: Option<String>,
     /// The custodian's age identity file that unseals the keyring.
     #[arg(long, env = "VAULT_IDENTITY")]
     identity: Option<PathBuf>,
-    /// Folder of the catalog, casbin model and grants, and holidays.
-    #[arg(long, env = "VAULT_POLICIES", default_value = "policies")]
-    policies: PathBuf,
-    /// Address to listen on; port 0 picks a free port (printed at start).
-    #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:8200")]
+    /// Folder of the catalog, casbin model and grants, and holidays. Default: policies.
+    #[arg(long, env = "VAULT_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (printed at start). Default: 127.0.0.1:8200.
+    #[arg(long, env = "VAULT_LISTEN")]
+    listen: Option<String>,
+    /// ISO 3166 code of the country where the stores are (Law 94-V Art. 12(2)). Default: KZ.
+    #[arg(long, env = "VAULT_STORE_COUNTRY")]
+    store_country: Option<String>,
+    /// Start even though the stores are declared outside Kazakhstan (logged and audited).
+    #[arg(long, env = "VAULT_ALLOW_STORE_OUTSIDE_KZ")]
+    allow_store_outside_kz: bool,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    data_url: Option<String>,
+    keys_url: Option<String>,
+    identity: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    store_country: Option<String>,
+    allow_store_outside_kz: Option<bool>,
+}
+
+/// The settings after merging flags, environment and the config file.
+struct Settings {
+    dev: bool,
     listen: String,
+    data_dir: PathBuf,
+    stores: Option<(String, String)>,
+    identity: Option<PathBuf>,
+    policies: PathBuf,
+    store_country: String,
+    allow_outside: bool,
 }
 
-struct AppState {
-    vault: Vault,
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.vault.check_ready().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
-        Err(e) => {
-            tracing::error!(error = ?anyhow::Error::new(e), "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .content_type("application/problem+json")
-                .json(serde_json::json!({
-                    "type": "about:blank",
-                    "title": "Service unavailable",
-                    "status": 503,
-                    "code": "not_ready",
-                    "detail": "a store is unreachable; see the server log",
-                }))
+fn settings(a: Args) -> Result<Settings> {
+    let f: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the config file {}", p.display()))?;
+            toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
         }
+        None => FileConfig::default(),
+    };
+    let data_url = a.data_url.or(f.data_url);
+    let keys_url = a.keys_url.or(f.keys_url);
+    let stores = match (data_url, keys_url) {
+        (Some(d), Some(k)) => Some((d, k)),
+        (None, None) => None,
+        _ => bail!(
+            "give both a data-store URL and a key-store URL, or neither (to use the data folder)"
+        ),
+    };
+    let store_country = a
+        .store_country
+        .or(f.store_country)
+        .unwrap_or_else(|| "KZ".into())
+        .to_ascii_uppercase();
+    if store_country.len() != 2 || !store_country.bytes().all(|b| b.is_ascii_uppercase()) {
+        bail!("store_country must be a two-letter ISO 3166 code such as KZ");
     }
+    Ok(Settings {
+        dev: a.dev,
+        listen: a
+            .listen
+            .or(f.listen)
+            .unwrap_or_else(|| "127.0.0.1:8200".into()),
+        data_dir: a
+            .data_dir
+            .or(f.data_dir)
+            .unwrap_or_else(|| "vault-data".into()),
+        stores,
+        identity: a.identity.or(f.identity),
+        policies: a
+            .policies
+            .or(f.policies)
+            .unwrap_or_else(|| "policies".into()),
+        store_country,
+        allow_outside: a.allow_store_outside_kz || f.allow_store_outside_kz.unwrap_or(false),
+    })
 }
 
-/// In dev mode, makes the custodian identity and keyring on first start.
-async fn dev_keyring(
+/// In dev mode: on first start, a custodian identity, a keyring and one principal per role of
+/// the school day, whose tokens are printed once and written (owner-only) for the tour.
+async fn dev_bootstrap(
     stores: &Stores,
     catalog: &Catalog,
-    data_dir: &std::path::Path,
-) -> Result<PathBuf> {
+    data_dir: &Path,
+) -> Result<(PathBuf, bool)> {
     let identity = data_dir.join("dev-custodian.txt");
     match Vault::sealed_keyring(stores).await {
-        Ok(_) => Ok(identity),
+        Ok(_) => Ok((identity, false)),
         Err(VaultError::KeyringMissing) => {
+            std::fs::create_dir_all(data_dir)?;
             let recipient = Unlock::generate_identity_file(&identity)
                 .with_context(|| format!("creating the dev identity {}", identity.display()))?;
             Vault::init_keyring(
@@ -90,43 +164,105 @@ async fn dev_keyring(
                 "DEV MODE: made a new keyring sealed to {}",
                 identity.display()
             );
-            Ok(identity)
+            Ok((identity, true))
         }
         Err(e) => Err(e).context("reading the keyring"),
     }
 }
 
+async fn dev_principals(vault: &Vault, data_dir: &Path) -> Result<()> {
+    let school = Scope::School(SchoolId::parse("school-1")?);
+    let people: [(&str, &str, Scope, Role); 7] = [
+        (
+            "DIRECTOR",
+            "Dev director (school-1)",
+            school.clone(),
+            Role::Director,
+        ),
+        ("NURSE", "Dev nurse (school-1)", school.clone(), Role::Nurse),
+        (
+            "ADMISSIONS",
+            "Dev admissions app (school-1)",
+            school.clone(),
+            Role::AppAdmissions,
+        ),
+        (
+            "PRIVACY",
+            "Dev privacy officer (school-1)",
+            school.clone(),
+            Role::PrivacyOfficer,
+        ),
+        ("TEACHER", "Dev teacher (school-1)", school, Role::Teacher),
+        (
+            "GENERAL_DIRECTOR",
+            "Dev general director",
+            Scope::Network,
+            Role::GeneralDirector,
+        ),
+        ("AUDITOR", "Dev auditor", Scope::Network, Role::Auditor),
+    ];
+    let mut env =
+        String::from("# Dev tokens, made once at the first --dev start. Never for real data.\n");
+    for (var, name, scope, role) in people {
+        let (_, token) = vault.create_principal(name, &[(scope, role)]).await?;
+        env.push_str(&format!("export VAULT_{var}_TOKEN={}\n", token.expose()));
+    }
+    let path = data_dir.join("dev-tokens.env");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path)?, env.as_bytes())?;
+    eprintln!(
+        "DEV MODE: made principals for a school day; their tokens are in {}",
+        path.display()
+    );
+    eprintln!("          (load them with: source {})", path.display());
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<()> {
-    let policy = Policy::load_dir(&args.policies)
+    let s = settings(args)?;
+    let policy = Policy::load_dir(&s.policies)
         .await
         .context("loading the policies")?;
     let catalog = policy.catalog();
     let today = chrono::Utc::now().date_naive();
     if catalog.policy().review_overdue(today) {
-        tracing::warn!(
-            due = %catalog.policy().review_due(),
-            "the data-protection policy's review is overdue: review it and update policies/catalog.toml"
+        tracing::warn!(due = %catalog.policy().review_due(),
+            "the data-protection policy's review is overdue: review it and update policies/catalog.toml");
+    }
+    // Law 94-V Art. 12(2): personal data of citizens is stored in databases in Kazakhstan.
+    let outside = s.store_country != "KZ";
+    if outside && !s.allow_outside {
+        bail!(
+            "the stores are declared to be in {}, outside Kazakhstan (Law 94-V Art. 12(2) requires storage in Kazakhstan); \
+             move them, or set allow_store_outside_kz only with a documented legal basis",
+            s.store_country
         );
     }
-    let config = match (&args.data_url, &args.keys_url) {
-        (Some(d), Some(k)) => StoreConfig {
+    let config = match &s.stores {
+        Some((d, k)) => StoreConfig {
             data_url: d.clone(),
             keys_url: k.clone(),
         },
-        _ => StoreConfig::sqlite_dir(&args.data_dir)?,
+        None => StoreConfig::sqlite_dir(&s.data_dir)?,
     };
     let stores = Stores::open(&config).await.context("opening the stores")?;
-    let identity = if args.dev {
+    let mut first_dev_start = false;
+    let identity = if s.dev {
         eprintln!("==================================================================");
         eprintln!(
-            " DEV MODE: SQLite in {}, a dev keyring on local disk.",
-            args.data_dir.display()
+            " DEV MODE: dev keyring and tokens in {}.",
+            s.data_dir.display()
         );
         eprintln!(" Never store real personal data in a dev vault.");
         eprintln!("==================================================================");
-        dev_keyring(&stores, catalog, &args.data_dir).await?
+        let (id, first) = dev_bootstrap(&stores, catalog, &s.data_dir).await?;
+        first_dev_start = first;
+        id
     } else {
-        match args.identity {
+        match s.identity.clone() {
             Some(p) => p,
             None => bail!(
                 "no custodian identity: pass --identity FILE (or VAULT_IDENTITY), or --dev to try the vault"
@@ -138,31 +274,126 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("unsealing the keyring")?;
     drop(unlock);
+    if first_dev_start {
+        dev_principals(&vault, &s.data_dir).await?;
+    }
+    if outside {
+        tracing::warn!(country = %s.store_country, "OVERRIDE: starting with stores declared outside Kazakhstan");
+        vault
+            .record_operator_event(
+                "operator",
+                "config.store_outside_kz",
+                format!("stores declared in {}; override set", s.store_country),
+            )
+            .await?;
+    }
 
-    let listener = TcpListener::bind(&args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        TcpListener::bind(&s.listen).with_context(|| format!("cannot listen on {}", s.listen))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(AppState { vault });
+    let metrics = Arc::new(Metrics::default());
+    let state = web::Data::new(AppState {
+        vault,
+        metrics: metrics.clone(),
+    });
     tracing::info!(%addr, "vault-server listening");
     println!("listening on http://{addr}");
     HttpServer::new(move || {
+        let metrics = metrics.clone();
         App::new()
             .app_data(state.clone())
-            .route("/healthz", web::get().to(healthz))
+            .wrap_fn(move |req, srv| {
+                let started = Instant::now();
+                let rid = telemetry::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+                let method = req.method().to_string();
+                let span = tracing::info_span!("request", id = %rid);
+                req.extensions_mut().insert(rid.clone());
+                let fut = srv.call(req);
+                let metrics = metrics.clone();
+                async move {
+                    let mut res = fut.await?;
+                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let status = res.status().as_u16();
+                    metrics.observe(&route, &method, status, started.elapsed());
+                    tracing::info!(%method, %route, status, ms = started.elapsed().as_millis() as u64, "request");
+                    if let Ok(v) = HeaderValue::from_str(&rid) {
+                        res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+                    }
+                    Ok(res)
+                }
+                .instrument(span)
+            })
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }))
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/openapi.json", web::get().to(|| async {
+                HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+            }))
+            .service(
+                web::scope("/v1")
+                    .route("/me", web::get().to(api::me))
+                    .route("/subjects", web::post().to(api::create_subject))
+                    .route("/subjects/search", web::post().to(api::find_subject))
+                    .route("/subjects/{id}", web::get().to(api::get_subject))
+                    .route("/subjects/{id}/records", web::post().to(api::create_record))
+                    .route("/subjects/{id}/records", web::get().to(api::list_records))
+                    .route("/subjects/{id}/consents", web::post().to(api::record_consent))
+                    .route("/subjects/{id}/consents", web::get().to(api::list_consents))
+                    .route("/subjects/{id}/legal-grounds", web::post().to(api::record_ground))
+                    .route("/subjects/{id}/export", web::get().to(api::export_subject))
+                    .route("/subjects/{id}/block", web::post().to(api::block))
+                    .route("/subjects/{id}/unblock", web::post().to(api::unblock))
+                    .route("/subjects/{id}/access-history", web::get().to(api::access_history))
+                    .route("/records/{id}", web::get().to(api::get_record))
+                    .route("/records/{id}", web::patch().to(api::update_record))
+                    .route("/records/{id}", web::delete().to(api::shred_record))
+                    .route("/access-requests", web::post().to(api::create_access_request))
+                    .route("/access-requests/pending", web::get().to(api::pending_requests))
+                    .route("/access-requests/{id}/approve", web::post().to(api::approve))
+                    .route("/access-requests/{id}/deny", web::post().to(api::deny))
+                    .route("/access-requests/{id}/revoke", web::post().to(api::revoke))
+                    .route("/break-glass", web::post().to(api::open_break_glass))
+                    .route("/break-glass/overdue", web::get().to(api::overdue_break_glass))
+                    .route("/break-glass/{id}/review", web::post().to(api::review_break_glass))
+                    .route("/consents/{id}/withdraw", web::post().to(api::withdraw_consent))
+                    .route("/audit/verify", web::get().to(api::verify_audit)),
+            )
+            .default_service(web::to(api::not_found))
     })
+    .shutdown_timeout(30)
     .listen(listener)?
     .run()
     .await?;
     Ok(())
 }
 
+/// The OpenAPI document, checked into `docs/` and served as is.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, problem::ApiError> {
+    state.vault.check_ready().await.map_err(|e| {
+        let mut err = problem::ApiError::internal(e);
+        err.status = actix_web::http::StatusCode::SERVICE_UNAVAILABLE;
+        err.code = "not_ready";
+        err.detail = "a store is unreachable; see the server log".into();
+        err
+    })?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
 #[actix_web::main]
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sea_orm_migration=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -78,12 +78,14 @@ fn dev_server_starts_and_answers() {
     let log = server.stop();
     assert!(log.contains("DEV MODE: made a new keyring"), "{log}");
     assert!(data.join("dev-custodian.txt").exists());
+    let tokens = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
+    assert_eq!(tokens.matches("export VAULT_").count(), 7, "{tokens}");
 
     // A restart unseals the same keyring instead of making a new one.
     let server = start(&data);
     assert_eq!(server.get("/readyz").0, 200);
     let log = server.stop();
-    assert!(log.contains("DEV MODE: SQLite in"), "{log}");
+    assert!(log.contains("DEV MODE: dev keyring and tokens in"), "{log}");
     assert!(!log.contains("made a new keyring"), "{log}");
 }
 

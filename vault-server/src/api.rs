@@ -1,0 +1,803 @@
+//! The `/v1` routes. Each handler parses input, calls one core service, maps the result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use vault_core::{
+    AccessRequest, AuditRecord, BearerToken, BreakGlass, BreakGlassId, Category, Consent,
+    ConsentGiver, ConsentId, FieldChange, FieldName, FieldValue, FieldView, Iin, LegalGround,
+    NewAccessRequest, NewConsent, NewSubject, Principal, Purpose, RecordId, RecordMeta, RecordType,
+    RecordView, RequestId, SchoolId, Subject, SubjectId, SubjectKind, Vault,
+};
+
+use crate::problem::ApiError;
+use crate::telemetry::Metrics;
+
+/// Largest request body: a record with a photo fits; 10 MB does not.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Deepest JSON nesting accepted in a body.
+pub const MAX_DEPTH: usize = 32;
+
+pub struct AppState {
+    pub vault: Vault,
+    pub metrics: Arc<Metrics>,
+}
+
+type Res = Result<HttpResponse, ApiError>;
+type State = web::Data<AppState>;
+
+// ----- input ------------------------------------------------------------------------------------
+
+/// Reads the body up to `MAX_BODY`; a larger one is a 413 before it is buffered.
+async fn body(req: &HttpRequest, mut payload: web::Payload) -> Result<Bytes, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > MAX_BODY
+    {
+        return Err(too_large());
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("bad_body", "the body could not be read"))?;
+        if buf.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Nesting depth of a JSON text, counted outside strings.
+fn depth(b: &[u8]) -> usize {
+    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for &c in b {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                d += 1;
+                max = max.max(d);
+            }
+            b']' | b'}' => d = d.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// serde's messages quote the offending input; a body may hold personal data, so the quotes go.
+fn scrub(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_q = false;
+    for ch in msg.chars() {
+        if ch == '"' {
+            if !in_q {
+                out.push_str("\"…\"");
+            }
+            in_q = !in_q;
+        } else if !in_q {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+async fn json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let b = body(req, payload).await?;
+    if depth(&b) > MAX_DEPTH {
+        return Err(ApiError::bad_request(
+            "too_deep",
+            format!("JSON nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    serde_json::from_slice(&b)
+        .map_err(|e| ApiError::bad_request("invalid_json", scrub(&e.to_string())))
+}
+
+fn bearer(h: &HeaderMap) -> Option<BearerToken> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
+    Some(BearerToken::new(t))
+}
+
+async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let token = bearer(req.headers()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send Authorization: Bearer <token>",
+        )
+    })?;
+    Ok(s.vault.authenticate(&token).await?)
+}
+
+/// The purpose every read and write must name, from `X-Vault-Purpose`.
+fn purpose(s: &State, req: &HttpRequest) -> Result<Purpose, ApiError> {
+    let allowed = || {
+        s.vault
+            .catalog()
+            .purposes()
+            .map(|p| p.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let raw = req
+        .headers()
+        .get("x-vault-purpose")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "purpose_required",
+                format!(
+                    "name the purpose in the X-Vault-Purpose header, one of: {}",
+                    allowed()
+                ),
+            )
+            .with_field("X-Vault-Purpose")
+        })?;
+    Purpose::parse(raw.trim())
+        .ok()
+        .filter(|p| s.vault.catalog().purpose(p).is_some())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_purpose",
+                format!("unknown purpose; use one of: {}", allowed()),
+            )
+            .with_field("X-Vault-Purpose")
+        })
+}
+
+fn parse<T, E: std::fmt::Display>(r: Result<T, E>, field: &str) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::bad_request("invalid_input", e.to_string()).with_field(field))
+}
+
+fn categories(v: &[String]) -> Result<Vec<Category>, ApiError> {
+    v.iter()
+        .map(|c| parse(Category::parse(c), "categories"))
+        .collect()
+}
+
+// ----- output -----------------------------------------------------------------------------------
+
+fn subject_json(s: &Subject) -> Value {
+    json!({ "id": s.id.to_string(), "school": s.school.as_str(), "kind": s.kind.as_str(),
+            "created_at": s.created_at, "left_at": s.left_at })
+}
+
+fn meta_json(m: &RecordMeta) -> Value {
+    json!({ "id": m.id.to_string(), "subject": m.subject.to_string(), "school": m.school.as_str(),
+            "record_type": m.record_type.as_str(), "version": m.version,
+            "created_at": m.created_at, "updated_at": m.updated_at })
+}
+
+fn etag(version: u64) -> String {
+    format!("\"v{version}\"")
+}
+
+fn record_json(metrics: &Metrics, v: &RecordView) -> Value {
+    let mut fields = serde_json::Map::new();
+    for (name, f) in &v.fields {
+        let out = match f {
+            FieldView::Open { category, value } => {
+                metrics.field_decision("open");
+                json!({ "category": category.as_str(), "value": value.to_json() })
+            }
+            FieldView::Sealed { category, reason } => {
+                metrics.field_decision(reason.as_str());
+                let mut o = json!({ "category": category.as_str(), "sealed": true,
+                                    "reason": reason.as_str(), "detail": reason.describe() });
+                if reason.as_str() == "approval_required" {
+                    o["open_with"] = json!({
+                        "request": "POST /v1/access-requests",
+                        "body": { "subject": v.meta.subject.to_string(), "record": v.meta.id.to_string(),
+                                  "categories": [category.as_str()] },
+                        "approver": "a director of this school or the general director",
+                    });
+                }
+                o
+            }
+        };
+        fields.insert(name.to_string(), out);
+    }
+    let mut j = meta_json(&v.meta);
+    j["fields"] = Value::Object(fields);
+    j
+}
+
+fn request_json(r: &AccessRequest) -> Value {
+    json!({ "id": r.id.to_string(), "requester": r.requester.to_string(), "school": r.school.as_str(),
+            "subject": r.subject.to_string(), "record": r.record.map(|x| x.to_string()),
+            "categories": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "purpose": r.purpose.as_str(), "justification": r.justification, "status": r.status.as_str(),
+            "created_at": r.created_at, "decided_by": r.decided_by.map(|x| x.to_string()),
+            "decided_at": r.decided_at, "reason": r.reason, "expires_at": r.expires_at,
+            "uses_left": r.uses_left })
+}
+
+fn break_glass_json(b: &BreakGlass) -> Value {
+    json!({ "id": b.id.to_string(), "principal": b.principal.to_string(), "school": b.school.as_str(),
+            "subject": b.subject.to_string(), "justification": b.justification,
+            "opened_at": b.opened_at, "expires_at": b.expires_at,
+            "reviewed_by": b.reviewed_by.map(|x| x.to_string()), "reviewed_at": b.reviewed_at,
+            "review_note": b.review_note })
+}
+
+fn consent_json(c: &Consent) -> Value {
+    let (given_by, guardian) = match &c.given_by {
+        ConsentGiver::Guardian(g) => ("guardian", Some(g.to_string())),
+        ConsentGiver::Subject { .. } => ("subject", None),
+    };
+    json!({ "id": c.id.to_string(), "subject": c.subject.to_string(), "operator": c.operator,
+            "operator_bin": c.operator_bin, "given_by": given_by, "guardian": guardian,
+            "method": c.method, "evidence_ref": c.evidence_ref, "text_version": c.text_version,
+            "categories": c.categories.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            "third_party": c.third_party, "cross_border": c.cross_border, "publication": c.publication,
+            "given_at": c.given_at, "term_until": c.term_until, "withdrawn_at": c.withdrawn_at,
+            "withdrawal_deadline": c.withdrawal_deadline, "refusal_reason": c.refusal_reason })
+}
+
+fn audit_json(a: &AuditRecord) -> Value {
+    json!({ "seq": a.seq, "at": a.at, "actor": a.actor, "action": a.action, "school": a.school,
+            "subject": a.subject, "record": a.record, "categories": a.categories,
+            "purpose": a.purpose, "outcome": a.outcome, "reason": a.reason })
+}
+
+fn ok(v: Value) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}
+
+fn created(v: Value) -> HttpResponse {
+    HttpResponse::Created().json(v)
+}
+
+// ----- handlers ---------------------------------------------------------------------------------
+
+pub async fn me(s: State, req: HttpRequest) -> Res {
+    let p = principal(&s, &req).await?;
+    Ok(ok(json!({ "id": p.id.to_string(), "name": p.name,
+        "roles": p.roles.iter().map(|(sc, r)| json!({ "school": sc.as_str(), "role": r.as_str() })).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSubject {
+    school: String,
+    kind: String,
+    iin: Option<String>,
+}
+
+pub async fn create_subject(s: State, req: HttpRequest, payload: web::Payload) -> Res {
+    let p = principal(&s, &req).await?;
+    let b: CreateSubject = json(&req, payload).await?;
+    let school = parse(SchoolId::parse(&b.school), "school")?;
+    let kind = parse(SubjectKind::parse(&b.kind), "kind")?;
+    let iin = b
+        .iin
+        .as_deref()
+        .map(|i| parse(Iin::parse(i), "iin"))
+        .transpose()?;
+    let subj = s
+        .vault
+        .create_subject_as(&p, NewSubject { school, kind, iin })
+        .await?;
+    Ok(created(subject_json(&subj)))
+}
+
+pub async fn get_subject(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(SubjectId::parse(&id), "id")?;
+    Ok(ok(subject_json(&s.vault.subject_as(&p, id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindSubject {
+    iin: String,
+}
+
+/// Lookup by IIN goes in a POST body, never a URL, so the IIN stays out of access logs.
+pub async fn find_subject(s: State, req: HttpRequest, payload: web::Payload) -> Res {
+    let p = principal(&s, &req).await?;
+    let b: FindSubject = json(&req, payload).await?;
+    let iin = parse(Iin::parse(&b.iin), "iin")?;
+    let found = s.vault.find_subject_by_iin(&iin).await?;
+    match found {
+        Some(subj) => Ok(ok(subject_json(&s.vault.subject_as(&p, subj.id).await?))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subject with this IIN",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRecord {
+    record_type: String,
+    fields: BTreeMap<String, Value>,
+}
+
+fn field_name(n: &str) -> Result<FieldName, ApiError> {
+    FieldName::parse(n)
+        .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()).with_field("fields"))
+}
+
+pub async fn create_record(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let why = purpose(&s, &req)?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let b: CreateRecord = json(&req, payload).await?;
+    let rt = parse(RecordType::parse(&b.record_type), "record_type")?;
+    let mut fields = BTreeMap::new();
+    for (k, v) in &b.fields {
+        fields.insert(field_name(k)?, FieldValue::from_json(v));
+    }
+    let meta = s
+        .vault
+        .write_record_as(&p, subject, &rt, &fields, &why)
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, etag(meta.version)))
+        .insert_header((header::LOCATION, format!("/v1/records/{}", meta.id)))
+        .json(meta_json(&meta)))
+}
+
+pub async fn list_records(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let ids = s.vault.subject_records_as(&p, subject).await?;
+    Ok(ok(
+        json!({ "records": ids.iter().map(meta_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn get_record(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let why = purpose(&s, &req)?;
+    let id = parse(RecordId::parse(&id), "id")?;
+    let view = s.vault.read_record_as(&p, id, &why).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(view.meta.version)))
+        .json(record_json(&s.metrics, &view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRecord {
+    /// A value sets the field; `null` removes it.
+    fields: BTreeMap<String, Value>,
+}
+
+pub async fn update_record(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let why = purpose(&s, &req)?;
+    let id = parse(RecordId::parse(&id), "id")?;
+    let raw = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ApiError::new(StatusCode::PRECONDITION_REQUIRED, "if_match_required",
+            "send If-Match with the ETag from your last read, so a concurrent change is not overwritten")
+        .with_field("If-Match")
+    })?;
+    let version = raw
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .strip_prefix('v')
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_if_match",
+                "If-Match must be an ETag such as \"v3\"",
+            )
+            .with_field("If-Match")
+        })?;
+    let b: UpdateRecord = json(&req, payload).await?;
+    let mut changes = BTreeMap::new();
+    for (k, v) in &b.fields {
+        let change = if v.is_null() {
+            FieldChange::Remove
+        } else {
+            FieldChange::Set(FieldValue::from_json(v))
+        };
+        changes.insert(field_name(k)?, change);
+    }
+    let meta = s
+        .vault
+        .update_record_as(&p, id, version, &changes, &why)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(meta.version)))
+        .json(meta_json(&meta)))
+}
+
+pub async fn shred_record(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let why = purpose(&s, &req)?;
+    let id = parse(RecordId::parse(&id), "id")?;
+    let r = s.vault.shred_record_as(&p, id, &why).await?;
+    Ok(ok(json!({ "record": r.record.to_string(),
+        "categories": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "keys_destroyed": r.deks_destroyed, "fields_deleted": r.fields_deleted })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccessRequest {
+    subject: String,
+    record: Option<String>,
+    categories: Vec<String>,
+    purpose: String,
+    justification: String,
+}
+
+pub async fn create_access_request(s: State, req: HttpRequest, payload: web::Payload) -> Res {
+    let p = principal(&s, &req).await?;
+    let b: CreateAccessRequest = json(&req, payload).await?;
+    let new = NewAccessRequest {
+        subject: parse(SubjectId::parse(&b.subject), "subject")?,
+        record: b
+            .record
+            .as_deref()
+            .map(|r| parse(RecordId::parse(r), "record"))
+            .transpose()?,
+        categories: categories(&b.categories)?,
+        purpose: parse(Purpose::parse(&b.purpose), "purpose")?,
+        justification: b.justification,
+    };
+    Ok(created(request_json(
+        &s.vault.request_access(&p, new).await?,
+    )))
+}
+
+pub async fn pending_requests(s: State, req: HttpRequest) -> Res {
+    let p = principal(&s, &req).await?;
+    let list = s.vault.pending_requests(&p).await?;
+    Ok(ok(
+        json!({ "requests": list.iter().map(request_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approve {
+    expires_at: DateTime<Utc>,
+    uses: u32,
+}
+
+pub async fn approve(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(RequestId::parse(&id), "id")?;
+    let b: Approve = json(&req, payload).await?;
+    Ok(ok(request_json(
+        &s.vault
+            .approve_request(&p, id, b.expires_at, b.uses)
+            .await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deny {
+    reason: String,
+}
+
+pub async fn deny(s: State, req: HttpRequest, id: web::Path<String>, payload: web::Payload) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(RequestId::parse(&id), "id")?;
+    let b: Deny = json(&req, payload).await?;
+    Ok(ok(request_json(
+        &s.vault.deny_request(&p, id, &b.reason).await?,
+    )))
+}
+
+pub async fn revoke(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(RequestId::parse(&id), "id")?;
+    Ok(ok(request_json(&s.vault.revoke_approval(&p, id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenBreakGlass {
+    subject: String,
+    justification: String,
+}
+
+pub async fn open_break_glass(s: State, req: HttpRequest, payload: web::Payload) -> Res {
+    let p = principal(&s, &req).await?;
+    let b: OpenBreakGlass = json(&req, payload).await?;
+    let subject = parse(SubjectId::parse(&b.subject), "subject")?;
+    Ok(created(break_glass_json(
+        &s.vault
+            .open_break_glass(&p, subject, &b.justification)
+            .await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Review {
+    note: String,
+}
+
+pub async fn review_break_glass(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(BreakGlassId::parse(&id), "id")?;
+    let b: Review = json(&req, payload).await?;
+    Ok(ok(break_glass_json(
+        &s.vault.review_break_glass(&p, id, &b.note).await?,
+    )))
+}
+
+pub async fn overdue_break_glass(s: State, req: HttpRequest) -> Res {
+    let p = principal(&s, &req).await?;
+    let list = s.vault.overdue_break_glass_as(&p).await?;
+    Ok(ok(
+        json!({ "overdue": list.iter().map(break_glass_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordConsent {
+    given_by: String,
+    guardian: Option<String>,
+    #[serde(default)]
+    confirmed_adult: bool,
+    method: String,
+    evidence_ref: String,
+    text_version: String,
+    categories: Vec<String>,
+    third_party: bool,
+    cross_border: bool,
+    publication: bool,
+    term_until: Option<DateTime<Utc>>,
+}
+
+pub async fn record_consent(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let b: RecordConsent = json(&req, payload).await?;
+    let given_by = match (b.given_by.as_str(), b.guardian.as_deref()) {
+        ("guardian", Some(g)) => ConsentGiver::Guardian(parse(SubjectId::parse(g), "guardian")?),
+        ("subject", None) => ConsentGiver::Subject {
+            confirmed_adult: b.confirmed_adult,
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "given_by is \"guardian\" (with a guardian subject id) or \"subject\" (without)",
+            )
+            .with_field("given_by"));
+        }
+    };
+    let c = s
+        .vault
+        .record_consent(
+            &p,
+            NewConsent {
+                subject,
+                given_by,
+                method: b.method,
+                evidence_ref: b.evidence_ref,
+                text_version: b.text_version,
+                categories: categories(&b.categories)?,
+                third_party: b.third_party,
+                cross_border: b.cross_border,
+                publication: b.publication,
+                term_until: b.term_until,
+            },
+        )
+        .await?;
+    Ok(created(consent_json(&c)))
+}
+
+pub async fn list_consents(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    s.vault.subject_as(&p, subject).await?;
+    let list = s.vault.consents_of(subject).await?;
+    Ok(ok(
+        json!({ "consents": list.iter().map(consent_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Withdraw {
+    refusal_reason: Option<String>,
+}
+
+pub async fn withdraw_consent(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let id = parse(ConsentId::parse(&id), "id")?;
+    let b: Withdraw = json(&req, payload).await?;
+    Ok(ok(consent_json(
+        &s.vault
+            .withdraw_consent(&p, id, b.refusal_reason.as_deref())
+            .await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordGround {
+    category: String,
+    ground: String,
+    reference: String,
+}
+
+pub async fn record_ground(
+    s: State,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let b: RecordGround = json(&req, payload).await?;
+    let category = parse(Category::parse(&b.category), "category")?;
+    let ground = LegalGround::parse(&b.ground)?;
+    s.vault
+        .record_legal_ground(&p, subject, &category, ground, &b.reference)
+        .await?;
+    Ok(created(
+        json!({ "subject": subject.to_string(), "category": category.as_str(), "ground": ground.as_str() }),
+    ))
+}
+
+pub async fn export_subject(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let e = s.vault.export_subject(&p, subject).await?;
+    Ok(ok(json!({
+        "subject": subject_json(&e.subject),
+        "records": e.records.iter().map(|r| record_json(&s.metrics, r)).collect::<Vec<_>>(),
+        "consents": e.consents.iter().map(consent_json).collect::<Vec<_>>(),
+        "access_history": e.history.iter().map(audit_json).collect::<Vec<_>>(),
+    })))
+}
+
+async fn set_blocked(s: State, req: HttpRequest, id: web::Path<String>, blocked: bool) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    s.vault.subject_as(&p, subject).await?;
+    s.vault.set_blocked(&p, subject, blocked).await?;
+    Ok(ok(
+        json!({ "subject": subject.to_string(), "blocked": blocked }),
+    ))
+}
+
+pub async fn block(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    set_blocked(s, req, id, true).await
+}
+
+pub async fn unblock(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    set_blocked(s, req, id, false).await
+}
+
+pub async fn access_history(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
+    let p = principal(&s, &req).await?;
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let list = s.vault.access_history_as(&p, subject).await?;
+    Ok(ok(
+        json!({ "entries": list.iter().map(audit_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn verify_audit(s: State, req: HttpRequest) -> Res {
+    let p = principal(&s, &req).await?;
+    if !s.vault.may_audit(&p) {
+        return Err(vault_core::VaultError::NotAuditor.into());
+    }
+    let r = s.vault.verify_audit().await?;
+    Ok(ok(
+        json!({ "entries": r.entries, "checkpoints": r.checkpoints, "intact": r.problem.is_none(),
+                  "problem": r.problem.map(|p| p.to_string()) }),
+    ))
+}
+
+pub async fn not_found() -> Res {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint; see /openapi.json",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_outside_strings() {
+        assert_eq!(depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(depth(br#"{"a":"[[[[[[\"]]]"}"#), 1);
+        assert_eq!(depth(&b"[".repeat(100)), 100);
+    }
+
+    #[test]
+    fn serde_messages_lose_quoted_input() {
+        let e = serde_json::from_str::<Approve>(r#"{"expires_at":"MARKER-secret","uses":1}"#)
+            .err()
+            .expect("not a date");
+        let s = scrub(&e.to_string());
+        assert!(!s.contains("MARKER"), "{s}");
+    }
+}

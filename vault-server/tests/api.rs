@@ -1,0 +1,744 @@
+//! The real `vault-server` binary on port 0, over real HTTP, on SQLite and on PostgreSQL: a
+//! school day (enrol, ask, approve, read, export), then every way a client can get it wrong.
+//! Each server's whole log is scanned at the end for the markers and tokens the test used.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+use vault_core::{Role, SchoolId, Scope, Unlock, Vault};
+use vault_tests::{Backend, TestStores, make_iin, on_both_backends, policy};
+
+on_both_backends!(school_day_over_http, clients_get_clear_errors);
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::thread::JoinHandle<String>,
+    tokens: HashMap<String, String>,
+    stores: TestStores,
+    /// Strings that must never appear in the server's log.
+    secrets: Vec<String>,
+}
+
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
+        let j = self.json();
+        assert_eq!(j["code"], code, "{j}");
+        assert_eq!(j["status"], status);
+        j
+    }
+}
+
+async fn start(backend: Backend) -> Server {
+    let stores = TestStores::new(backend).await;
+    let data = stores.dir.path().join("vault-data");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vault-server"));
+    cmd.args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--policies")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .env("VAULT_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if backend == Backend::Postgres {
+        cmd.arg("--data-url")
+            .arg(&stores.config.data_url)
+            .arg("--keys-url")
+            .arg(&stores.config.keys_url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let env = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
+    let tokens: HashMap<String, String> = env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export VAULT_"))
+        .filter_map(|l| l.split_once("_TOKEN="))
+        .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
+        .collect();
+    assert_eq!(tokens.len(), 7);
+    let secrets = tokens.values().cloned().collect();
+    Server {
+        child,
+        addr,
+        log,
+        tokens,
+        stores,
+        secrets,
+    }
+}
+
+impl Server {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        who: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n");
+        if let Some(w) = who {
+            req.push_str(&format!(
+                "Authorization: Bearer {}\r\n",
+                self.tokens.get(w).map(String::as_str).unwrap_or(w)
+            ));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or(b"");
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        // The server may answer (413) before reading a large body; a reset then is expected.
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a full response");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v == "chunked")
+        {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+                rest = &rest[nl + 2 + n + 2..];
+            }
+            body = out;
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn get(&self, path: &str, who: &str, purpose: Option<&str>) -> Resp {
+        let h: Vec<(&str, &str)> = purpose
+            .map(|p| vec![("X-Vault-Purpose", p)])
+            .unwrap_or_default();
+        self.call("GET", path, Some(who), &h, None)
+    }
+
+    fn post(&self, path: &str, who: &str, purpose: Option<&str>, body: Value) -> Resp {
+        let mut h = vec![("Content-Type", "application/json")];
+        if let Some(p) = purpose {
+            h.push(("X-Vault-Purpose", p));
+        }
+        self.call(
+            "POST",
+            path,
+            Some(who),
+            &h,
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    /// A vault over the same stores, as a second instance or `vaultctl` would open them.
+    async fn core(&self) -> Vault {
+        let data = self.stores.dir.path().join("vault-data");
+        let config = match self.stores.backend {
+            Backend::Sqlite => vault_core::StoreConfig::sqlite_dir(&data).unwrap(),
+            Backend::Postgres => self.stores.config.clone(),
+        };
+        let stores = vault_core::Stores::open(&config).await.unwrap();
+        Vault::open(
+            stores,
+            policy().await,
+            &Unlock::identity_file(&data.join("dev-custodian.txt")).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the server and checks its whole log holds none of the secrets.
+    fn stop(mut self, markers: &[&str]) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let log = self.log.join().unwrap();
+        assert!(log.contains("request"), "the log was captured");
+        for m in markers
+            .iter()
+            .map(|m| m.to_string())
+            .chain(self.secrets.iter().cloned())
+        {
+            assert!(!log.contains(&m), "the server log holds {m}");
+        }
+    }
+}
+
+fn later(hours: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(hours)).to_rfc3339()
+}
+
+async fn school_day_over_http(backend: Backend) {
+    let s = start(backend).await;
+    let iin = make_iin("150304", 5);
+    // Admissions enrols a student and the guardian, and records the guardian's consent.
+    let student = s.post(
+        "/v1/subjects",
+        "admissions",
+        None,
+        json!({"school": "school-1", "kind": "student", "iin": iin}),
+    );
+    assert_eq!(student.status, 201, "{}", student.text());
+    let sid = student.json()["id"].as_str().unwrap().to_owned();
+    let guardian = s.post(
+        "/v1/subjects",
+        "admissions",
+        None,
+        json!({"school": "school-1", "kind": "guardian"}),
+    );
+    let gid = guardian.json()["id"].as_str().unwrap().to_owned();
+    let consent = s.post(
+        &format!("/v1/subjects/{sid}/consents"),
+        "admissions",
+        None,
+        json!({
+        "given_by": "guardian", "guardian": gid, "method": "paper", "evidence_ref": "scan 2026/77",
+        "text_version": "v3", "categories": ["health", "religion"], "third_party": false,
+        "cross_border": false, "publication": false }),
+    );
+    assert_eq!(consent.status, 201, "{}", consent.text());
+    let rec = s.post(&format!("/v1/subjects/{sid}/records"), "admissions", Some("legal_administrative"), json!({
+        "record_type": "student",
+        "fields": { "full_name": "MARKER-Aigerim Bekova", "special_educational_needs": "MARKER-hearing aid",
+                    "date_of_birth": "2015-03-04" } }));
+    assert_eq!(rec.status, 201, "{}", rec.text());
+    assert_eq!(rec.headers["etag"], "\"v1\"");
+    let rid = rec.json()["id"].as_str().unwrap().to_owned();
+
+    // The nurse asks for health data: sealed, and the response says how to open it.
+    let r = s.get(&format!("/v1/records/{rid}"), "nurse", Some("education"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let f = &r.json()["fields"];
+    assert_eq!(f["full_name"]["value"], "MARKER-Aigerim Bekova");
+    assert_eq!(f["special_educational_needs"]["sealed"], true);
+    assert_eq!(
+        f["special_educational_needs"]["reason"],
+        "approval_required"
+    );
+    assert_eq!(f["special_educational_needs"]["category"], "health");
+    assert_eq!(
+        f["special_educational_needs"]["open_with"]["request"],
+        "POST /v1/access-requests"
+    );
+    assert!(!r.text().contains("hearing aid"));
+    let req = s.post(
+        "/v1/access-requests",
+        "nurse",
+        None,
+        json!({
+        "subject": sid, "record": rid, "categories": ["health"], "purpose": "education",
+        "justification": "hearing support plan for the new term" }),
+    );
+    assert_eq!(req.status, 201, "{}", req.text());
+    let qid = req.json()["id"].as_str().unwrap().to_owned();
+
+    // The director sees it pending and approves one use.
+    let pending = s.get("/v1/access-requests/pending", "director", None);
+    assert!(pending.text().contains(&qid));
+    let self_approve = s.post(
+        &format!("/v1/access-requests/{qid}/approve"),
+        "nurse",
+        None,
+        json!({"expires_at": later(1), "uses": 1}),
+    );
+    self_approve.problem(403, "self_approval");
+    let ok = s.post(
+        &format!("/v1/access-requests/{qid}/approve"),
+        "director",
+        None,
+        json!({"expires_at": later(1), "uses": 1}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["status"], "approved");
+
+    // The nurse reads it, once.
+    let r = s.get(&format!("/v1/records/{rid}"), "nurse", Some("education"));
+    assert_eq!(
+        r.json()["fields"]["special_educational_needs"]["value"],
+        "MARKER-hearing aid"
+    );
+    let r = s.get(&format!("/v1/records/{rid}"), "nurse", Some("education"));
+    assert_eq!(
+        r.json()["fields"]["special_educational_needs"]["reason"],
+        "approval_required"
+    );
+
+    // The privacy officer exports everything held about the student.
+    let e = s.get(&format!("/v1/subjects/{sid}/export"), "privacy", None);
+    assert_eq!(e.status, 200, "{}", e.text());
+    let ej = e.json();
+    assert_eq!(
+        ej["records"][0]["fields"]["special_educational_needs"]["value"],
+        "MARKER-hearing aid"
+    );
+    assert_eq!(ej["consents"].as_array().unwrap().len(), 1);
+    let history = ej["access_history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["action"] == "access.approve"));
+    assert!(
+        history
+            .iter()
+            .any(|h| h["action"] == "record.read" && h["outcome"] == "approval_required")
+    );
+
+    // Find by IIN (in the body), and the auditor's view.
+    let found = s.post(
+        "/v1/subjects/search",
+        "admissions",
+        None,
+        json!({"iin": iin}),
+    );
+    assert_eq!(found.json()["id"], sid.as_str());
+    let v = s.get("/v1/audit/verify", "auditor", None);
+    assert_eq!(v.json()["intact"], true, "{}", v.text());
+    s.get("/v1/audit/verify", "nurse", None)
+        .problem(403, "not_auditor");
+    let h = s.get(
+        &format!("/v1/subjects/{sid}/access-history"),
+        "auditor",
+        None,
+    );
+    assert!(h.json()["entries"].as_array().unwrap().len() > 5);
+
+    // Metrics: valid Prometheus text, with the decisions made above.
+    let m = s.call("GET", "/metrics", None, &[], None);
+    assert_eq!(m.status, 200);
+    assert!(m.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    check_prometheus(&m.text());
+    assert!(
+        m.text()
+            .contains("vault_field_decisions_total{outcome=\"approval_required\"}")
+    );
+    assert!(
+        m.text().contains("route=\"/v1/records/{id}\""),
+        "routes are patterns, not paths with ids"
+    );
+    assert!(!m.text().contains(&rid));
+
+    let mut markers = vec!["MARKER", "hearing aid", "Aigerim", iin.as_str()];
+    markers.push("2015-03-04");
+    s.stop(&markers);
+}
+
+/// Checks the Prometheus text exposition format line by line: HELP and TYPE comments, then
+/// samples `name{label="value",...} number`, every sample's family declared by a TYPE line.
+fn check_prometheus(text: &str) {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut samples = 0;
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut p = rest.splitn(3, ' ');
+            let (kind, name, val) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap_or(""));
+            assert!(name_ok(name), "bad metric name in {line}");
+            if kind == "TYPE" {
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&val),
+                    "{line}"
+                );
+                types.insert(name.to_owned(), val.to_owned());
+            } else {
+                assert_eq!(kind, "HELP", "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "{line}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "{line}");
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("label {pair} in {line}"));
+                assert!(name_ok(k), "{line}");
+                assert!(!v.trim_end_matches('"').contains('\n'));
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "no TYPE for {name}");
+        samples += 1;
+    }
+    assert!(samples > 0);
+}
+
+async fn clients_get_clear_errors(backend: Backend) {
+    let s = start(backend).await;
+    let sid = s
+        .post(
+            "/v1/subjects",
+            "admissions",
+            None,
+            json!({"school": "school-1", "kind": "student"}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rec = s.post(&format!("/v1/subjects/{sid}/records"), "admissions", Some("legal_administrative"),
+        json!({"record_type": "student", "fields": {"full_name": "MARKER-first", "address": "MARKER-Almaty"}}));
+    assert_eq!(rec.status, 201, "{}", rec.text());
+    let rid = rec.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/records/{rid}");
+    let patch = |if_match: Option<&str>, v: &str| {
+        let mut h = vec![
+            ("Content-Type", "application/json"),
+            ("X-Vault-Purpose", "legal_administrative"),
+        ];
+        if let Some(m) = if_match {
+            h.push(("If-Match", m));
+        }
+        s.call(
+            "PATCH",
+            &path,
+            Some("admissions"),
+            &h,
+            Some(json!({"fields": {"address": v}}).to_string().as_bytes()),
+        )
+    };
+
+    // Optimistic concurrency: a stale If-Match is a 412 and changes nothing.
+    let ok = patch(Some("\"v1\""), "MARKER-Astana");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.headers["etag"], "\"v2\"");
+    patch(Some("\"v1\""), "MARKER-Shymkent").problem(412, "stale_version");
+    patch(None, "MARKER-Shymkent").problem(428, "if_match_required");
+    let now = s.get(&path, "admissions", Some("legal_administrative"));
+    assert_eq!(now.json()["fields"]["address"]["value"], "MARKER-Astana");
+    assert_eq!(now.json()["version"], 2);
+
+    // A read without a purpose is a 400 naming the allowed ones; an unknown one too.
+    let p = s
+        .get(&path, "admissions", None)
+        .problem(400, "purpose_required");
+    assert!(p["detail"].as_str().unwrap().contains("education"));
+    assert_eq!(p["field"], "X-Vault-Purpose");
+    s.get(&path, "admissions", Some("curiosity"))
+        .problem(400, "unknown_purpose");
+
+    // Another school's record: 404, exactly as for a record that does not exist.
+    let core = s.core().await;
+    let (_, other) = core
+        .create_principal(
+            "Teacher at school 2",
+            &[(
+                Scope::School(SchoolId::parse("school-2").unwrap()),
+                Role::Teacher,
+            )],
+        )
+        .await
+        .unwrap();
+    let other_token = other.expose().to_owned();
+    s.get(&path, &other_token, Some("education"))
+        .problem(404, "not_found");
+    s.get(&format!("/v1/subjects/{sid}"), &other_token, None)
+        .problem(404, "not_found");
+    s.get(
+        &format!("/v1/records/{}", uuid::Uuid::new_v4()),
+        "admissions",
+        Some("education"),
+    )
+    .problem(404, "not_found");
+
+    // Revoked token: 401 at once.
+    let (p, token) = core
+        .create_principal(
+            "Short-lived app",
+            &[(
+                Scope::School(SchoolId::parse("school-1").unwrap()),
+                Role::AppLms,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.get("/v1/me", token.expose(), None).status, 200);
+    core.revoke_principal(p.id).await.unwrap();
+    let r = s.get("/v1/me", token.expose(), None);
+    r.problem(401, "unauthenticated");
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    s.call("GET", "/v1/me", None, &[], None)
+        .problem(401, "unauthenticated");
+    s.get("/v1/me", "vt_0123", None)
+        .problem(401, "unauthenticated");
+
+    // Bodies: too large, malformed, unknown fields, wrong type, too deep.
+    let big = vec![b'a'; 10 * 1024 * 1024];
+    s.call(
+        "POST",
+        "/v1/subjects",
+        Some("admissions"),
+        &[("Content-Type", "application/json")],
+        Some(&big),
+    )
+    .problem(413, "payload_too_large");
+    s.call(
+        "POST",
+        "/v1/subjects",
+        Some("admissions"),
+        &[("Content-Type", "application/json")],
+        Some(b"{\"school\": "),
+    )
+    .problem(400, "invalid_json");
+    let p = s
+        .post(
+            "/v1/subjects",
+            "admissions",
+            None,
+            json!({"school": "school-1", "kind": "student", "nickname": "MARKER-x"}),
+        )
+        .problem(400, "invalid_json");
+    assert!(p["detail"].as_str().unwrap().contains("nickname"), "{p}");
+    s.call(
+        "POST",
+        "/v1/subjects",
+        Some("admissions"),
+        &[("Content-Type", "text/plain")],
+        Some(b"{}"),
+    )
+    .problem(415, "unsupported_media_type");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    s.call(
+        "POST",
+        "/v1/subjects",
+        Some("admissions"),
+        &[("Content-Type", "application/json")],
+        Some(deep.as_bytes()),
+    )
+    .problem(400, "too_deep");
+    let p = s
+        .post(
+            &format!("/v1/subjects/{sid}/records"),
+            "admissions",
+            Some("legal_administrative"),
+            json!({"record_type": "student", "fields": {"political_views": "MARKER-p"}}),
+        )
+        .problem(400, "unknown_field");
+    assert_eq!(p["field"], "fields.political_views");
+    s.get("/v1/records/not-a-uuid", "admissions", Some("education"))
+        .problem(400, "invalid_input");
+    s.get("/v1/nothing-here", "admissions", None)
+        .problem(404, "no_route");
+
+    // Blocked data is not returned.
+    assert_eq!(
+        s.post(
+            &format!("/v1/subjects/{sid}/block"),
+            "privacy",
+            None,
+            json!({})
+        )
+        .status,
+        200
+    );
+    let r = s.get(&path, "admissions", Some("legal_administrative"));
+    assert_eq!(r.status, 200);
+    for f in r.json()["fields"].as_object().unwrap().values() {
+        assert_eq!(f["reason"], "blocked");
+    }
+    assert!(!r.text().contains("MARKER"));
+
+    // Shredding: gone for good.
+    assert_eq!(
+        s.post(
+            &format!("/v1/subjects/{sid}/unblock"),
+            "privacy",
+            None,
+            json!({})
+        )
+        .status,
+        200
+    );
+    let d = s.call(
+        "DELETE",
+        &path,
+        Some("privacy"),
+        &[("X-Vault-Purpose", "subject_access")],
+        None,
+    );
+    assert_eq!(d.status, 200, "{}", d.text());
+    assert!(d.json()["keys_destroyed"].as_u64().unwrap() >= 1);
+    s.get(&path, "admissions", Some("legal_administrative"))
+        .problem(410, "shredded");
+
+    // Request ids: given ones are echoed, others made.
+    let r = s.call(
+        "GET",
+        "/healthz",
+        None,
+        &[("X-Request-Id", "abc-123")],
+        None,
+    );
+    assert_eq!(r.headers["x-request-id"], "abc-123");
+    let r = s.call(
+        "GET",
+        "/healthz",
+        None,
+        &[("X-Request-Id", "bad id\twith tab")],
+        None,
+    );
+    assert_ne!(r.headers["x-request-id"], "bad id\twith tab");
+    let mut markers = vec!["MARKER"];
+    markers.push(&other_token);
+    let t = token.expose().to_owned();
+    markers.push(&t);
+    drop(core);
+    s.stop(&markers);
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_checked_in() {
+    let s = start(Backend::Sqlite).await;
+    let r = s.call("GET", "/openapi.json", None, &[], None);
+    assert_eq!(r.status, 200);
+    let served = r.json();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file);
+    assert_eq!(served["openapi"], "3.1.0");
+    assert!(served["paths"].as_object().unwrap().len() >= 20);
+    s.stop(&[]);
+}
+
+#[tokio::test]
+async fn storage_outside_kazakhstan_is_refused_unless_overridden() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vault-server"))
+            .args([
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--store-country",
+                "de",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .arg("--policies")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = run(&[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("outside Kazakhstan") && err.contains("Art. 12(2)"),
+        "{err}"
+    );
+
+    let mut child = run(&["--allow-store-outside-kz"]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The override is in the audit log.
+    let stores =
+        vault_core::Stores::open(&vault_core::StoreConfig::sqlite_dir(dir.path()).unwrap())
+            .await
+            .unwrap();
+    let v = Vault::open(
+        stores,
+        policy().await,
+        &Unlock::identity_file(&dir.path().join("dev-custodian.txt")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let log = v.audit_entries().await.unwrap();
+    assert!(
+        log.iter().any(|e| e.action == "config.store_outside_kz"),
+        "{log:?}"
+    );
+}
