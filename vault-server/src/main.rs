@@ -21,7 +21,8 @@ use clap::Parser;
 use serde::Deserialize;
 use tracing::Instrument;
 use vault_core::{
-    Catalog, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock, Vault, VaultError,
+    Catalog, Passphrase, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock, Vault,
+    VaultError,
 };
 
 use crate::api::AppState;
@@ -35,8 +36,8 @@ struct Args {
     /// Development mode: a dev keyring and dev principals made on first start. Not for real data.
     #[arg(long)]
     dev: bool,
-    /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, policies,
-    /// store_country, allow_store_outside_kz.
+    /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, passphrase_file,
+    /// policies, store_country, allow_store_outside_kz.
     #[arg(long, env = "VAULT_CONFIG")]
     config: Option<PathBuf>,
     /// Folder of the embedded SQLite stores (data.db, keys.db). Default: vault-data.
@@ -51,6 +52,9 @@ struct Args {
     /// The custodian's age identity file that unseals the keyring.
     #[arg(long, env = "VAULT_IDENTITY")]
     identity: Option<PathBuf>,
+    /// A file whose first line is the passphrase the keyring is sealed to (instead of --identity).
+    #[arg(long, env = "VAULT_PASSPHRASE_FILE", conflicts_with = "identity")]
+    passphrase_file: Option<PathBuf>,
     /// Folder of the catalog, casbin model and grants, and holidays. Default: policies.
     #[arg(long, env = "VAULT_POLICIES")]
     policies: Option<PathBuf>,
@@ -73,6 +77,7 @@ struct FileConfig {
     data_url: Option<String>,
     keys_url: Option<String>,
     identity: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
     policies: Option<PathBuf>,
     store_country: Option<String>,
     allow_store_outside_kz: Option<bool>,
@@ -85,6 +90,7 @@ struct Settings {
     data_dir: PathBuf,
     stores: Option<(String, String)>,
     identity: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
     policies: PathBuf,
     store_country: String,
     allow_outside: bool,
@@ -129,6 +135,7 @@ fn settings(a: Args) -> Result<Settings> {
             .unwrap_or_else(|| "vault-data".into()),
         stores,
         identity: a.identity.or(f.identity),
+        passphrase_file: a.passphrase_file.or(f.passphrase_file),
         policies: a
             .policies
             .or(f.policies)
@@ -250,7 +257,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let stores = Stores::open(&config).await.context("opening the stores")?;
     let mut first_dev_start = false;
-    let identity = if s.dev {
+    let unlock = if s.dev {
         eprintln!("==================================================================");
         eprintln!(
             " DEV MODE: dev keyring and tokens in {}.",
@@ -260,16 +267,22 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("==================================================================");
         let (id, first) = dev_bootstrap(&stores, catalog, &s.data_dir).await?;
         first_dev_start = first;
-        id
+        Unlock::identity_file(&id)?
     } else {
-        match s.identity.clone() {
-            Some(p) => p,
-            None => bail!(
-                "no custodian identity: pass --identity FILE (or VAULT_IDENTITY), or --dev to try the vault"
+        match (&s.identity, &s.passphrase_file) {
+            (Some(p), _) => Unlock::identity_file(p)?,
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the passphrase file {}", f.display()))?;
+                Unlock::Passphrase(Passphrase::new(
+                    text.lines().next().unwrap_or("").to_owned(),
+                ))
+            }
+            (None, None) => bail!(
+                "no custodian identity: pass --identity FILE or --passphrase-file FILE (or VAULT_IDENTITY), or --dev to try the vault"
             ),
         }
     };
-    let unlock = Unlock::identity_file(&identity)?;
     let vault = Vault::open(stores, Arc::new(policy), &unlock)
         .await
         .context("unsealing the keyring")?;

@@ -104,3 +104,66 @@ fn production_mode_without_identity_says_what_to_do() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("pass --identity FILE"), "{err}");
 }
+
+#[test]
+fn config_file_and_passphrase_unlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pass = dir.path().join("pass.txt");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    // The custodian makes a passphrase-sealed keyring with vaultctl.
+    let vaultctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vaultctl");
+    if !vaultctl.exists() {
+        eprintln!("note: vaultctl not built yet; skipping");
+        return;
+    }
+    let o = Command::new(&vaultctl)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--policies")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .args(["keyring", "init", "--passphrase-file"])
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config = dir.path().join("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npassphrase_file = {:?}\npolicies = {:?}\n",
+            data,
+            pass,
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("VAULT_IDENTITY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.starts_with("listening on http://127.0.0.1:"),
+        "{line:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A misspelt key in the config file is named.
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("listen_port"));
+}
