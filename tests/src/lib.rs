@@ -217,7 +217,7 @@ impl TestVault {
         let vault = Vault::open_with_clock(
             s,
             policy().await,
-            &Unlock::identity_file(&identity).unwrap(),
+            Unlock::identity_file(&identity).unwrap(),
             clock,
         )
         .await
@@ -240,7 +240,7 @@ impl TestVault {
         } = self;
         drop(vault);
         let s = stores.open().await;
-        let vault = Vault::open(s, policy().await, &Unlock::identity_file(&identity)?).await?;
+        let vault = Vault::open(s, policy().await, Unlock::identity_file(&identity)?).await?;
         Ok(TestVault {
             stores,
             vault,

@@ -56,7 +56,7 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
     let err = Vault::open(
         s.clone(),
         vault_tests::policy().await,
-        &Unlock::identity_file(&other).unwrap(),
+        Unlock::identity_file(&other).unwrap(),
     )
     .await
     .unwrap_err();
@@ -68,7 +68,7 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
     let vault = Vault::open(
         s.clone(),
         vault_tests::policy().await,
-        &Unlock::identity_file(&key).unwrap(),
+        Unlock::identity_file(&key).unwrap(),
     )
     .await
     .unwrap();

@@ -280,7 +280,7 @@ async fn flipped_bits_fail_to_open(backend: Backend) {
         let err = Vault::open(
             t.stores.open().await,
             vault_tests::policy().await,
-            &Unlock::identity_file(&t.identity).unwrap(),
+            Unlock::identity_file(&t.identity).unwrap(),
         )
         .await
         .unwrap_err();

@@ -1,5 +1,5 @@
 //! `vaultctl`: the key custodian's and privacy officer's command line. It works on the stores
-//! and the keyring directly; no server needs to run.
+//! and the keyring directly; no server needs to run, and it is safe while servers serve.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use vault_core::{
-    Catalog, CustodianRecipient, Passphrase, Policy, SealTo, StoreConfig, Stores, Unlock, Vault,
+    AuditFilter, Catalog, Category, CustodianRecipient, Passphrase, Policy, PrincipalId, Role,
+    Scope, SealTo, StoreConfig, Stores, SubjectId, Unlock, Vault,
 };
 
 #[derive(Parser, Debug)]
@@ -29,6 +31,12 @@ struct Cli {
         default_value = "policies"
     )]
     policies: PathBuf,
+    /// The custodian's age identity file (from age-keygen) that unseals the keyring.
+    #[arg(long, global = true, env = "VAULT_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// A file whose first line is the keyring's passphrase (to seal it at init, or to unseal).
+    #[arg(long, global = true, env = "VAULT_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,12 +61,21 @@ struct StoreArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Check the catalog of approved data.
+    /// Check the catalog of approved data and the access policy.
     #[command(subcommand)]
     Catalog(CatalogCmd),
-    /// Manage the keyring.
+    /// Manage the keyring: init, status, rotation, recipients.
     #[command(subcommand)]
     Keyring(KeyringCmd),
+    /// Manage principals (staff and school apps) and their tokens.
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Verify and query the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Breach response.
+    #[command(subcommand)]
+    Incident(IncidentCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,17 +88,14 @@ enum CatalogCmd {
 
 #[derive(Subcommand, Debug)]
 enum KeyringCmd {
-    /// Create the keyring, sealed to custodian age recipients or a passphrase. Refuses to
+    /// Create the keyring, sealed to custodian age recipients or to --passphrase-file. Refuses to
     /// overwrite an existing keyring.
     ///
     /// Example: vaultctl keyring init --recipient age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
     Init {
         /// A custodian's public key (from `age-keygen`); repeat for several custodians.
-        #[arg(long = "recipient", required_unless_present = "passphrase_file")]
+        #[arg(long = "recipient")]
         recipients: Vec<String>,
-        /// Seal to the passphrase in this file instead (first line).
-        #[arg(long, conflicts_with = "recipients")]
-        passphrase_file: Option<PathBuf>,
     },
     /// Write the sealed keyring (an age file) for an off-site emergency copy. It stays sealed:
     /// only a custodian's identity opens it, e.g. with `age -d -i custodian.txt keyring.age`.
@@ -95,10 +109,120 @@ enum KeyringCmd {
     /// Show categories, KEK versions, DEK counts per version and the policy review date.
     ///
     /// Example: vaultctl keyring status --identity custodian.txt
-    Status {
-        /// The custodian's age identity file.
-        #[arg(long, env = "VAULT_IDENTITY")]
-        identity: PathBuf,
+    Status,
+    /// Add a new version of a category's key; new data keys use it at once.
+    ///
+    /// Example: vaultctl keyring rotate --category health --identity custodian.txt
+    Rotate {
+        #[arg(long)]
+        category: String,
+    },
+    /// Move data keys of older versions onto the newest, in batches. Field data is never
+    /// decrypted. Safe to stop (Ctrl-C, a crash) and run again: it continues where it stopped.
+    ///
+    /// Example: vaultctl keyring rewrap --category health --identity custodian.txt
+    Rewrap {
+        /// Only this category (default: all).
+        #[arg(long)]
+        category: Option<String>,
+        /// Data keys per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
+    /// Destroy an old key version. Refused while any data key still uses it.
+    ///
+    /// Example: vaultctl keyring retire --category health --version 1 --identity custodian.txt
+    Retire {
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Add, remove or list the custodians the keyring is sealed to (re-encrypts only the keyring).
+    #[command(subcommand)]
+    Recipient(RecipientCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RecipientCmd {
+    /// Example: vaultctl keyring recipient add age1... --identity custodian.txt
+    Add { recipient: String },
+    /// Example: vaultctl keyring recipient remove age1... --identity custodian.txt
+    Remove { recipient: String },
+    /// Example: vaultctl keyring recipient list --identity custodian.txt
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum PrincipalCmd {
+    /// Create a principal; its token is printed once and never again.
+    ///
+    /// Example: vaultctl principal add --name "Nurse Aigul" --role nurse@school-1 --identity custodian.txt
+    Add {
+        #[arg(long)]
+        name: String,
+        /// ROLE@SCHOOL, or ROLE@* for the whole network; repeatable.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// The list of persons with access (Order 179/НҚ): names, roles, created, revoked.
+    ///
+    /// Example: vaultctl principal list --identity custodian.txt
+    List,
+    /// Revoke a principal's token at once, on every server.
+    ///
+    /// Example: vaultctl principal revoke 67e55044-10b1-426f-9247-bb680e5fe0c8 --identity custodian.txt
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the hash chain and signed checkpoints; exit code 1 and the first bad entry if not.
+    ///
+    /// Example: vaultctl audit verify --identity custodian.txt
+    Verify,
+    /// List audit entries, oldest first.
+    ///
+    /// Example: vaultctl audit log --subject 67e55044-10b1-426f-9247-bb680e5fe0c8 --since 2026-09-01
+    Log {
+        #[arg(long)]
+        subject: Option<String>,
+        /// A principal id.
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        /// allowed, denied, approval_required, done, refused.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// RFC 3339 time or a date (YYYY-MM-DD, from midnight UTC).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IncidentCmd {
+    /// Every subject whose data a principal touched in a window, with what is needed to notify
+    /// them, and the deadline for telling the authorised body (1 working day after detection).
+    ///
+    /// Example: vaultctl incident report --principal 67e55044-... --since 2026-11-20 --format csv
+    Report {
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        since: String,
+        /// Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
     },
 }
 
@@ -121,9 +245,22 @@ fn store_config(a: &StoreArgs) -> Result<StoreConfig> {
     })
 }
 
+fn passphrase(path: &PathBuf) -> Result<Passphrase> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the passphrase file {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").to_owned();
+    if line.len() < 12 {
+        bail!(
+            "the passphrase in {} is shorter than 12 characters",
+            path.display()
+        );
+    }
+    Ok(Passphrase::new(line))
+}
+
 fn review_line(catalog: &Catalog) -> String {
     let p = catalog.policy();
-    let today = chrono::Utc::now().date_naive();
+    let today = Utc::now().date_naive();
     if p.review_overdue(today) {
         format!(
             "WARNING: the policy review was due {} and is overdue",
@@ -134,13 +271,69 @@ fn review_line(catalog: &Catalog) -> String {
     }
 }
 
+fn time(s: &str, what: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .with_context(|| {
+            format!("--{what} {s:?} is not a time: use 2026-11-27 or 2026-11-27T09:00:00Z")
+        })
+}
+
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+struct Ctx {
+    cli_stores: StoreArgs,
+    identity: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+}
+
+impl Ctx {
+    async fn stores(&self) -> Result<Stores> {
+        Stores::open(&store_config(&self.cli_stores)?)
+            .await
+            .context("opening the stores")
+    }
+    fn unlock(&self) -> Result<Unlock> {
+        match (&self.identity, &self.passphrase_file) {
+            (Some(i), _) => Ok(Unlock::identity_file(i)?),
+            (None, Some(p)) => Ok(Unlock::Passphrase(passphrase(p)?)),
+            (None, None) => bail!(
+                "this command unseals the keyring: give --identity FILE (or --passphrase-file FILE)"
+            ),
+        }
+    }
+    async fn vault(&self, policy: Policy) -> Result<Vault> {
+        let unlock = self.unlock()?;
+        Ok(Vault::open(self.stores().await?, Arc::new(policy), unlock).await?)
+    }
+    fn reseal_passphrase(&self) -> Result<Option<Passphrase>> {
+        self.passphrase_file.as_ref().map(passphrase).transpose()
+    }
+}
+
 async fn run(cli: Cli, out: &mut String) -> Result<()> {
     let policy = Policy::load_dir(&cli.policies)
         .await
         .context("loading the policies")?;
-    let catalog = policy.catalog().clone();
+    let ctx = Ctx {
+        cli_stores: cli.stores,
+        identity: cli.identity,
+        passphrase_file: cli.passphrase_file,
+    };
     match cli.command {
         Command::Catalog(CatalogCmd::Check) => {
+            let catalog = policy.catalog();
             outln!(
                 out,
                 "catalog OK: {} record types, {} categories ({} collected), {} purposes",
@@ -150,42 +343,32 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 catalog.purposes().count()
             );
             outln!(out, "policy OK: {} grants", policy.grants().len());
-            outln!(out, "{}", review_line(&catalog));
+            outln!(out, "{}", review_line(catalog));
         }
-        Command::Keyring(KeyringCmd::Init {
-            recipients,
-            passphrase_file,
-        }) => {
-            let seal_to = match passphrase_file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f)
-                        .with_context(|| format!("reading the passphrase file {}", f.display()))?;
-                    let line = text.lines().next().unwrap_or("").to_owned();
-                    if line.len() < 12 {
-                        bail!(
-                            "the passphrase in {} is shorter than 12 characters",
-                            f.display()
-                        );
-                    }
-                    SealTo::Passphrase(Passphrase::new(line), None)
-                }
-                None => SealTo::Recipients(
+        Command::Keyring(KeyringCmd::Init { recipients }) => {
+            let seal_to = match (&ctx.passphrase_file, recipients.is_empty()) {
+                (Some(f), true) => SealTo::Passphrase(passphrase(f)?, None),
+                (None, false) => SealTo::Recipients(
                     recipients
                         .iter()
                         .map(|r| CustodianRecipient::parse(r))
                         .collect::<Result<_, _>>()?,
                 ),
+                (Some(_), false) => bail!("seal to recipients or to a passphrase, not both"),
+                (None, true) => {
+                    bail!("name at least one --recipient age1... (or --passphrase-file)")
+                }
             };
-            let stores = Stores::open(&store_config(&cli.stores)?).await?;
-            Vault::init_keyring(&stores, &catalog, &seal_to, chrono::Utc::now()).await?;
+            let stores = ctx.stores().await?;
+            Vault::init_keyring(&stores, policy.catalog(), &seal_to, Utc::now()).await?;
             outln!(
                 out,
                 "keyring created with a key for each of {} categories",
-                catalog.collected_categories().count()
+                policy.catalog().collected_categories().count()
             );
         }
         Command::Keyring(KeyringCmd::Export { out: path }) => {
-            let stores = Stores::open(&store_config(&cli.stores)?).await?;
+            let stores = ctx.stores().await?;
             let sealed = Vault::sealed_keyring(&stores).await?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -204,10 +387,8 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 sealed.len()
             );
         }
-        Command::Keyring(KeyringCmd::Status { identity }) => {
-            let stores = Stores::open(&store_config(&cli.stores)?).await?;
-            let unlock = Unlock::identity_file(&identity)?;
-            let vault = Vault::open(stores, Arc::new(policy), &unlock).await?;
+        Command::Keyring(KeyringCmd::Status) => {
+            let vault = ctx.vault(policy).await?;
             outln!(
                 out,
                 "{:<20} {:>7} {:<20} {:>8}",
@@ -227,6 +408,252 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 );
             }
             outln!(out, "{}", review_line(vault.catalog()));
+        }
+        Command::Keyring(KeyringCmd::Rotate { category }) => {
+            let vault = ctx.vault(policy).await?;
+            let c = Category::parse(&category)?;
+            let v = vault.rotate_kek(&c, ctx.reseal_passphrase()?).await?;
+            outln!(
+                out,
+                "{c}: version {v} is now used for new data keys; run `vaultctl keyring rewrap --category {c}` to move the old ones"
+            );
+        }
+        Command::Keyring(KeyringCmd::Rewrap { category, batch }) => {
+            let vault = ctx.vault(policy).await?;
+            let c = category.as_deref().map(Category::parse).transpose()?;
+            let mut report = |p: vault_core::RewrapProgress| {
+                eprint!("\rrewrapped {} data keys, {} left   ", p.moved, p.remaining);
+            };
+            let done = vault.rewrap(c.as_ref(), batch, &mut report).await?;
+            eprintln!();
+            outln!(
+                out,
+                "rewrapped {} data keys; {} left on older versions",
+                done.moved,
+                done.remaining
+            );
+        }
+        Command::Keyring(KeyringCmd::Retire { category, version }) => {
+            let vault = ctx.vault(policy).await?;
+            let c = Category::parse(&category)?;
+            vault
+                .retire_kek(&c, version, ctx.reseal_passphrase()?)
+                .await?;
+            outln!(out, "{c}: version {version} destroyed");
+        }
+        Command::Keyring(KeyringCmd::Recipient(cmd)) => {
+            let vault = ctx.vault(policy).await?;
+            match cmd {
+                RecipientCmd::Add { recipient } => {
+                    vault
+                        .add_recipient(CustodianRecipient::parse(&recipient)?)
+                        .await?;
+                    outln!(out, "the keyring is now also sealed to {recipient}");
+                }
+                RecipientCmd::Remove { recipient } => {
+                    vault
+                        .remove_recipient(&CustodianRecipient::parse(&recipient)?)
+                        .await?;
+                    outln!(out, "the keyring is no longer sealed to {recipient}");
+                }
+                RecipientCmd::List => {
+                    for r in vault.recipients().await? {
+                        outln!(out, "{r}");
+                    }
+                }
+            }
+        }
+        Command::Principal(cmd) => {
+            let vault = ctx.vault(policy).await?;
+            match cmd {
+                PrincipalCmd::Add { name, roles } => {
+                    let mut parsed = Vec::new();
+                    for r in &roles {
+                        let (role, school) = r.split_once('@').with_context(|| {
+                            format!("--role {r:?}: write ROLE@SCHOOL, e.g. nurse@school-1")
+                        })?;
+                        parsed.push((
+                            Scope::parse(school).with_context(|| format!("--role {r:?}"))?,
+                            Role::parse(role).map_err(anyhow::Error::msg)?,
+                        ));
+                    }
+                    let (p, token) = vault.create_principal(&name, &parsed).await?;
+                    outln!(out, "principal {} created", p.id);
+                    outln!(
+                        out,
+                        "token (shown once; give it to its holder now): {}",
+                        token.expose()
+                    );
+                }
+                PrincipalCmd::List => {
+                    outln!(
+                        out,
+                        "{:<36}  {:<30}  {:<10}  {:<10}  ROLES",
+                        "ID",
+                        "NAME",
+                        "CREATED",
+                        "REVOKED"
+                    );
+                    for e in vault.list_principals().await? {
+                        let roles: Vec<String> = e
+                            .principal
+                            .roles
+                            .iter()
+                            .map(|(s, r)| format!("{r}@{}", s.as_str()))
+                            .collect();
+                        outln!(
+                            out,
+                            "{:<36}  {:<30}  {:<10}  {:<10}  {}",
+                            e.principal.id,
+                            e.principal.name,
+                            e.created_at.format("%Y-%m-%d"),
+                            e.revoked_at
+                                .map(|t| t.format("%Y-%m-%d").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            roles.join(" ")
+                        );
+                    }
+                }
+                PrincipalCmd::Revoke { id } => {
+                    vault.revoke_principal(PrincipalId::parse(&id)?).await?;
+                    outln!(out, "principal {id} revoked");
+                }
+            }
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            let vault = ctx.vault(policy).await?;
+            let r = vault.verify_audit().await?;
+            match r.problem {
+                None => outln!(
+                    out,
+                    "audit log intact: {} entries, {} signed checkpoints",
+                    r.entries,
+                    r.checkpoints
+                ),
+                Some(p) => bail!("the audit log was tampered with: {p}"),
+            }
+        }
+        Command::Audit(AuditCmd::Log {
+            subject,
+            principal,
+            category,
+            outcome,
+            since,
+            until,
+            format,
+        }) => {
+            let vault = ctx.vault(policy).await?;
+            let f = AuditFilter {
+                subject: subject.as_deref().map(SubjectId::parse).transpose()?,
+                actor: principal
+                    .as_deref()
+                    .map(|p| PrincipalId::parse(p).map(|p| p.to_string()))
+                    .transpose()?,
+                category: category.as_deref().map(Category::parse).transpose()?,
+                outcome,
+                since: since.as_deref().map(|s| time(s, "since")).transpose()?,
+                until: until.as_deref().map(|s| time(s, "until")).transpose()?,
+            };
+            let entries = vault.audit_query(&f).await?;
+            match format.as_str() {
+                "json" => {
+                    for e in entries {
+                        outln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action,
+                            "school": e.school, "subject": e.subject, "record": e.record, "categories": e.categories,
+                            "purpose": e.purpose, "outcome": e.outcome, "reason": e.reason})
+                        );
+                    }
+                }
+                "text" => {
+                    for e in entries {
+                        outln!(
+                            out,
+                            "{:>6} {} {:<36} {:<22} {:<18} {} {}",
+                            e.seq,
+                            e.at.format("%Y-%m-%d %H:%M:%S"),
+                            e.actor,
+                            e.action,
+                            e.outcome,
+                            e.categories.join(","),
+                            e.reason.unwrap_or_default()
+                        );
+                    }
+                }
+                other => bail!("--format {other:?}: use text or json"),
+            }
+        }
+        Command::Incident(IncidentCmd::Report {
+            principal,
+            since,
+            until,
+            format,
+        }) => {
+            let vault = ctx.vault(policy).await?;
+            let p = PrincipalId::parse(&principal)?;
+            let since = time(&since, "since")?;
+            let until = until
+                .as_deref()
+                .map(|u| time(u, "until"))
+                .transpose()?
+                .unwrap_or_else(Utc::now);
+            let r = vault.incident_report(p, since, until).await?;
+            match format.as_str() {
+                "json" => {
+                    let subjects: Vec<_> = r.subjects.iter().map(|s| serde_json::json!({
+                        "subject": s.subject.id.to_string(), "school": s.subject.school.as_str(), "kind": s.subject.kind.as_str(),
+                        "categories": s.categories, "first_access": s.first, "last_access": s.last, "accesses": s.accesses,
+                        "contacts": s.contacts })).collect();
+                    outln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                        "principal": r.principal.to_string(), "since": r.since, "until": r.until, "detected_at": r.detected_at,
+                        "notify_authority_by": r.notify_authority_by, "subjects": subjects }))?
+                    );
+                }
+                "csv" => {
+                    outln!(
+                        out,
+                        "subject,school,kind,categories,first_access,last_access,accesses,full_name,iin,phones,address,guardians"
+                    );
+                    for s in &r.subjects {
+                        let c = |k: &str| {
+                            s.contacts
+                                .get(k)
+                                .map(|v| {
+                                    v.as_str()
+                                        .map(str::to_owned)
+                                        .unwrap_or_else(|| v.to_string())
+                                })
+                                .unwrap_or_default()
+                        };
+                        outln!(
+                            out,
+                            "{},{},{},{},{},{},{},{},{},{},{},{}",
+                            s.subject.id,
+                            s.subject.school,
+                            s.subject.kind,
+                            csv(&s.categories.iter().cloned().collect::<Vec<_>>().join(";")),
+                            s.first.to_rfc3339(),
+                            s.last.to_rfc3339(),
+                            s.accesses,
+                            csv(&c("full_name")),
+                            csv(&c("iin")),
+                            csv(&c("phones")),
+                            csv(&c("address")),
+                            csv(&c("guardians"))
+                        );
+                    }
+                    eprintln!(
+                        "notify the authorised body by {} (1 working day after detection)",
+                        r.notify_authority_by
+                    );
+                }
+                other => bail!("--format {other:?}: use json or csv"),
+            }
         }
     }
     Ok(())

@@ -210,6 +210,11 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
+/// Stored rows as records.
+pub(crate) fn records(rows: Vec<audit_entry::Model>) -> Vec<AuditRecord> {
+    rows.into_iter().map(|m| to_record(m).0).collect()
+}
+
 fn to_record(m: audit_entry::Model) -> (AuditRecord, Vec<u8>, Vec<u8>) {
     (
         AuditRecord {

@@ -355,6 +355,22 @@ impl Kek {
     }
 }
 
+/// Moves a wrapped DEK from its KEK version to `to`, never touching field data.
+pub(crate) fn rewrap_dek(
+    keyring: &Keyring,
+    rng: &SystemRandom,
+    record: RecordId,
+    w: &WrappedDek,
+    to: u32,
+) -> Result<Vec<u8>, KeyringError> {
+    let dek =
+        keyring
+            .kek(&w.category, w.kek_version)?
+            .unwrap(&w.wrapped, record, &w.category, w.id)?;
+    let target = keyring.kek(&w.category, to)?;
+    Ok(target.wrap_with_nonce(random_nonce(rng)?, &dek, record, &w.category)?)
+}
+
 /// Reads the KEK version a wrapped DEK names, checking its format and length.
 pub fn wrapped_kek_version(wrapped: &[u8]) -> Result<u32, CryptoError> {
     let (&format, _) = wrapped.split_first().ok_or(CryptoError::Malformed)?;

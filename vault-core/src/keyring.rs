@@ -54,6 +54,12 @@ pub enum KeyringError {
 #[derive(Clone, Debug)]
 pub struct CustodianRecipient(age::x25519::Recipient);
 
+impl PartialEq for CustodianRecipient {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
 impl CustodianRecipient {
     pub fn parse(s: &str) -> Result<Self, KeyringError> {
         s.trim()
@@ -264,6 +270,39 @@ impl Keyring {
             },
         );
         Ok(next)
+    }
+
+    /// Destroys one KEK version. The newest version of a category is never retired.
+    pub(crate) fn retire(&mut self, category: &Category, version: u32) -> Result<(), KeyringError> {
+        let versions = self
+            .keks
+            .get_mut(category)
+            .ok_or_else(|| KeyringError::NoKeyFor(category.clone()))?;
+        let newest = versions.keys().next_back().copied();
+        if newest == Some(version) {
+            return Err(KeyringError::Seal(format!(
+                "version {version} is the newest {category} key: rotate first, then retire the old one"
+            )));
+        }
+        versions
+            .remove(&version)
+            .map(|_| ())
+            .ok_or(KeyringError::NoVersion {
+                category: category.clone(),
+                version,
+            })
+    }
+
+    /// A copy, through the plaintext encoding (the keyring is deliberately not `Clone`).
+    pub(crate) fn duplicate(&self) -> Result<Keyring, KeyringError> {
+        Keyring::decode(&self.encode())
+    }
+
+    /// The newest version number of a category's KEK.
+    pub fn newest_version(&self, category: &Category) -> Option<u32> {
+        self.keks
+            .get(category)
+            .and_then(|v| v.keys().next_back().copied())
     }
 
     /// Every KEK version, for status and rotation planning.

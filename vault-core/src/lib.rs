@@ -9,7 +9,9 @@ mod clock;
 mod domain;
 mod envelope;
 mod keyring;
+mod keys;
 mod policy;
+mod reports;
 mod store;
 mod value;
 mod vault;
@@ -35,7 +37,9 @@ pub use envelope::{
 pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
+pub use keys::RewrapProgress;
 pub use policy::{Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope};
+pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use value::{FieldValue, MAX_VALUE_BYTES};
 pub use vault::{

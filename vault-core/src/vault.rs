@@ -34,7 +34,7 @@ use crate::value::FieldValue;
 const STATE_ACTIVE: &str = "active";
 const STATE_SHREDDING: &str = "shredding";
 const STATE_SHREDDED: &str = "shredded";
-const KEYRING_ROW: i32 = 1;
+pub(crate) const KEYRING_ROW: i32 = 1;
 
 /// Everything the vault service can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +260,12 @@ pub struct KekStatus {
 /// The vault service over both stores with the unsealed keyring.
 pub struct Vault {
     policy: Arc<Policy>,
-    keyring: Arc<Keyring>,
+    /// The unsealed keyring, swapped when a custodian changes it (rotation, retirement).
+    pub(crate) keyring: std::sync::RwLock<Arc<Keyring>>,
+    /// The keyring row's generation the in-memory keyring came from.
+    pub(crate) generation: std::sync::atomic::AtomicI64,
+    /// What unsealed it, kept to unseal a newer generation.
+    pub(crate) unlock: Unlock,
     stores: Stores,
     rng: SystemRandom,
     clock: Arc<dyn Clock>,
@@ -332,7 +337,7 @@ impl Vault {
     pub async fn open(
         stores: Stores,
         policy: Arc<Policy>,
-        unlock: &Unlock,
+        unlock: Unlock,
     ) -> Result<Vault, VaultError> {
         Self::open_with_clock(stores, policy, unlock, Arc::new(SystemClock)).await
     }
@@ -341,18 +346,24 @@ impl Vault {
     pub async fn open_with_clock(
         stores: Stores,
         policy: Arc<Policy>,
-        unlock: &Unlock,
+        unlock: Unlock,
         clock: Arc<dyn Clock>,
     ) -> Result<Vault, VaultError> {
-        let sealed = Self::sealed_keyring(&stores).await?;
-        let keyring = Keyring::unseal(&sealed, unlock)?;
+        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
+            .one(&stores.keys)
+            .await
+            .map_err(StoreError::keys)?
+            .ok_or(VaultError::KeyringMissing)?;
+        let keyring = Keyring::unseal(&row.sealed, &unlock)?;
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
         let audit = AuditLog::start(stores.data.clone(), keyring.audit_seed(), clock.clone())?;
         let vault = Vault {
             policy,
-            keyring: Arc::new(keyring),
+            keyring: std::sync::RwLock::new(Arc::new(keyring)),
+            generation: std::sync::atomic::AtomicI64::new(row.generation),
+            unlock,
             stores,
             rng: SystemRandom::new(),
             clock,
@@ -388,7 +399,7 @@ impl Vault {
                 .map_or(0, |r| r.2 as u64)
         };
         Ok(self
-            .keyring
+            .keyring()
             .kek_versions()
             .into_iter()
             .map(|k| KekStatus {
@@ -507,7 +518,7 @@ impl Vault {
     }
 
     fn iin_index(&self, iin: &Iin) -> Vec<u8> {
-        self.keyring
+        self.keyring()
             .blind_index("iin", iin.digits().as_bytes())
             .as_bytes()
             .to_vec()
@@ -568,10 +579,11 @@ impl Vault {
         record: RecordId,
         fields: &[(&FieldName, Category, &FieldValue)],
     ) -> Result<Vec<record_field::ActiveModel>, VaultError> {
+        let keyring = self.keyring();
         fields
             .iter()
             .map(|(name, cat, value)| {
-                let ct = keys.seal(&self.keyring, &self.rng, name, cat, value.as_bytes())?;
+                let ct = keys.seal(&keyring, &self.rng, name, cat, value.as_bytes())?;
                 Ok(record_field::ActiveModel {
                     record_id: Set(record.to_string()),
                     field: Set(name.as_str().to_owned()),
@@ -647,6 +659,7 @@ impl Vault {
             });
         }
 
+        self.refresh_keyring().await?;
         let id = RecordId::new_random();
         let mut keys = RecordKeys::new(id);
         let to_seal: Vec<_> = checked
@@ -744,13 +757,19 @@ impl Vault {
         categories: &BTreeSet<Category>,
     ) -> Result<RecordKeys, VaultError> {
         let mut keys = RecordKeys::new(id);
+        let mut keyring = self.keyring();
         for w in self.wrapped_deks(id, categories).await? {
-            keys.unwrap(&self.keyring, &w)
-                .map_err(|source| VaultError::DekTampered {
-                    record: id,
-                    category: w.category.clone(),
-                    source,
-                })?;
+            let mut r = keys.unwrap(&keyring, &w);
+            if matches!(r, Err(KeyringError::NoVersion { .. })) && self.refresh_keyring().await? {
+                // A custodian rotated since this keyring was loaded: use the new one.
+                keyring = self.keyring();
+                r = keys.unwrap(&keyring, &w);
+            }
+            r.map_err(|source| VaultError::DekTampered {
+                record: id,
+                category: w.category.clone(),
+                source,
+            })?;
         }
         Ok(keys)
     }
@@ -854,6 +873,7 @@ impl Vault {
             })
             .collect();
         let cats: BTreeSet<Category> = sets.iter().map(|(_, c, _)| c.clone()).collect();
+        self.refresh_keyring().await?;
         let mut keys = self.unwrap_all(id, &cats).await?;
         let rows = self.seal_rows(&mut keys, id, &sets)?;
         let new_deks = keys.take_new();
@@ -1014,7 +1034,8 @@ impl Vault {
     /// key bytes; compiled only with the `test-hooks` feature, which no shipped binary enables.
     #[cfg(feature = "test-hooks")]
     pub async fn test_hooks_key_material(&self) -> Result<Vec<Vec<u8>>, VaultError> {
-        let mut out: Vec<Vec<u8>> = self.keyring.raw_keys();
+        let keyring = self.keyring();
+        let mut out: Vec<Vec<u8>> = keyring.raw_keys();
         let rows = dek::Entity::find()
             .all(&self.stores.keys)
             .await
@@ -1027,7 +1048,7 @@ impl Vault {
                 kek_version: r.kek_version as u32,
                 wrapped: r.wrapped,
             };
-            out.push(crate::envelope::test_hooks_unwrap(&self.keyring, id, &w)?);
+            out.push(crate::envelope::test_hooks_unwrap(&keyring, id, &w)?);
         }
         Ok(out)
     }

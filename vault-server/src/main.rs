@@ -283,10 +283,9 @@ async fn run(args: Args) -> Result<()> {
             ),
         }
     };
-    let vault = Vault::open(stores, Arc::new(policy), &unlock)
+    let vault = Vault::open(stores, Arc::new(policy), unlock)
         .await
         .context("unsealing the keyring")?;
-    drop(unlock);
     if first_dev_start {
         dev_principals(&vault, &s.data_dir).await?;
     }

@@ -205,7 +205,7 @@ impl Server {
         Vault::open(
             stores,
             policy().await,
-            &Unlock::identity_file(&data.join("dev-custodian.txt")).unwrap(),
+            Unlock::identity_file(&data.join("dev-custodian.txt")).unwrap(),
         )
         .await
         .unwrap()
@@ -732,7 +732,7 @@ async fn storage_outside_kazakhstan_is_refused_unless_overridden() {
     let v = Vault::open(
         stores,
         policy().await,
-        &Unlock::identity_file(&dir.path().join("dev-custodian.txt")).unwrap(),
+        Unlock::identity_file(&dir.path().join("dev-custodian.txt")).unwrap(),
     )
     .await
     .unwrap();

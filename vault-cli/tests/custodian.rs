@@ -1,0 +1,525 @@
+//! The custodian's and privacy officer's work with the real `vaultctl` binary, on SQLite and on
+//! PostgreSQL: rotation of 10,000 records with a rewrap killed halfway, recipients made by the
+//! real `age-keygen`, principals, audit verification, incident reports, and wrong input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sea_orm::ConnectionTrait;
+use vault_core::{
+    Category, FieldName, FieldValue, NewSubject, Purpose, RecordId, RecordType, Role, SchoolId,
+    Scope, SubjectKind, Unlock, Vault,
+};
+use vault_tests::{Backend, TestStores, on_both_backends, policy, tool};
+
+on_both_backends!(
+    rotation_of_ten_thousand_records_survives_a_kill,
+    recipients_principals_audit_and_incidents,
+);
+
+struct Ctl {
+    stores: TestStores,
+    identity: PathBuf,
+}
+
+impl Ctl {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vaultctl"));
+        c.arg("--policies")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"));
+        match self.stores.backend {
+            Backend::Sqlite => {
+                c.arg("--data-dir").arg(self.stores.dir.path().join("data"));
+            }
+            Backend::Postgres => {
+                c.arg("--data-url").arg(&self.stores.config.data_url);
+                c.arg("--keys-url").arg(&self.stores.config.keys_url);
+            }
+        }
+        c.env_remove("VAULT_IDENTITY")
+            .env_remove("VAULT_PASSPHRASE_FILE");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let o = self
+            .cmd()
+            .args(args)
+            .arg("--identity")
+            .arg(&self.identity)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("stack backtrace"),
+            "{err}"
+        );
+        o
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "vaultctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str], want: &str) -> String {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(1), "vaultctl {args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(want), "vaultctl {args:?}: {err}");
+        err
+    }
+
+    async fn vault(&self) -> Vault {
+        let config = match self.stores.backend {
+            Backend::Sqlite => {
+                vault_core::StoreConfig::sqlite_dir(&self.stores.dir.path().join("data")).unwrap()
+            }
+            Backend::Postgres => self.stores.config.clone(),
+        };
+        Vault::open(
+            vault_core::Stores::open(&config).await.unwrap(),
+            policy().await,
+            Unlock::identity_file(&self.identity).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn setup(backend: Backend) -> Ctl {
+    let stores = TestStores::new(backend).await;
+    let identity = stores.dir.path().join("custodian.txt");
+    let recipient = Unlock::generate_identity_file(&identity)
+        .unwrap()
+        .to_string();
+    let ctl = Ctl { stores, identity };
+    let o = ctl
+        .cmd()
+        .args(["keyring", "init", "--recipient", &recipient])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ctl
+}
+
+async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
+    const N: usize = 10_000;
+    let ctl = setup(backend).await;
+    let v = ctl.vault().await;
+    let s = v
+        .create_subject(NewSubject {
+            school: SchoolId::parse("school-1").unwrap(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let rt = RecordType::parse("student").unwrap();
+    let mut ids: Vec<(RecordId, String)> = Vec::with_capacity(N);
+    for i in 0..N {
+        let name = format!("student {i}");
+        let f: BTreeMap<_, _> = [(
+            FieldName::parse("full_name").unwrap(),
+            FieldValue::text(&name),
+        )]
+        .into_iter()
+        .collect();
+        ids.push((v.write_record(s.id, &rt, &f).await.unwrap().id, name));
+    }
+    drop(v);
+
+    let out = ctl.ok(&["keyring", "rotate", "--category", "identity"]);
+    assert!(out.contains("version 2"), "{out}");
+    // Retiring the old version is refused while data keys use it, with the count.
+    ctl.fails(
+        &[
+            "keyring",
+            "retire",
+            "--category",
+            "identity",
+            "--version",
+            "1",
+        ],
+        &format!("{N} data keys still use version 1"),
+    );
+    ctl.fails(
+        &[
+            "keyring",
+            "retire",
+            "--category",
+            "identity",
+            "--version",
+            "2",
+        ],
+        "newest",
+    );
+
+    // Rewrap in small batches, killed (SIGKILL) once it has made progress, then run again.
+    let mut child = ctl
+        .cmd()
+        .args([
+            "keyring",
+            "rewrap",
+            "--category",
+            "identity",
+            "--batch",
+            "100",
+            "--identity",
+        ])
+        .arg(&ctl.identity)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("rewrapped 1") {
+        let n = err.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "rewrap ended before it could be killed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let v = ctl.vault().await;
+    let left = v
+        .rewrap_remaining(Some(&Category::parse("identity").unwrap()))
+        .await
+        .unwrap();
+    assert!(left > 0 && left < N as u64, "killed halfway: {left} left");
+    drop(v);
+    let out = ctl.ok(&[
+        "keyring",
+        "rewrap",
+        "--category",
+        "identity",
+        "--batch",
+        "1000",
+    ]);
+    assert!(
+        out.contains(&format!("rewrapped {left} data keys; 0 left")),
+        "{out}"
+    );
+    ctl.ok(&[
+        "keyring",
+        "retire",
+        "--category",
+        "identity",
+        "--version",
+        "1",
+    ]);
+    let status = ctl.ok(&["keyring", "status"]);
+    let line = status.lines().find(|l| l.starts_with("identity ")).unwrap();
+    assert!(
+        line.contains(" 2 ") && line.trim_end().ends_with(&N.to_string()),
+        "{line}"
+    );
+    assert!(
+        !status
+            .lines()
+            .any(|l| l.starts_with("identity ") && l.contains(" 1 2")),
+        "{status}"
+    );
+
+    // Every record still reads back.
+    let v = ctl.vault().await;
+    let identity: BTreeSet<Category> = [Category::parse("identity").unwrap()].into_iter().collect();
+    for (id, name) in &ids {
+        let view = v.read_record(*id, &identity).await.unwrap();
+        match &view.fields[&FieldName::parse("full_name").unwrap()] {
+            vault_core::FieldView::Open { value, .. } => assert_eq!(value, &FieldValue::text(name)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let log = v.audit_entries().await.unwrap();
+    for a in ["key.rotate", "key.rewrap", "key.retire"] {
+        assert!(log.iter().any(|e| e.action == a), "{a}");
+    }
+}
+
+async fn recipients_principals_audit_and_incidents(backend: Backend) {
+    let ctl = setup(backend).await;
+    // A second custodian's key from the real age-keygen.
+    if let Some(mut keygen) = tool("age-keygen") {
+        let second = ctl.stores.dir.path().join("second.txt");
+        let o = keygen.arg("-o").arg(&second).output().unwrap();
+        let public = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("Public key: ").map(str::to_owned))
+            .unwrap();
+        ctl.ok(&["keyring", "recipient", "add", &public]);
+        let as_second = |args: &[&str]| {
+            ctl.cmd()
+                .args(args)
+                .arg("--identity")
+                .arg(&second)
+                .output()
+                .unwrap()
+        };
+        assert!(
+            as_second(&["keyring", "status"]).status.success(),
+            "the added custodian unseals"
+        );
+        assert!(ctl.ok(&["keyring", "recipient", "list"]).contains(&public));
+        ctl.ok(&["keyring", "recipient", "remove", &public]);
+        let o = as_second(&["keyring", "status"]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "a removed custodian no longer unseals"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr)
+                .contains("no identity or passphrase given can unseal")
+        );
+    }
+    ctl.fails(
+        &[
+            "keyring",
+            "recipient",
+            "remove",
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+        ],
+        "is not a recipient",
+    );
+
+    // Principals: add prints the token once; list is the list of persons with access; revoke.
+    let out = ctl.ok(&[
+        "principal",
+        "add",
+        "--name",
+        "Nurse Aigul",
+        "--role",
+        "nurse@school-1",
+    ]);
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let token = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(token.starts_with("vt_"));
+    let list = ctl.ok(&["principal", "list"]);
+    assert!(
+        list.contains("Nurse Aigul") && list.contains("nurse@school-1") && !list.contains(&token),
+        "{list}"
+    );
+    ctl.fails(
+        &[
+            "principal",
+            "add",
+            "--name",
+            "X",
+            "--role",
+            "janitor@school-1",
+        ],
+        "unknown role 'janitor'",
+    );
+    ctl.fails(
+        &["principal", "add", "--name", "X", "--role", "nurse"],
+        "ROLE@SCHOOL",
+    );
+
+    // The nurse reads three students' records; another principal reads a fourth.
+    let v = ctl.vault().await;
+    let nurse = v
+        .authenticate(&vault_core::BearerToken::new(&token))
+        .await
+        .unwrap();
+    let (other, _) = v
+        .create_principal(
+            "Teacher",
+            &[(
+                Scope::School(SchoolId::parse("school-1").unwrap()),
+                Role::Teacher,
+            )],
+        )
+        .await
+        .unwrap();
+    let rt = RecordType::parse("student").unwrap();
+    let mut touched = BTreeSet::new();
+    let mut all = Vec::new();
+    for i in 0..4 {
+        let s = v
+            .create_subject(NewSubject {
+                school: SchoolId::parse("school-1").unwrap(),
+                kind: SubjectKind::Student,
+                iin: None,
+            })
+            .await
+            .unwrap();
+        let f: BTreeMap<_, _> = [
+            (
+                FieldName::parse("full_name").unwrap(),
+                FieldValue::text(&format!("Student {i}")),
+            ),
+            (
+                FieldName::parse("phones").unwrap(),
+                FieldValue::from_json(&serde_json::json!(["+7 701 000 000"])),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let r = v.write_record(s.id, &rt, &f).await.unwrap().id;
+        let reader = if i < 3 { &nurse } else { &other };
+        v.read_record_as(reader, r, &Purpose::parse("education").unwrap())
+            .await
+            .unwrap();
+        if i < 3 {
+            touched.insert(s.id.to_string());
+        }
+        all.push(s.id);
+    }
+    drop(v);
+    let report = ctl.ok(&[
+        "incident",
+        "report",
+        "--principal",
+        &id,
+        "--since",
+        "2020-01-01",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let listed: BTreeSet<String> = j["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, touched, "exactly the subjects the nurse touched");
+    assert!(
+        j["subjects"][0]["contacts"]["full_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Student")
+    );
+    assert!(j["notify_authority_by"].is_string());
+    let csv = ctl.ok(&[
+        "incident",
+        "report",
+        "--principal",
+        &id,
+        "--since",
+        "2020-01-01",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let none = ctl.ok(&[
+        "incident",
+        "report",
+        "--principal",
+        &id,
+        "--since",
+        "2020-01-01",
+        "--until",
+        "2020-02-01",
+    ]);
+    assert!(none.contains("\"subjects\": []"));
+    ctl.fails(
+        &[
+            "incident",
+            "report",
+            "--principal",
+            &id,
+            "--since",
+            "yesterday",
+        ],
+        "is not a time",
+    );
+
+    ctl.ok(&["principal", "revoke", &id]);
+    assert!(
+        ctl.ok(&["principal", "list"])
+            .lines()
+            .any(|l| l.contains("Nurse Aigul") && !l.contains(" -  "))
+    );
+
+    // Audit: verify, log filters, and a tampered entry is named with exit code 1.
+    assert!(ctl.ok(&["audit", "verify"]).starts_with("audit log intact"));
+    let log = ctl.ok(&["audit", "log", "--principal", &id, "--format", "json"]);
+    // Each read: identity allowed, contact denied (the nurse may not read contacts for education).
+    let reads = |outcome: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("record.read") && l.contains(&format!("\"outcome\":\"{outcome}\""))
+            })
+            .count()
+    };
+    assert_eq!(reads("allowed"), 3, "{log}");
+    assert_eq!(reads("denied"), 3, "{log}");
+    let subj = all[3].to_string();
+    let log = ctl.ok(&["audit", "log", "--subject", &subj]);
+    assert!(log.contains("record.read"));
+    let db = ctl.stores.raw_data().await;
+    db.execute_unprepared("UPDATE audit_log SET outcome = 'denied' WHERE seq = 2")
+        .await
+        .unwrap();
+    ctl.fails(&["audit", "verify"], "entry 2 was altered");
+
+    // Wrong input everywhere: one line, exit 1, no panic.
+    ctl.fails(&["keyring", "rotate", "--category", "helth"], "helth");
+    ctl.fails(
+        &["keyring", "rotate", "--category", "political_views"],
+        "not collected",
+    );
+    ctl.fails(
+        &["audit", "log", "--subject", "not-a-uuid"],
+        "invalid subject id",
+    );
+    let o = ctl
+        .cmd()
+        .args(["keyring", "status", "--identity", "/nonexistent/key.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/key.txt"));
+    let stranger = ctl.stores.dir.path().join("stranger.txt");
+    Unlock::generate_identity_file(&stranger).unwrap();
+    let o = ctl
+        .cmd()
+        .args(["keyring", "status", "--identity"])
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("can unseal the keyring"),
+        "a keyring that is not ours"
+    );
+    let pass = ctl.stores.dir.path().join("pass.txt");
+    std::fs::write(&pass, "not the right passphrase at all\n").unwrap();
+    let o = ctl
+        .cmd()
+        .args(["keyring", "status", "--passphrase-file"])
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let o = ctl.cmd().args(["keyring", "status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give --identity FILE"));
+}

@@ -1,0 +1,69 @@
+//! Golden tests of `vaultctl --help` for every command: a change to the interface shows up as a
+//! diff here. Regenerate with `UPDATE_GOLDEN=1 cargo test -p vault-cli --test golden`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["catalog", "check"],
+    &["keyring", "init"],
+    &["keyring", "export"],
+    &["keyring", "status"],
+    &["keyring", "rotate"],
+    &["keyring", "rewrap"],
+    &["keyring", "retire"],
+    &["keyring", "recipient", "add"],
+    &["keyring", "recipient", "remove"],
+    &["keyring", "recipient", "list"],
+    &["principal", "add"],
+    &["principal", "list"],
+    &["principal", "revoke"],
+    &["audit", "verify"],
+    &["audit", "log"],
+    &["incident", "report"],
+];
+
+#[test]
+fn help_of_every_command_matches_its_golden_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for cmd in COMMANDS {
+        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+            .args(*cmd)
+            .arg("--help")
+            // Environment defaults would show in the help text.
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd:?}");
+        let got = String::from_utf8(o.stdout).unwrap();
+        if !cmd.is_empty() {
+            assert!(
+                got.contains("Example: vaultctl"),
+                "{cmd:?} --help has no example"
+            );
+        }
+        let name = if cmd.is_empty() {
+            "vaultctl".to_owned()
+        } else {
+            cmd.join("-")
+        };
+        let file = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_default();
+        if want != got {
+            mismatches.push(format!("--- {}\n{want}\n+++ actual\n{got}", file.display()));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "help text changed (UPDATE_GOLDEN=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+}

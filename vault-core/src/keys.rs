@@ -1,0 +1,342 @@
+//! The key custodian's operations: rotate a category's KEK, rewrap DEKs onto the newest version
+//! in resumable batches (never decrypting field data), retire an old version once nothing uses
+//! it, and change the custodians the keyring is sealed to. Every change of the keyring is a
+//! compare-and-set on its generation, so two custodians cannot overwrite each other, and running
+//! servers load the new generation before their next write.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::domain::{Category, DekId, RecordId};
+use crate::envelope::{WrappedDek, rewrap_dek};
+use crate::keyring::{CustodianRecipient, Keyring, Passphrase, SealTo};
+use crate::store::StoreError;
+use crate::store::entities::{dek, keyring_row};
+use crate::vault::{KEYRING_ROW, Vault, VaultError};
+
+/// Progress of a rewrap: how many DEKs moved, and how many still use an older version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewrapProgress {
+    pub moved: u64,
+    pub remaining: u64,
+}
+
+impl Vault {
+    /// The current in-memory keyring.
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
+        match self.keyring.read() {
+            Ok(k) => k.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Loads the stored keyring if a custodian changed it since this one was loaded.
+    pub async fn refresh_keyring(&self) -> Result<bool, VaultError> {
+        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
+            .one(&self.stores().keys)
+            .await
+            .map_err(StoreError::keys)?
+            .ok_or(VaultError::KeyringMissing)?;
+        if row.generation == self.generation.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let fresh = Keyring::unseal(&row.sealed, &self.unlock)?;
+        self.install(fresh, row.generation);
+        tracing::info!(generation = row.generation, "loaded a newer keyring");
+        Ok(true)
+    }
+
+    fn install(&self, k: Keyring, generation: i64) {
+        match self.keyring.write() {
+            Ok(mut g) => *g = Arc::new(k),
+            Err(p) => *p.into_inner() = Arc::new(k),
+        }
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The public recipients the keyring is sealed to (empty: sealed to a passphrase).
+    pub async fn recipients(&self) -> Result<Vec<CustodianRecipient>, VaultError> {
+        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
+            .one(&self.stores().keys)
+            .await
+            .map_err(StoreError::keys)?
+            .ok_or(VaultError::KeyringMissing)?;
+        Ok(row
+            .recipients
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(CustodianRecipient::parse)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Seals `k` to `to` and stores it as the next generation, if nobody changed it meanwhile.
+    async fn store_keyring(&self, k: Keyring, to: &SealTo) -> Result<(), VaultError> {
+        let sealed = k.seal(to)?;
+        let recipients = match to {
+            SealTo::Recipients(rs) => rs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            SealTo::Passphrase(..) => String::new(),
+        };
+        let g = self.generation.load(Ordering::Acquire);
+        let r = keyring_row::Entity::update_many()
+            .col_expr(keyring_row::Column::Sealed, Expr::value(sealed))
+            .col_expr(keyring_row::Column::Recipients, Expr::value(recipients))
+            .col_expr(keyring_row::Column::Generation, Expr::value(g + 1))
+            .col_expr(keyring_row::Column::UpdatedAt, Expr::value(self.now()))
+            .filter(keyring_row::Column::Id.eq(KEYRING_ROW))
+            .filter(keyring_row::Column::Generation.eq(g))
+            .exec(&self.stores().keys)
+            .await
+            .map_err(StoreError::keys)?;
+        if r.rows_affected != 1 {
+            return Err(VaultError::Invalid(
+                "the keyring changed while this operation ran (another custodian?): run it again"
+                    .into(),
+            ));
+        }
+        self.install(k, g + 1);
+        Ok(())
+    }
+
+    /// Whom to re-seal to: the stored recipients, or the passphrase the custodian gives.
+    async fn reseal_target(&self, passphrase: Option<Passphrase>) -> Result<SealTo, VaultError> {
+        let rs = self.recipients().await?;
+        match (rs.is_empty(), passphrase) {
+            (false, _) => Ok(SealTo::Recipients(rs)),
+            (true, Some(p)) => Ok(SealTo::Passphrase(p, None)),
+            (true, None) => Err(VaultError::Invalid(
+                "the keyring is sealed to a passphrase: give it (--passphrase-file) to re-seal"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn key_event(
+        &self,
+        action: &'static str,
+        categories: Vec<Category>,
+        reason: String,
+    ) -> Result<(), VaultError> {
+        let mut ev = AuditEvent::new("custodian", action, Outcome::Done);
+        ev.categories = categories;
+        ev.reason = Some(reason);
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    /// Adds a new KEK version for a category; new DEKs use it at once.
+    pub async fn rotate_kek(
+        &self,
+        category: &Category,
+        passphrase: Option<Passphrase>,
+    ) -> Result<u32, VaultError> {
+        self.refresh_keyring().await?;
+        if !self.catalog().collected_categories().any(|c| c == category) {
+            return Err(VaultError::Invalid(format!(
+                "category '{category}' is not collected: nothing to rotate"
+            )));
+        }
+        let to = self.reseal_target(passphrase).await?;
+        let mut k = self.keyring().duplicate()?;
+        let v = k.rotate(category, self.now())?;
+        self.store_keyring(k, &to).await?;
+        self.key_event(
+            "key.rotate",
+            vec![category.clone()],
+            format!("new version {v}"),
+        )
+        .await?;
+        Ok(v)
+    }
+
+    /// DEKs still wrapped under an older version than their category's newest.
+    pub async fn rewrap_remaining(&self, category: Option<&Category>) -> Result<u64, VaultError> {
+        let k = self.keyring();
+        let mut n = 0;
+        for info in k.kek_versions() {
+            if category.is_some_and(|c| *c != info.category)
+                || Some(info.version) == k.newest_version(&info.category)
+            {
+                continue;
+            }
+            n += dek::Entity::find()
+                .filter(dek::Column::Category.eq(info.category.as_str()))
+                .filter(dek::Column::KekVersion.eq(info.version as i32))
+                .count_rows(&self.stores().keys)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Moves DEKs of older versions onto the newest, `batch` at a time, one transaction each.
+    /// Each DEK is updated only if still at the version it was read at, so a crash or a
+    /// concurrent rewrap loses nothing; running again continues where it stopped.
+    pub async fn rewrap(
+        &self,
+        category: Option<&Category>,
+        batch: u64,
+        progress: &mut (dyn FnMut(RewrapProgress) + Send),
+    ) -> Result<RewrapProgress, VaultError> {
+        self.refresh_keyring().await?;
+        let k = self.keyring();
+        let mut moved = 0u64;
+        let total = self.rewrap_remaining(category).await?;
+        let cats: Vec<Category> = k
+            .kek_versions()
+            .into_iter()
+            .map(|i| i.category)
+            .filter(|c| category.is_none_or(|x| x == c))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for cat in cats {
+            let Some(newest) = k.newest_version(&cat) else {
+                continue;
+            };
+            loop {
+                let rows = dek::Entity::find()
+                    .filter(dek::Column::Category.eq(cat.as_str()))
+                    .filter(dek::Column::KekVersion.lt(newest as i32))
+                    .order_by_asc(dek::Column::Id)
+                    .limit(batch.max(1))
+                    .all(&self.stores().keys)
+                    .await
+                    .map_err(StoreError::keys)?;
+                if rows.is_empty() {
+                    break;
+                }
+                let txn = sea_orm::TransactionTrait::begin(&self.stores().keys)
+                    .await
+                    .map_err(StoreError::keys)?;
+                for r in &rows {
+                    let record = RecordId::parse(&r.record_id)
+                        .map_err(|_| VaultError::CorruptRow("record id"))?;
+                    let w = WrappedDek {
+                        id: DekId::parse(&r.id).map_err(|_| VaultError::CorruptRow("DEK id"))?,
+                        category: cat.clone(),
+                        kek_version: u32::try_from(r.kek_version)
+                            .map_err(|_| VaultError::CorruptRow("KEK version"))?,
+                        wrapped: r.wrapped.clone(),
+                    };
+                    let wrapped =
+                        rewrap_dek(&k, self.rng(), record, &w, newest).map_err(|source| {
+                            VaultError::DekTampered {
+                                record,
+                                category: cat.clone(),
+                                source,
+                            }
+                        })?;
+                    let done = dek::Entity::update_many()
+                        .col_expr(dek::Column::Wrapped, Expr::value(wrapped))
+                        .col_expr(dek::Column::KekVersion, Expr::value(newest as i32))
+                        .filter(dek::Column::Id.eq(r.id.clone()))
+                        .filter(dek::Column::KekVersion.eq(r.kek_version))
+                        .exec(&txn)
+                        .await
+                        .map_err(StoreError::keys)?;
+                    moved += done.rows_affected;
+                }
+                txn.commit().await.map_err(StoreError::keys)?;
+                progress(RewrapProgress {
+                    moved,
+                    remaining: total.saturating_sub(moved),
+                });
+            }
+        }
+        let remaining = self.rewrap_remaining(category).await?;
+        self.key_event(
+            "key.rewrap",
+            category.into_iter().cloned().collect(),
+            format!("{moved} keys moved to the newest version; {remaining} left"),
+        )
+        .await?;
+        Ok(RewrapProgress { moved, remaining })
+    }
+
+    /// Destroys an old KEK version, only when no DEK refers to it.
+    pub async fn retire_kek(
+        &self,
+        category: &Category,
+        version: u32,
+        passphrase: Option<Passphrase>,
+    ) -> Result<(), VaultError> {
+        self.refresh_keyring().await?;
+        let users = dek::Entity::find()
+            .filter(dek::Column::Category.eq(category.as_str()))
+            .filter(dek::Column::KekVersion.eq(version as i32))
+            .count_rows(&self.stores().keys)
+            .await?;
+        if users > 0 {
+            return Err(VaultError::Invalid(format!(
+                "{users} data keys still use version {version} of the {category} key: run `vaultctl keyring rewrap` first"
+            )));
+        }
+        let to = self.reseal_target(passphrase).await?;
+        let mut k = self.keyring().duplicate()?;
+        k.retire(category, version)?;
+        self.store_keyring(k, &to).await?;
+        self.key_event(
+            "key.retire",
+            vec![category.clone()],
+            format!("version {version} destroyed"),
+        )
+        .await
+    }
+
+    /// Re-seals the keyring to one more custodian. Only the keyring is re-encrypted.
+    pub async fn add_recipient(&self, r: CustodianRecipient) -> Result<(), VaultError> {
+        self.refresh_keyring().await?;
+        let mut rs = self.recipients().await?;
+        if rs.is_empty() {
+            return Err(VaultError::Invalid(
+                "the keyring is sealed to a passphrase; it cannot also have recipients".into(),
+            ));
+        }
+        if rs.contains(&r) {
+            return Err(VaultError::Invalid(format!("{r} is already a recipient")));
+        }
+        rs.push(r.clone());
+        let k = self.keyring().duplicate()?;
+        self.store_keyring(k, &SealTo::Recipients(rs)).await?;
+        self.key_event("key.recipient_add", Vec::new(), format!("recipient {r}"))
+            .await
+    }
+
+    /// Re-seals the keyring without one custodian; the last one cannot be removed.
+    pub async fn remove_recipient(&self, r: &CustodianRecipient) -> Result<(), VaultError> {
+        self.refresh_keyring().await?;
+        let rs: Vec<_> = self.recipients().await?;
+        if !rs.contains(r) {
+            return Err(VaultError::Invalid(format!("{r} is not a recipient")));
+        }
+        let rest: Vec<_> = rs.into_iter().filter(|x| x != r).collect();
+        if rest.is_empty() {
+            return Err(VaultError::Invalid(
+                "cannot remove the last recipient: add another custodian first".into(),
+            ));
+        }
+        let k = self.keyring().duplicate()?;
+        self.store_keyring(k, &SealTo::Recipients(rest)).await?;
+        self.key_event("key.recipient_remove", Vec::new(), format!("recipient {r}"))
+            .await
+    }
+}
+
+/// sea-orm's count helper, on a filtered select.
+trait CountRows {
+    async fn count_rows(self, db: &sea_orm::DatabaseConnection) -> Result<u64, VaultError>;
+}
+
+impl CountRows for sea_orm::Select<dek::Entity> {
+    async fn count_rows(self, db: &sea_orm::DatabaseConnection) -> Result<u64, VaultError> {
+        use sea_orm::PaginatorTrait;
+        self.count(db).await.map_err(|e| StoreError::keys(e).into())
+    }
+}

@@ -1,0 +1,228 @@
+//! What the privacy officer and the custodian ask of the vault from the command line: the list
+//! of persons with access (Order 179/НҚ), filtered audit queries, and incident reports for a
+//! breach notification (Law 94-V Art. 25(2)(8), Order 481/НҚ).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use crate::access::{Principal, PrincipalId};
+use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::domain::{Category, SubjectId};
+use crate::policy::{Role, Scope};
+use crate::store::StoreError;
+use crate::store::entities::{audit_entry, principal, principal_role};
+use crate::vault::{FieldView, Subject, Vault, VaultError};
+
+/// One person or app with access, for the list the law asks the operator to keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalEntry {
+    pub principal: Principal,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Which audit entries to list. Empty fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub subject: Option<SubjectId>,
+    pub actor: Option<String>,
+    pub category: Option<Category>,
+    pub outcome: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One subject a principal touched in the window, with what is needed to notify them.
+#[derive(Debug)]
+pub struct IncidentSubject {
+    pub subject: Subject,
+    pub categories: BTreeSet<String>,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub accesses: u64,
+    /// Identity and contact fields (name, IIN, phones, address, guardians), decrypted for the
+    /// notification. Personal data: handle as such.
+    pub contacts: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub struct IncidentReport {
+    pub principal: PrincipalId,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub detected_at: DateTime<Utc>,
+    /// One working day after detection: the authorised body must be told by then.
+    pub notify_authority_by: NaiveDate,
+    pub subjects: Vec<IncidentSubject>,
+}
+
+/// What one principal did to one subject's data, accumulated over the window.
+struct Touch {
+    categories: BTreeSet<String>,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    accesses: u64,
+}
+
+impl Vault {
+    /// Everyone who has or had access, with roles and dates.
+    pub async fn list_principals(&self) -> Result<Vec<PrincipalEntry>, VaultError> {
+        let rows = principal::Entity::find()
+            .order_by_asc(principal::Column::CreatedAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let roles = principal_role::Entity::find()
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        rows.into_iter()
+            .map(|r| {
+                let id = PrincipalId::parse(&r.id)
+                    .map_err(|_| VaultError::CorruptRow("principal id"))?;
+                let mut rs = Vec::new();
+                for pr in roles.iter().filter(|x| x.principal_id == r.id) {
+                    rs.push((
+                        Scope::parse(&pr.scope).map_err(|_| VaultError::CorruptRow("scope"))?,
+                        Role::parse(&pr.role).map_err(|_| VaultError::CorruptRow("role"))?,
+                    ));
+                }
+                rs.sort();
+                Ok(PrincipalEntry {
+                    principal: Principal {
+                        id,
+                        name: r.name,
+                        roles: rs,
+                    },
+                    created_at: r.created_at,
+                    revoked_at: r.revoked_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Audit entries matching the filter, oldest first.
+    pub async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, VaultError> {
+        let mut q = audit_entry::Entity::find().order_by_asc(audit_entry::Column::Seq);
+        if let Some(s) = f.subject {
+            q = q.filter(audit_entry::Column::SubjectId.eq(s.to_string()));
+        }
+        if let Some(a) = &f.actor {
+            q = q.filter(audit_entry::Column::Actor.eq(a.clone()));
+        }
+        if let Some(o) = &f.outcome {
+            q = q.filter(audit_entry::Column::Outcome.eq(o.clone()));
+        }
+        if let Some(t) = f.since {
+            q = q.filter(audit_entry::Column::At.gte(t));
+        }
+        if let Some(t) = f.until {
+            q = q.filter(audit_entry::Column::At.lt(t));
+        }
+        let rows = q.all(&self.stores().data).await.map_err(StoreError::data)?;
+        Ok(crate::audit::records(rows)
+            .into_iter()
+            .filter(|r| {
+                f.category
+                    .as_ref()
+                    .is_none_or(|c| r.categories.iter().any(|x| x == c.as_str()))
+            })
+            .collect())
+    }
+
+    /// Every subject whose data `principal` touched in [since, until), with categories, times and
+    /// the identity and contact data needed to notify them; and the authority's deadline.
+    pub async fn incident_report(
+        &self,
+        principal: PrincipalId,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<IncidentReport, VaultError> {
+        if until <= since {
+            return Err(VaultError::Invalid("--until must be after --since".into()));
+        }
+        let detected_at = self.now();
+        let entries = self
+            .audit_query(&AuditFilter {
+                actor: Some(principal.to_string()),
+                since: Some(since),
+                until: Some(until),
+                ..AuditFilter::default()
+            })
+            .await?;
+        let mut by_subject: BTreeMap<String, Touch> = BTreeMap::new();
+        for e in entries
+            .iter()
+            .filter(|e| e.outcome == "allowed" || e.outcome == "done")
+        {
+            let Some(s) = &e.subject else { continue };
+            let t = by_subject.entry(s.clone()).or_insert(Touch {
+                categories: BTreeSet::new(),
+                first: e.at,
+                last: e.at,
+                accesses: 0,
+            });
+            t.categories.extend(e.categories.iter().cloned());
+            t.first = t.first.min(e.at);
+            t.last = t.last.max(e.at);
+            t.accesses += 1;
+        }
+        let contact_cats: BTreeSet<Category> = ["identity", "contact"]
+            .iter()
+            .filter_map(|c| Category::parse(c).ok())
+            .collect();
+        let mut subjects = Vec::new();
+        for (sid, t) in by_subject {
+            let id = SubjectId::parse(&sid).map_err(|_| VaultError::CorruptRow("subject id"))?;
+            let subject = self.subject(id).await?;
+            let mut contacts = BTreeMap::new();
+            for rid in self.subject_record_ids(id).await? {
+                let view = self.read_record(rid, &contact_cats).await?;
+                for (name, f) in view.fields {
+                    if let FieldView::Open { value, .. } = f
+                        && matches!(
+                            name.as_str(),
+                            "full_name"
+                                | "iin"
+                                | "phones"
+                                | "contacts"
+                                | "address"
+                                | "email"
+                                | "guardians"
+                        )
+                    {
+                        contacts.insert(name.to_string(), value.to_json());
+                    }
+                }
+            }
+            subjects.push(IncidentSubject {
+                subject,
+                categories: t.categories,
+                first: t.first,
+                last: t.last,
+                accesses: t.accesses,
+                contacts,
+            });
+        }
+        let notify_authority_by = self.policy().add_working_days(detected_at.date_naive(), 1);
+        let mut ev = AuditEvent::new("privacy_officer", "incident.report", Outcome::Done);
+        ev.categories = contact_cats.into_iter().collect();
+        ev.reason = Some(format!(
+            "principal {principal}, {} subjects, {} to {}; notify the authority by {notify_authority_by}",
+            subjects.len(),
+            since.to_rfc3339(),
+            until.to_rfc3339()
+        ));
+        self.audit().append(vec![ev]).await?;
+        Ok(IncidentReport {
+            principal,
+            since,
+            until,
+            detected_at,
+            notify_authority_by,
+            subjects,
+        })
+    }
+}
