@@ -11,6 +11,7 @@ use sea_orm_migration::prelude::*;
 mod m20261127_000001_data_store;
 mod m20261127_000002_key_store;
 mod m20261127_000003_access;
+mod m20261127_000004_retention;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ impl MigratorTrait for DataMigrator {
         vec![
             Box::new(m20261127_000001_data_store::Migration),
             Box::new(m20261127_000003_access::Migration),
+            Box::new(m20261127_000004_retention::Migration),
         ]
     }
 }

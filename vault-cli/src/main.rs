@@ -76,6 +76,64 @@ enum Command {
     /// Breach response.
     #[command(subcommand)]
     Incident(IncidentCmd),
+    /// Retention: what expires when, legal holds, and the crypto-shredding sweep.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCmd {
+    /// Record that a subject left the school: most retention periods run from this date.
+    ///
+    /// Example: vaultctl retention left --subject 67e55044-... --on 2026-06-30 --identity custodian.txt
+    Left {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        on: String,
+    },
+    /// List what expires when, per record and category, with the rule and any legal hold.
+    ///
+    /// Example: vaultctl retention plan --until 2027-12-31 --identity custodian.txt
+    Plan {
+        /// Only what expires by this date.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Crypto-shred everything expired and not held: keys destroyed, ciphertext deleted, a shred
+    /// certificate per record in the audit log. Safe to stop and run again.
+    ///
+    /// Example: vaultctl retention sweep --dry-run --identity custodian.txt
+    Sweep {
+        /// Show what would be shredded, shred nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Legal holds: exempt a subject or a record from sweeps.
+    #[command(subcommand)]
+    Hold(HoldCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum HoldCmd {
+    /// Example: vaultctl retention hold add --subject 67e55044-... --reason "court case 2-118/2026"
+    Add {
+        #[arg(long)]
+        subject: String,
+        /// Only this record of the subject.
+        #[arg(long)]
+        record: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Example: vaultctl retention hold list --identity custodian.txt
+    List,
+    /// Example: vaultctl retention hold release 3f2a... --reason "case closed"
+    Release {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -583,6 +641,114 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                     }
                 }
                 other => bail!("--format {other:?}: use text or json"),
+            }
+        }
+        Command::Retention(cmd) => {
+            let vault = ctx.vault(policy).await?;
+            match cmd {
+                RetentionCmd::Left { subject, on } => {
+                    let s = SubjectId::parse(&subject)?;
+                    vault.mark_left("custodian", s, time(&on, "on")?).await?;
+                    outln!(out, "subject {s} left on {on}");
+                }
+                RetentionCmd::Plan { until } => {
+                    let until = until
+                        .as_deref()
+                        .map(|u| time(u, "until"))
+                        .transpose()?
+                        .map(|t| t.date_naive());
+                    outln!(
+                        out,
+                        "{:<10}  {:<36}  {:<18}  {:<6}  RULE",
+                        "EXPIRES",
+                        "RECORD",
+                        "CATEGORY",
+                        "HELD"
+                    );
+                    for i in vault.retention_plan().await? {
+                        if until.is_some_and(|u| i.expires_on > u) {
+                            continue;
+                        }
+                        outln!(
+                            out,
+                            "{:<10}  {:<36}  {:<18}  {:<6}  {}",
+                            i.expires_on,
+                            i.record,
+                            i.category,
+                            if i.held { "held" } else { "-" },
+                            i.rule
+                        );
+                    }
+                }
+                RetentionCmd::Sweep { dry_run } => {
+                    let mut report =
+                        |n: usize, total: usize| eprint!("\rshredded {n}/{total} records   ");
+                    let r = vault.sweep(dry_run, &mut report).await?;
+                    if !r.shredded.is_empty() {
+                        eprintln!();
+                    }
+                    for (rid, cats) in &r.shredded {
+                        let cats: Vec<&str> = cats.iter().map(|c| c.as_str()).collect();
+                        outln!(
+                            out,
+                            "{} {rid}: {}",
+                            if dry_run { "would shred" } else { "shredded" },
+                            cats.join(",")
+                        );
+                    }
+                    outln!(
+                        out,
+                        "{} records {}; {} expired items kept under legal hold",
+                        r.shredded.len(),
+                        if dry_run {
+                            "would be shredded (dry run)"
+                        } else {
+                            "shredded"
+                        },
+                        r.held
+                    );
+                }
+                RetentionCmd::Hold(HoldCmd::Add {
+                    subject,
+                    record,
+                    reason,
+                }) => {
+                    let h = vault
+                        .place_hold(
+                            "custodian",
+                            SubjectId::parse(&subject)?,
+                            record
+                                .as_deref()
+                                .map(vault_core::RecordId::parse)
+                                .transpose()?,
+                            &reason,
+                        )
+                        .await?;
+                    outln!(out, "hold {} placed", h.id);
+                }
+                RetentionCmd::Hold(HoldCmd::List) => {
+                    for h in vault.holds().await? {
+                        outln!(
+                            out,
+                            "{}  subject {}  record {}  {}  {}",
+                            h.id,
+                            h.subject,
+                            h.record
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| "(all)".into()),
+                            if h.released_at.is_some() {
+                                "released"
+                            } else {
+                                "active"
+                            },
+                            h.reason
+                        );
+                    }
+                }
+                RetentionCmd::Hold(HoldCmd::Release { id, reason }) => {
+                    vault.release_hold("custodian", &id, &reason).await?;
+                    outln!(out, "hold {id} released");
+                }
             }
         }
         Command::Incident(IncidentCmd::Report {

@@ -18,6 +18,7 @@ use vault_tests::{Backend, TestStores, on_both_backends, policy, tool};
 on_both_backends!(
     rotation_of_ten_thousand_records_survives_a_kill,
     recipients_principals_audit_and_incidents,
+    retention_from_the_command_line,
 );
 
 struct Ctl {
@@ -522,4 +523,87 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
     assert_eq!(o.status.code(), Some(1));
     let o = ctl.cmd().args(["keyring", "status"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("give --identity FILE"));
+}
+
+async fn retention_from_the_command_line(backend: Backend) {
+    let ctl = setup(backend).await;
+    let v = ctl.vault().await;
+    let s = v
+        .create_subject(NewSubject {
+            school: SchoolId::parse("school-1").unwrap(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let f: BTreeMap<_, _> = [
+        (
+            FieldName::parse("full_name").unwrap(),
+            FieldValue::text("Kept"),
+        ),
+        (
+            FieldName::parse("address").unwrap(),
+            FieldValue::text("Expired"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let rid = v
+        .write_record(s.id, &RecordType::parse("student").unwrap(), &f)
+        .await
+        .unwrap()
+        .id;
+    drop(v);
+    let sid = s.id.to_string();
+    ctl.ok(&["retention", "left", "--subject", &sid, "--on", "2015-06-30"]);
+    let plan = ctl.ok(&["retention", "plan", "--until", "2030-01-01"]);
+    assert!(
+        plan.lines().any(|l| l.starts_with("2018-06-30")
+            && l.contains("contact")
+            && l.contains("3y after left_school")),
+        "{plan}"
+    );
+    let out = ctl.ok(&[
+        "retention",
+        "hold",
+        "add",
+        "--subject",
+        &sid,
+        "--reason",
+        "prosecutor's request 44/2026",
+    ]);
+    let hold = out.split_whitespace().nth(1).unwrap().to_owned();
+    let dry = ctl.ok(&["retention", "sweep", "--dry-run"]);
+    assert!(
+        dry.contains(
+            "0 records would be shredded (dry run); 1 expired items kept under legal hold"
+        ),
+        "{dry}"
+    );
+    ctl.fails(
+        &["retention", "hold", "release", &hold, "--reason", "no"],
+        "needs a reason",
+    );
+    ctl.ok(&[
+        "retention",
+        "hold",
+        "release",
+        &hold,
+        "--reason",
+        "request withdrawn",
+    ]);
+    let done = ctl.ok(&["retention", "sweep"]);
+    assert!(done.contains(&format!("shredded {rid}: contact")), "{done}");
+    let v = ctl.vault().await;
+    let all: BTreeSet<Category> = v.catalog().collected_categories().cloned().collect();
+    let view = v.read_record(rid, &all).await.unwrap();
+    assert_eq!(
+        view.fields.len(),
+        1,
+        "the address is gone, the name is kept"
+    );
+    ctl.fails(
+        &["retention", "left", "--subject", &sid, "--on", "last june"],
+        "is not a time",
+    );
 }

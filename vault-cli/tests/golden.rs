@@ -23,6 +23,12 @@ const COMMANDS: &[&[&str]] = &[
     &["audit", "verify"],
     &["audit", "log"],
     &["incident", "report"],
+    &["retention", "left"],
+    &["retention", "plan"],
+    &["retention", "sweep"],
+    &["retention", "hold", "add"],
+    &["retention", "hold", "list"],
+    &["retention", "hold", "release"],
 ];
 
 #[test]

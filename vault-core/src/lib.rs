@@ -12,6 +12,7 @@ mod keyring;
 mod keys;
 mod policy;
 mod reports;
+mod retention;
 mod store;
 mod value;
 mod vault;
@@ -40,6 +41,7 @@ pub use keyring::{
 pub use keys::RewrapProgress;
 pub use policy::{Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope};
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
+pub use retention::{LegalHold, RetentionItem, SweepReport};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use value::{FieldValue, MAX_VALUE_BYTES};
 pub use vault::{

@@ -440,6 +440,16 @@ impl Vault {
         Ok(AuditLog::all(&self.stores.data).await?)
     }
 
+    /// A record's metadata, shredded or not.
+    pub(crate) async fn record_meta_any(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
+        let row = record::Entity::find_by_id(id.to_string())
+            .one(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or(VaultError::RecordNotFound(id))?;
+        meta_from_row(&row)
+    }
+
     /// A record's metadata (no values).
     pub async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
         meta_from_row(&self.record_row(id).await?)

@@ -322,3 +322,46 @@ pub(crate) mod audit_checkpoint {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub(crate) mod legal_hold {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "legal_holds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub subject_id: String,
+        pub record_id: Option<String>,
+        pub reason: String,
+        pub placed_by: String,
+        pub placed_at: DateTimeUtc,
+        pub released_at: Option<DateTimeUtc>,
+        pub release_reason: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(crate) mod shred_log {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "shred_log")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub record_id: String,
+        pub categories: String,
+        pub rule: String,
+        pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

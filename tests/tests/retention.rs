@@ -1,0 +1,216 @@
+//! Retention on SQLite and PostgreSQL: a sweep crypto-shreds exactly the expired, unheld
+//! (record, category) pairs of a hand-made expectation, certifies each, can run again, and a
+//! released hold lets the next sweep shred. Time moves by an injected clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use vault_core::{
+    Category, FieldName, FieldValue, FieldView, ManualClock, NewSubject, RecordId, RecordType,
+    SchoolId, SubjectId, SubjectKind, VaultError,
+};
+use vault_tests::{Backend, TestVault, on_both_backends};
+
+on_both_backends!(sweep_shreds_exactly_what_expired);
+
+fn t(s: &str) -> DateTime<Utc> {
+    format!("{s}T10:00:00Z").parse().unwrap()
+}
+
+fn f(pairs: &[(&str, &str)]) -> BTreeMap<FieldName, FieldValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (FieldName::parse(k).unwrap(), FieldValue::text(v)))
+        .collect()
+}
+
+async fn subject(tv: &TestVault, kind: SubjectKind) -> SubjectId {
+    tv.vault
+        .create_subject(NewSubject {
+            school: SchoolId::parse("school-1").unwrap(),
+            kind,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+async fn sweep_shreds_exactly_what_expired(backend: Backend) {
+    let clock = Arc::new(ManualClock::new(t("2019-01-10")));
+    let tv = TestVault::with_clock(backend, clock.clone()).await;
+    let v = &tv.vault;
+    let student = RecordType::parse("student").unwrap();
+    let full = f(&[
+        ("full_name", "MARKER-name"),       // identity: 75y after leaving
+        ("address", "MARKER-address"),      // contact: 3y after leaving
+        ("health_issues", "MARKER-health"), // health: 5y after leaving
+        ("religion", "MARKER-religion"),    // religion: 1y after leaving
+    ]);
+    // A left in 2020; B too, but under a legal hold; C left recently; D never left.
+    let (a, b, c, d) = (
+        subject(&tv, SubjectKind::Student).await,
+        subject(&tv, SubjectKind::Student).await,
+        subject(&tv, SubjectKind::Student).await,
+        subject(&tv, SubjectKind::Student).await,
+    );
+    let ra = v.write_record(a, &student, &full).await.unwrap().id;
+    let rb = v.write_record(b, &student, &full).await.unwrap().id;
+    let rc = v.write_record(c, &student, &full).await.unwrap().id;
+    let rd = v.write_record(d, &student, &full).await.unwrap().id;
+    // G: a record holding only religion, left in 2020: the whole record goes.
+    let g = subject(&tv, SubjectKind::Student).await;
+    let rg = v
+        .write_record(g, &student, &f(&[("religion", "MARKER-g")]))
+        .await
+        .unwrap()
+        .id;
+    // E: staff memos (correspondence: 5y after the record was created in 2019); E never left.
+    let e = subject(&tv, SubjectKind::Staff).await;
+    let re = v
+        .write_record(
+            e,
+            &RecordType::parse("staff").unwrap(),
+            &f(&[("full_name", "MARKER-e")]),
+        )
+        .await
+        .unwrap()
+        .id;
+    let memos = f(&[("memos_requests", "MARKER-memo")]);
+    let memo_fields: BTreeMap<_, _> = memos
+        .into_iter()
+        .map(|(k, v)| (k, vault_core::FieldChange::Set(v)))
+        .collect();
+    v.update_record(re, 1, &memo_fields).await.unwrap();
+
+    for s in [a, b, g] {
+        v.mark_left("registrar", s, t("2020-01-01")).await.unwrap();
+    }
+    v.mark_left("registrar", c, t("2026-06-01")).await.unwrap();
+    let hold = v
+        .place_hold("privacy_officer", b, None, "court case 2-118/2026")
+        .await
+        .unwrap();
+    assert!(
+        v.place_hold("privacy_officer", b, Some(ra), "wrong record")
+            .await
+            .is_err()
+    );
+
+    clock.set(t("2026-12-01"));
+    let c = |s: &str| Category::parse(s).unwrap();
+    let expected: BTreeSet<(RecordId, Category)> = [
+        (ra, c("contact")),
+        (ra, c("health")),
+        (ra, c("religion")),
+        (rg, c("religion")),
+        (re, c("correspondence")),
+    ]
+    .into_iter()
+    .collect();
+
+    let plan = v.retention_plan().await.unwrap();
+    let due: BTreeSet<_> = plan
+        .iter()
+        .filter(|i| i.expires_on <= t("2026-12-01").date_naive() && !i.held)
+        .map(|i| (i.record, i.category.clone()))
+        .collect();
+    assert_eq!(
+        due, expected,
+        "the plan agrees with the hand-made expectation"
+    );
+    assert!(plan.iter().any(|i| i.record == rb && i.held));
+    assert!(
+        plan.iter()
+            .any(|i| i.record == ra && i.rule == "health: 5y after left_school")
+    );
+    assert!(
+        !plan.iter().any(|i| i.record == rd),
+        "never left: nothing expires"
+    );
+
+    // A dry run shreds nothing.
+    let dry = v.sweep(true, &mut |_, _| {}).await.unwrap();
+    let dry_set: BTreeSet<_> = dry
+        .shredded
+        .iter()
+        .flat_map(|(r, cs)| cs.iter().map(move |c| (*r, c.clone())))
+        .collect();
+    assert_eq!(dry_set, expected);
+    assert_eq!(dry.held, 3, "B's contact, health and religion are held");
+    assert_eq!(v.retention_plan().await.unwrap().len(), plan.len());
+
+    let done = v.sweep(false, &mut |_, _| {}).await.unwrap();
+    let done_set: BTreeSet<_> = done
+        .shredded
+        .iter()
+        .flat_map(|(r, cs)| cs.iter().map(move |c| (*r, c.clone())))
+        .collect();
+    assert_eq!(done_set, expected);
+
+    // A keeps its name, loses the rest; G is gone; B, C, D untouched; E keeps its name.
+    let all: BTreeSet<Category> = v.catalog().collected_categories().cloned().collect();
+    let view = v.read_record(ra, &all).await.unwrap();
+    assert_eq!(
+        view.fields.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        vec!["full_name"]
+    );
+    assert!(matches!(
+        v.read_record(rg, &all).await.unwrap_err(),
+        VaultError::RecordShredded(_)
+    ));
+    assert_eq!(v.dek_count(rg).await.unwrap(), 0);
+    assert_eq!(
+        v.dek_count(ra).await.unwrap(),
+        1,
+        "only the identity key is left"
+    );
+    for r in [rb, rc, rd] {
+        assert_eq!(v.read_record(r, &all).await.unwrap().fields.len(), 4);
+    }
+    let ve = v.read_record(re, &all).await.unwrap();
+    assert!(matches!(
+        ve.fields[&FieldName::parse("full_name").unwrap()],
+        FieldView::Open { .. }
+    ));
+    assert!(
+        !ve.fields
+            .contains_key(&FieldName::parse("memos_requests").unwrap())
+    );
+
+    // Certified in the audit log and the shred log; a second sweep has nothing to do.
+    let log = v.audit_entries().await.unwrap();
+    let certs: Vec<_> = log
+        .iter()
+        .filter(|e| e.action == "retention.shred")
+        .collect();
+    assert_eq!(certs.len(), 3);
+    assert!(certs.iter().all(|e| {
+        e.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("shred certificate: rule")
+    }));
+    assert!(!format!("{log:?}").contains("MARKER"));
+    assert_eq!(v.shred_log().await.unwrap().len(), 3);
+    assert!(
+        v.sweep(false, &mut |_, _| {})
+            .await
+            .unwrap()
+            .shredded
+            .is_empty()
+    );
+
+    // Releasing the hold lets the next sweep shred B's expired data.
+    v.release_hold("privacy_officer", &hold.id, "case closed by the court")
+        .await
+        .unwrap();
+    let again = v.sweep(false, &mut |_, _| {}).await.unwrap();
+    assert_eq!(
+        again.shredded,
+        vec![(rb, vec![c("contact"), c("health"), c("religion")])]
+    );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+}

@@ -1,0 +1,458 @@
+//! Retention (Law 94-V Art. 18): each category's rule in the catalog (a trigger and a period)
+//! says when a record's data in that category expires; legal holds exempt a subject or a record;
+//! a sweep crypto-shreds what expired and is not held, certifies each shred in the audit log and
+//! appends it to the shred log, which a restore of an older backup re-applies.
+//!
+//! Shredding one category of a record destroys its DEK first (key store), then deletes its
+//! ciphertext (data store). A crash between leaves ciphertext that no key opens, which reads as
+//! shredded and is deleted by the next sweep: a sweep can always be run again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::catalog::RetentionTrigger;
+use crate::domain::{Category, RecordId, SchoolId, SubjectId};
+use crate::store::StoreError;
+use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
+use crate::vault::{Vault, VaultError};
+
+/// One (record, category) with an expiry date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionItem {
+    pub record: RecordId,
+    pub subject: SubjectId,
+    pub school: SchoolId,
+    pub category: Category,
+    /// The rule that decided, e.g. "health: 5y after left_school".
+    pub rule: String,
+    pub expires_on: NaiveDate,
+    pub held: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegalHold {
+    pub id: String,
+    pub subject: SubjectId,
+    pub record: Option<RecordId>,
+    pub reason: String,
+    pub placed_by: String,
+    pub placed_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub release_reason: Option<String>,
+}
+
+/// The expired, unheld categories of one record, as a sweep collects them.
+struct Due {
+    subject: SubjectId,
+    school: SchoolId,
+    items: Vec<(Category, String)>,
+}
+
+/// What a sweep did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub dry_run: bool,
+    /// Records and the categories shredded in each.
+    pub shredded: Vec<(RecordId, Vec<Category>)>,
+    /// Expired (record, category) pairs left alone because of a legal hold.
+    pub held: usize,
+}
+
+fn hold_from_row(m: legal_hold::Model) -> Result<LegalHold, VaultError> {
+    Ok(LegalHold {
+        subject: SubjectId::parse(&m.subject_id)
+            .map_err(|_| VaultError::CorruptRow("subject id"))?,
+        record: m
+            .record_id
+            .as_deref()
+            .map(RecordId::parse)
+            .transpose()
+            .map_err(|_| VaultError::CorruptRow("record id"))?,
+        id: m.id,
+        reason: m.reason,
+        placed_by: m.placed_by,
+        placed_at: m.placed_at,
+        released_at: m.released_at,
+        release_reason: m.release_reason,
+    })
+}
+
+impl Vault {
+    /// Records that a subject left the school (or a staff member left): the trigger of most
+    /// retention periods.
+    pub async fn mark_left(
+        &self,
+        actor: &str,
+        subject: SubjectId,
+        at: DateTime<Utc>,
+    ) -> Result<(), VaultError> {
+        self.subject(subject).await?;
+        subject::Entity::update_many()
+            .col_expr(subject::Column::LeftAt, Expr::value(at))
+            .filter(subject::Column::Id.eq(subject.to_string()))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new(actor, "subject.left", Outcome::Done);
+        ev.subject = Some(subject);
+        ev.reason = Some(format!("left on {}", at.date_naive()));
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    /// Places a legal hold on a subject, or on one of its records.
+    pub async fn place_hold(
+        &self,
+        actor: &str,
+        subject: SubjectId,
+        record: Option<RecordId>,
+        reason: &str,
+    ) -> Result<LegalHold, VaultError> {
+        self.subject(subject).await?;
+        if let Some(r) = record
+            && self.record_meta_any(r).await?.subject != subject
+        {
+            return Err(VaultError::Invalid(format!(
+                "record {r} is not a record of subject {subject}"
+            )));
+        }
+        let reason = reason.trim();
+        if reason.chars().count() < 5 {
+            return Err(VaultError::Invalid(
+                "a legal hold needs a reason (a case number, a court order)".into(),
+            ));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        legal_hold::Entity::insert(legal_hold::ActiveModel {
+            id: Set(id.clone()),
+            subject_id: Set(subject.to_string()),
+            record_id: Set(record.map(|r| r.to_string())),
+            reason: Set(reason.to_owned()),
+            placed_by: Set(actor.to_owned()),
+            placed_at: Set(self.now()),
+            released_at: Set(None),
+            release_reason: Set(None),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new(actor, "hold.place", Outcome::Done);
+        ev.subject = Some(subject);
+        ev.record = record;
+        ev.reason = Some(format!("hold {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.hold(&id).await
+    }
+
+    async fn hold(&self, id: &str) -> Result<LegalHold, VaultError> {
+        legal_hold::Entity::find_by_id(id.to_owned())
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .ok_or_else(|| VaultError::NotFound(format!("legal hold {id}")))
+            .and_then(hold_from_row)
+    }
+
+    /// Releases a hold, with a reason.
+    pub async fn release_hold(
+        &self,
+        actor: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<LegalHold, VaultError> {
+        let h = self.hold(id).await?;
+        if h.released_at.is_some() {
+            return Err(VaultError::Invalid(format!(
+                "legal hold {id} was already released"
+            )));
+        }
+        if reason.trim().chars().count() < 5 {
+            return Err(VaultError::Invalid(
+                "releasing a hold needs a reason".into(),
+            ));
+        }
+        legal_hold::Entity::update_many()
+            .col_expr(legal_hold::Column::ReleasedAt, Expr::value(self.now()))
+            .col_expr(
+                legal_hold::Column::ReleaseReason,
+                Expr::value(reason.trim()),
+            )
+            .filter(legal_hold::Column::Id.eq(id))
+            .exec(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new(actor, "hold.release", Outcome::Done);
+        ev.subject = Some(h.subject);
+        ev.record = h.record;
+        ev.reason = Some(format!("hold {id}"));
+        self.audit().append(vec![ev]).await?;
+        self.hold(id).await
+    }
+
+    /// Every hold, active first.
+    pub async fn holds(&self) -> Result<Vec<LegalHold>, VaultError> {
+        let mut hs: Vec<LegalHold> = legal_hold::Entity::find()
+            .order_by_asc(legal_hold::Column::PlacedAt)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(hold_from_row)
+            .collect::<Result<_, _>>()?;
+        hs.sort_by_key(|h| h.released_at.is_some());
+        Ok(hs)
+    }
+
+    /// What expires when: every (record, category) whose rule gives a date, with its hold status.
+    pub async fn retention_plan(&self) -> Result<Vec<RetentionItem>, VaultError> {
+        let subjects: BTreeMap<String, subject::Model> = subject::Entity::find()
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let records: BTreeMap<String, record::Model> = record::Entity::find()
+            .filter(record::Column::State.eq("active"))
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let pairs: Vec<(String, String)> = record_field::Entity::find()
+            .select_only()
+            .column(record_field::Column::RecordId)
+            .column(record_field::Column::Category)
+            .distinct()
+            .into_tuple()
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        let holds: Vec<LegalHold> = self
+            .holds()
+            .await?
+            .into_iter()
+            .filter(|h| h.released_at.is_none())
+            .collect();
+        let mut out = Vec::new();
+        for (rid, cat) in pairs {
+            let Some(r) = records.get(&rid) else { continue };
+            let Some(s) = subjects.get(&r.subject_id) else {
+                continue;
+            };
+            let Ok(category) = Category::parse(&cat) else {
+                continue;
+            };
+            let Some(rule) = self
+                .catalog()
+                .category(&category)
+                .and_then(|d| d.retention.clone())
+            else {
+                continue;
+            };
+            let (trigger, from) = match rule.trigger {
+                RetentionTrigger::LeftSchool => ("left_school", s.left_at),
+                RetentionTrigger::RecordCreated => ("record_created", Some(r.created_at)),
+            };
+            let Some(from) = from else { continue };
+            let Some(expires_on) = rule.period.after(from.date_naive()) else {
+                continue;
+            };
+            let record_id =
+                RecordId::parse(&rid).map_err(|_| VaultError::CorruptRow("record id"))?;
+            let subject_id =
+                SubjectId::parse(&s.id).map_err(|_| VaultError::CorruptRow("subject id"))?;
+            let held = holds
+                .iter()
+                .any(|h| h.subject == subject_id && h.record.is_none_or(|hr| hr == record_id));
+            let period = match (rule.period.months, rule.period.days) {
+                (m, 0) if m % 12 == 0 => format!("{}y", m / 12),
+                (m, 0) => format!("{m}m"),
+                (0, d) => format!("{d}d"),
+                (m, d) => format!("{m}m{d}d"),
+            };
+            out.push(RetentionItem {
+                record: record_id,
+                subject: subject_id,
+                school: SchoolId::parse(&s.school_id)
+                    .map_err(|_| VaultError::CorruptRow("school id"))?,
+                rule: format!("{category}: {period} after {trigger}"),
+                category,
+                expires_on,
+                held,
+            });
+        }
+        out.sort_by(|a, b| {
+            (a.expires_on, a.record, &a.category).cmp(&(b.expires_on, b.record, &b.category))
+        });
+        Ok(out)
+    }
+
+    /// Crypto-shreds every expired, unheld (record, category) as of now.
+    pub async fn sweep(
+        &self,
+        dry_run: bool,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<SweepReport, VaultError> {
+        let today = self.now().date_naive();
+        let due: Vec<RetentionItem> = self
+            .retention_plan()
+            .await?
+            .into_iter()
+            .filter(|i| i.expires_on <= today)
+            .collect();
+        let held = due.iter().filter(|i| i.held).count();
+        let mut by_record: BTreeMap<RecordId, Due> = BTreeMap::new();
+        for i in due.into_iter().filter(|i| !i.held) {
+            by_record
+                .entry(i.record)
+                .or_insert(Due {
+                    subject: i.subject,
+                    school: i.school,
+                    items: Vec::new(),
+                })
+                .items
+                .push((i.category, i.rule));
+        }
+        let mut report = SweepReport {
+            dry_run,
+            shredded: Vec::new(),
+            held,
+        };
+        let total = by_record.len();
+        for (
+            n,
+            (
+                rid,
+                Due {
+                    subject,
+                    school,
+                    items: cats,
+                },
+            ),
+        ) in by_record.into_iter().enumerate()
+        {
+            let mut categories: Vec<Category> = cats.iter().map(|(c, _)| c.clone()).collect();
+            categories.sort();
+            if !dry_run {
+                let rules: Vec<String> = cats.iter().map(|(_, r)| r.clone()).collect();
+                self.shred_categories(rid, subject, school, &categories, &rules.join("; "))
+                    .await?;
+            }
+            report.shredded.push((rid, categories));
+            progress(n + 1, total);
+        }
+        Ok(report)
+    }
+
+    async fn shred_categories(
+        &self,
+        rid: RecordId,
+        subject: SubjectId,
+        school: SchoolId,
+        cats: &[Category],
+        rule: &str,
+    ) -> Result<(), VaultError> {
+        let names: Vec<&str> = cats.iter().map(Category::as_str).collect();
+        let destroyed = dek::Entity::delete_many()
+            .filter(dek::Column::RecordId.eq(rid.to_string()))
+            .filter(dek::Column::Category.is_in(names.clone()))
+            .exec(&self.stores().keys)
+            .await
+            .map_err(StoreError::keys)?
+            .rows_affected;
+        let txn = self.stores().data.begin().await.map_err(StoreError::data)?;
+        let deleted = record_field::Entity::delete_many()
+            .filter(record_field::Column::RecordId.eq(rid.to_string()))
+            .filter(record_field::Column::Category.is_in(names))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::data)?
+            .rows_affected;
+        let left = record_field::Entity::find()
+            .filter(record_field::Column::RecordId.eq(rid.to_string()))
+            .count_in(&txn)
+            .await?;
+        if left == 0 {
+            record::Entity::update_many()
+                .col_expr(record::Column::State, Expr::value("shredded"))
+                .col_expr(record::Column::UpdatedAt, Expr::value(self.now()))
+                .filter(record::Column::Id.eq(rid.to_string()))
+                .exec(&txn)
+                .await
+                .map_err(StoreError::data)?;
+        }
+        shred_log::Entity::insert(shred_log::ActiveModel {
+            record_id: Set(rid.to_string()),
+            categories: Set(cats
+                .iter()
+                .map(Category::as_str)
+                .collect::<Vec<_>>()
+                .join(",")),
+            rule: Set(rule.chars().take(200).collect()),
+            at: Set(self.now()),
+            ..Default::default()
+        })
+        .exec_without_returning(&txn)
+        .await
+        .map_err(StoreError::data)?;
+        txn.commit().await.map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new("custodian", "retention.shred", Outcome::Done);
+        ev.school = Some(school);
+        ev.subject = Some(subject);
+        ev.record = Some(rid);
+        ev.categories = cats.to_vec();
+        ev.reason = Some(format!(
+            "shred certificate: rule {rule}; {destroyed} keys destroyed, {deleted} fields deleted{}",
+            if left == 0 { "; record shredded" } else { "" }
+        ));
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    /// The shred log: (record, categories, rule, when), oldest first.
+    pub async fn shred_log(
+        &self,
+    ) -> Result<Vec<(RecordId, Vec<Category>, String, DateTime<Utc>)>, VaultError> {
+        shred_log::Entity::find()
+            .order_by_asc(shred_log::Column::Seq)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(|m| {
+                Ok((
+                    RecordId::parse(&m.record_id)
+                        .map_err(|_| VaultError::CorruptRow("record id"))?,
+                    m.categories
+                        .split(',')
+                        .filter_map(|c| Category::parse(c).ok())
+                        .collect(),
+                    m.rule,
+                    m.at,
+                ))
+            })
+            .collect()
+    }
+}
+
+trait CountIn {
+    async fn count_in(self, txn: &sea_orm::DatabaseTransaction) -> Result<u64, VaultError>;
+}
+
+impl CountIn for sea_orm::Select<record_field::Entity> {
+    async fn count_in(self, txn: &sea_orm::DatabaseTransaction) -> Result<u64, VaultError> {
+        use sea_orm::PaginatorTrait;
+        self.count(txn)
+            .await
+            .map_err(|e| StoreError::data(e).into())
+    }
+}
