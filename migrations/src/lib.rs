@@ -12,6 +12,7 @@ mod m20261127_000001_data_store;
 mod m20261127_000002_key_store;
 mod m20261127_000003_access;
 mod m20261127_000004_retention;
+mod m20261127_000005_transfers;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m20261127_000001_data_store::Migration),
             Box::new(m20261127_000003_access::Migration),
             Box::new(m20261127_000004_retention::Migration),
+            Box::new(m20261127_000005_transfers::Migration),
         ]
     }
 }

@@ -79,7 +79,96 @@ enum Command {
     /// Retention: what expires when, legal holds, and the crypto-shredding sweep.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Cross-border transfers: check, export, grounds, the disclosure ledger.
+    #[command(subcommand)]
+    Transfer(TransferCmd),
 }
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    #[arg(long)]
+    subject: String,
+    /// Destination country, ISO 3166-1 alpha-2 (e.g. DE).
+    #[arg(long)]
+    to: String,
+    /// Comma-separated categories, e.g. identity,academic.
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+    /// Who receives the data.
+    #[arg(long)]
+    recipient: String,
+    #[arg(long)]
+    purpose: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum TransferCmd {
+    /// Is this transfer abroad lawful? Prints allowed or refused and the rule that decided;
+    /// exit code 0 when allowed, 3 when refused.
+    ///
+    /// Example: vaultctl transfer check --subject 67e5... --to DE --categories identity,academic --recipient "Partner school" --purpose education
+    Check(TransferArgs),
+    /// Check, then write the allowed categories as a package encrypted to the recipient's age
+    /// key and record it in the subject's disclosure ledger. Exit code 3 when refused.
+    ///
+    /// Example: vaultctl transfer export --subject 67e5... --to DE --categories identity,academic --recipient "Partner school" --purpose education --recipient-key age1... --out package.age
+    Export {
+        #[command(flatten)]
+        t: TransferArgs,
+        /// The recipient's age public key.
+        #[arg(long)]
+        recipient_key: String,
+        /// Where to write the package; an existing file is not overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Record an Art. 16(3) ground for a subject's transfers to a country.
+    ///
+    /// Example: vaultctl transfer ground --subject 67e5... --to RU --ground ratified_treaty --reference "Treaty No. 12"
+    Ground {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        ground: String,
+        #[arg(long)]
+        reference: String,
+    },
+    /// A subject's disclosure ledger: to whom, where, what, why, on which basis, when.
+    ///
+    /// Example: vaultctl transfer ledger --subject 67e5... --identity custodian.txt
+    Ledger {
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+fn transfer_request(t: &TransferArgs) -> Result<vault_core::TransferRequest> {
+    Ok(vault_core::TransferRequest {
+        subject: SubjectId::parse(&t.subject)?,
+        to: vault_core::Country::parse(&t.to)?,
+        categories: t
+            .categories
+            .iter()
+            .map(|c| Category::parse(c.trim()))
+            .collect::<Result<_, _>>()?,
+        recipient: t.recipient.clone(),
+        purpose: vault_core::Purpose::parse(&t.purpose)?,
+    })
+}
+
+/// A refused transfer is an answer, not a failure: it gets its own exit code.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 #[derive(Subcommand, Debug)]
 enum RetentionCmd {
@@ -643,6 +732,107 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 other => bail!("--format {other:?}: use text or json"),
             }
         }
+        Command::Transfer(cmd) => {
+            let vault = ctx.vault(policy).await?;
+            match cmd {
+                TransferCmd::Check(t) => {
+                    match vault.check_transfer(&transfer_request(&t)?).await? {
+                        vault_core::TransferDecision::Allowed { rule, notify_by } => {
+                            outln!(out, "allowed: {rule}");
+                            if let Some(d) = notify_by {
+                                outln!(out, "the subject must be told of the transfer by {d}");
+                            }
+                        }
+                        vault_core::TransferDecision::Refused { rule } => {
+                            return Err(Refused(rule).into());
+                        }
+                    }
+                }
+                TransferCmd::Export {
+                    t,
+                    recipient_key,
+                    out: path,
+                } => {
+                    let key = CustodianRecipient::parse(&recipient_key)?;
+                    if path.exists() {
+                        bail!(
+                            "{} exists: choose a new file for the package",
+                            path.display()
+                        );
+                    }
+                    let (decision, package) = vault
+                        .export_transfer("privacy_officer", &transfer_request(&t)?, &key)
+                        .await?;
+                    match decision {
+                        vault_core::TransferDecision::Refused { rule } => {
+                            return Err(Refused(rule).into());
+                        }
+                        vault_core::TransferDecision::Allowed { rule, notify_by } => {
+                            let mut f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .open(&path)
+                                .with_context(|| format!("cannot create {}", path.display()))?;
+                            std::io::Write::write_all(&mut f, &package)
+                                .and_then(|_| f.sync_all())?;
+                            outln!(
+                                out,
+                                "exported to {} ({}): {rule}",
+                                t.recipient,
+                                t.to.to_uppercase()
+                            );
+                            outln!(
+                                out,
+                                "package: {} ({} bytes, encrypted to {recipient_key})",
+                                path.display(),
+                                package.len()
+                            );
+                            if let Some(d) = notify_by {
+                                outln!(out, "the subject must be told of the transfer by {d}");
+                            }
+                        }
+                    }
+                }
+                TransferCmd::Ground {
+                    subject,
+                    to,
+                    ground,
+                    reference,
+                } => {
+                    vault
+                        .record_transfer_ground(
+                            "privacy_officer",
+                            SubjectId::parse(&subject)?,
+                            &vault_core::Country::parse(&to)?,
+                            &ground,
+                            &reference,
+                        )
+                        .await?;
+                    outln!(
+                        out,
+                        "ground {ground} recorded for transfers to {}",
+                        to.to_uppercase()
+                    );
+                }
+                TransferCmd::Ledger { subject } => {
+                    for d in vault.disclosures(SubjectId::parse(&subject)?).await? {
+                        outln!(
+                            out,
+                            "{}  {}  {}  {}  {}  {}  notify by {}",
+                            d.at.format("%Y-%m-%d %H:%M"),
+                            d.country,
+                            d.recipient,
+                            d.categories.join(","),
+                            d.purpose,
+                            d.basis,
+                            d.notify_by
+                                .map(|x| x.to_string())
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
+        }
         Command::Retention(cmd) => {
             let vault = ctx.vault(policy).await?;
             match cmd {
@@ -853,6 +1043,10 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {

@@ -19,6 +19,7 @@ on_both_backends!(
     rotation_of_ten_thousand_records_survives_a_kill,
     recipients_principals_audit_and_incidents,
     retention_from_the_command_line,
+    transfers_abroad_follow_the_rules,
 );
 
 struct Ctl {
@@ -605,5 +606,266 @@ async fn retention_from_the_command_line(backend: Backend) {
     ctl.fails(
         &["retention", "left", "--subject", &sid, "--on", "last june"],
         "is not a time",
+    );
+}
+
+async fn transfers_abroad_follow_the_rules(backend: Backend) {
+    let ctl = setup(backend).await;
+    // The operator lists Germany as a protecting state in its own copy of the policies.
+    let pol = ctl.stores.dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for f in [
+        "catalog.toml",
+        "model.conf",
+        "policy.csv",
+        "holidays-kz.toml",
+    ] {
+        std::fs::copy(shipped.join(f), pol.join(f)).unwrap();
+    }
+    std::fs::write(pol.join("transfer.toml"), "protecting_states = [\"DE\"]\n").unwrap();
+    let run = |args: &[&str]| {
+        let o = ctl
+            .cmd()
+            .args(args)
+            .arg("--policies")
+            .arg(&pol)
+            .arg("--identity")
+            .arg(&ctl.identity)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            err,
+        )
+    };
+
+    let v = ctl.vault().await;
+    let school = SchoolId::parse("school-1").unwrap();
+    let s = v
+        .create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let g = v
+        .create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Guardian,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let f: BTreeMap<_, _> = [
+        (
+            FieldName::parse("full_name").unwrap(),
+            FieldValue::text("Dana Serikova"),
+        ),
+        (
+            FieldName::parse("academic_record").unwrap(),
+            FieldValue::from_json(&serde_json::json!({"math": 5})),
+        ),
+        (
+            FieldName::parse("health_issues").unwrap(),
+            FieldValue::text("MARKER-asthma"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    v.write_record(s.id, &RecordType::parse("student").unwrap(), &f)
+        .await
+        .unwrap();
+    let sid = s.id.to_string();
+    let base = |to: &str, cats: &str, purpose: &str| -> Vec<String> {
+        [
+            "transfer",
+            "check",
+            "--subject",
+            &sid,
+            "--to",
+            to,
+            "--categories",
+            cats,
+            "--recipient",
+            "Partner school",
+            "--purpose",
+            purpose,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let check = |to: &str, cats: &str, purpose: &str| {
+        let a = base(to, cats, purpose);
+        run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let (code, out, _) = check("de", "identity,academic", "education");
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("allowed: protecting_state: DE"), "{out}");
+    let (code, _, err) = check("DE", "identity,health", "education");
+    assert_eq!(code, Some(3));
+    assert!(
+        err.starts_with("refused: never_leaves") && err.contains("health"),
+        "{err}"
+    );
+    let (code, _, err) = check("US", "identity,academic", "education");
+    assert_eq!(code, Some(3));
+    assert!(err.starts_with("refused: no_basis"), "{err}");
+    let (code, _, err) = check("DE", "academic", "payroll");
+    assert_eq!(code, Some(3));
+    assert!(err.contains("purpose_not_allowed"), "{err}");
+    let (code, _, err) = check("XX", "identity", "education");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not an ISO 3166-1 alpha-2 country code"),
+        "{err}"
+    );
+
+    // The guardian's consent to cross-border transfer (and to third parties) opens the US.
+    let (admissions, _) = v
+        .create_principal(
+            "Admissions",
+            &[(Scope::School(school.clone()), Role::Admissions)],
+        )
+        .await
+        .unwrap();
+    v.record_consent(
+        &admissions,
+        vault_core::NewConsent {
+            subject: s.id,
+            given_by: vault_core::ConsentGiver::Guardian(g.id),
+            method: "paper".into(),
+            evidence_ref: "scan 9".into(),
+            text_version: "v3".into(),
+            categories: vec![
+                Category::parse("identity").unwrap(),
+                Category::parse("academic").unwrap(),
+            ],
+            third_party: true,
+            cross_border: true,
+            publication: false,
+            term_until: None,
+        },
+    )
+    .await
+    .unwrap();
+    drop(v);
+    let (code, out, _) = check("US", "identity,academic", "education");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("allowed: consent: cross-border consent"),
+        "{out}"
+    );
+    assert!(out.contains("must be told of the transfer by"), "{out}");
+
+    // A recorded Art. 16(3) ground opens another destination.
+    let (code, _, err) = run(&[
+        "transfer",
+        "ground",
+        "--subject",
+        &sid,
+        "--to",
+        "RU",
+        "--ground",
+        "treaty",
+        "--reference",
+        "x",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown transfer ground"), "{err}");
+    let (code, _, _) = run(&[
+        "transfer",
+        "ground",
+        "--subject",
+        &sid,
+        "--to",
+        "RU",
+        "--ground",
+        "ratified_treaty",
+        "--reference",
+        "Treaty on education No. 12",
+    ]);
+    assert_eq!(code, Some(0));
+    // (education_history: the consent does not cover it, so the ground decides.)
+    let (code, _, err) = check("RU", "education_history", "education");
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = check("RU", "education_history", "education");
+    assert!(out.starts_with("allowed: ground: ratified_treaty"), "{out}");
+    let (code, _, _) = check("CN", "education_history", "education");
+    assert_eq!(code, Some(3), "the ground is for RU only");
+
+    // Export: a package for the real age tool, holding exactly the allowed categories.
+    let Some(mut keygen) = tool("age-keygen") else {
+        return;
+    };
+    let key = ctl.stores.dir.path().join("partner.txt");
+    let o = keygen.arg("-o").arg(&key).output().unwrap();
+    let public = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("Public key: ").map(str::to_owned))
+        .unwrap();
+    let package = ctl.stores.dir.path().join("package.age");
+    let mut a = base("DE", "identity,academic", "education");
+    a[1] = "export".into();
+    a.extend([
+        "--recipient-key".to_string(),
+        public,
+        "--out".to_string(),
+        package.display().to_string(),
+    ]);
+    let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("exported to Partner school (DE)"), "{out}");
+    let raw = std::fs::read(&package).unwrap();
+    assert!(raw.starts_with(b"age-encryption.org/v1"));
+    assert!(!String::from_utf8_lossy(&raw).contains("Dana"));
+    let opened = tool("age")
+        .unwrap()
+        .arg("-d")
+        .arg("-i")
+        .arg(&key)
+        .arg(&package)
+        .output()
+        .unwrap();
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&opened.stdout).unwrap();
+    let fields = j["records"][0]["fields"].as_object().unwrap();
+    let names: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
+    assert_eq!(names, BTreeSet::from(["academic_record", "full_name"]));
+    assert_eq!(fields["full_name"]["value"], "Dana Serikova");
+    assert!(
+        !String::from_utf8_lossy(&opened.stdout).contains("MARKER"),
+        "health never leaves"
+    );
+    // A refused export writes nothing.
+    let refused = ctl.stores.dir.path().join("refused.age");
+    let mut a = base("DE", "health", "education");
+    a[1] = "export".into();
+    a.extend([
+        "--recipient-key".to_string(),
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".to_string(),
+        "--out".to_string(),
+        refused.display().to_string(),
+    ]);
+    let (code, _, _) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(3));
+    assert!(!refused.exists());
+
+    let (code, ledger, _) = run(&["transfer", "ledger", "--subject", &sid]);
+    assert_eq!(code, Some(0));
+    assert_eq!(ledger.lines().count(), 1, "{ledger}");
+    assert!(
+        ledger.contains("DE  Partner school  identity,academic  education  protecting_state"),
+        "{ledger}"
     );
 }

@@ -29,6 +29,10 @@ const COMMANDS: &[&[&str]] = &[
     &["retention", "hold", "add"],
     &["retention", "hold", "list"],
     &["retention", "hold", "release"],
+    &["transfer", "check"],
+    &["transfer", "export"],
+    &["transfer", "ground"],
+    &["transfer", "ledger"],
 ];
 
 #[test]

@@ -69,6 +69,12 @@ impl CustodianRecipient {
     }
 }
 
+impl CustodianRecipient {
+    pub(crate) fn as_age(&self) -> &dyn age::Recipient {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for CustodianRecipient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)

@@ -14,6 +14,7 @@ mod policy;
 mod reports;
 mod retention;
 mod store;
+mod transfer;
 mod value;
 mod vault;
 
@@ -43,6 +44,10 @@ pub use policy::{Action, Decision, DenyReason, Grant, Policy, PolicyError, Role,
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use retention::{LegalHold, RetentionItem, SweepReport};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
+pub use transfer::{
+    Country, Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision,
+    TransferRequest,
+};
 pub use value::{FieldValue, MAX_VALUE_BYTES};
 pub use vault::{
     FieldChange, FieldView, KekStatus, NewSubject, RecordMeta, RecordView, SealReason,

@@ -230,6 +230,7 @@ pub struct Policy {
     cache: RwLock<HashMap<CacheKey, bool>>,
     holidays: BTreeSet<NaiveDate>,
     grants: Vec<Grant>,
+    protecting_states: BTreeSet<crate::transfer::Country>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -253,7 +254,9 @@ impl Policy {
     pub async fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
         let p = |n: &str| -> PathBuf { dir.join(n) };
         let catalog = Catalog::load(&p("catalog.toml"))?;
-        Self::from_parts(
+        let transfer = p("transfer.toml");
+        let states = parse_transfer(&transfer.display().to_string(), &read(&transfer)?)?;
+        let mut policy = Self::from_parts(
             catalog,
             (
                 &p("model.conf").display().to_string(),
@@ -268,7 +271,9 @@ impl Policy {
                 &read(&p("holidays-kz.toml"))?,
             ),
         )
-        .await
+        .await?;
+        policy.protecting_states = states;
+        Ok(policy)
     }
 
     /// Builds a policy from texts; each `(name, text)` names its file in errors.
@@ -322,11 +327,17 @@ impl Policy {
             cache: RwLock::new(HashMap::new()),
             holidays: parse_holidays(holidays.0, holidays.1)?,
             grants,
+            protecting_states: BTreeSet::new(),
         })
     }
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The operator's list of states that ensure protection of personal data (Art. 16).
+    pub fn protecting_states(&self) -> &BTreeSet<crate::transfer::Country> {
+        &self.protecting_states
     }
 
     pub fn grants(&self) -> &[Grant] {
@@ -530,6 +541,37 @@ fn parse_policy_csv(
         }
     }
     Ok((grants, inherits))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfer {
+    protecting_states: Vec<String>,
+}
+
+fn parse_transfer(
+    file: &str,
+    text: &str,
+) -> Result<BTreeSet<crate::transfer::Country>, PolicyError> {
+    let raw: RawTransfer = toml::from_str(text).map_err(|e| PolicyError::Invalid {
+        file: file.into(),
+        line: e
+            .span()
+            .map_or(0, |s| text[..s.start].matches('\n').count() + 1),
+        reason: e.message().to_owned(),
+    })?;
+    raw.protecting_states
+        .iter()
+        .map(|c| {
+            crate::transfer::Country::parse(c).map_err(|e| PolicyError::Invalid {
+                file: file.into(),
+                line: text
+                    .find(c.as_str())
+                    .map_or(0, |o| text[..o].matches('\n').count() + 1),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize)]

@@ -1,0 +1,324 @@
+//! Cross-border transfers (Law 94-V Art. 16, 7(6), 19). A check answers allowed or refused and
+//! names the rule that decided; an export runs the same check, writes the allowed categories as
+//! a package encrypted to the recipient's age key, and records it in the subject's disclosure
+//! ledger with the date by which the subject must be told, where the consent promised it.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::domain::{Category, Purpose, SubjectId};
+use crate::keyring::CustodianRecipient;
+use crate::store::StoreError;
+use crate::store::entities::{disclosure, transfer_ground};
+use crate::vault::{FieldView, Vault, VaultError};
+
+/// Working days within which the subject is told of a transfer, where the consent promised it.
+pub const TRANSFER_NOTICE_WORKING_DAYS: u32 = 10;
+
+const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// An ISO 3166-1 alpha-2 country code.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(String);
+
+impl Country {
+    pub fn parse(s: &str) -> Result<Self, VaultError> {
+        let up = s.trim().to_ascii_uppercase();
+        if up.len() == 2 && ISO_3166.split(' ').any(|c| c == up) {
+            Ok(Country(up))
+        } else {
+            Err(VaultError::Invalid(format!(
+                "{:?} is not an ISO 3166-1 alpha-2 country code (such as KZ, RU, DE)",
+                s.chars().take(16).collect::<String>()
+            )))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Country {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// The Art. 16(3) grounds for a transfer to a state without adequate protection, besides
+/// consent. The codes are the vault's; the docs map them to the law.
+pub const TRANSFER_GROUNDS: &[&str] = &[
+    "ratified_treaty",
+    "court_or_law_enforcement",
+    "vital_interests",
+    "state_security",
+];
+
+/// What a transfer would send, and where.
+#[derive(Clone, Debug)]
+pub struct TransferRequest {
+    pub subject: SubjectId,
+    pub to: Country,
+    pub categories: Vec<Category>,
+    pub recipient: String,
+    pub purpose: Purpose,
+}
+
+/// The answer, with the rule that decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferDecision {
+    Allowed {
+        rule: String,
+        notify_by: Option<NaiveDate>,
+    },
+    Refused {
+        rule: String,
+    },
+}
+
+/// One line of a subject's disclosure ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disclosure {
+    pub recipient: String,
+    pub country: String,
+    pub categories: Vec<String>,
+    pub purpose: String,
+    pub basis: String,
+    pub at: DateTime<Utc>,
+    pub notify_by: Option<NaiveDate>,
+}
+
+impl Vault {
+    /// Records an Art. 16(3) ground for transfers of a subject's data to a country.
+    pub async fn record_transfer_ground(
+        &self,
+        actor: &str,
+        subject: SubjectId,
+        to: &Country,
+        ground: &str,
+        reference: &str,
+    ) -> Result<(), VaultError> {
+        self.subject(subject).await?;
+        if !TRANSFER_GROUNDS.contains(&ground) {
+            return Err(VaultError::Invalid(format!(
+                "unknown transfer ground '{ground}': expected one of {}",
+                TRANSFER_GROUNDS.join(", ")
+            )));
+        }
+        if reference.trim().chars().count() < 3 {
+            return Err(VaultError::Invalid(
+                "a transfer ground needs a reference (treaty, order, case)".into(),
+            ));
+        }
+        transfer_ground::Entity::insert(transfer_ground::ActiveModel {
+            id: Set(uuid::Uuid::new_v4().to_string()),
+            subject_id: Set(subject.to_string()),
+            country: Set(to.as_str().to_owned()),
+            ground: Set(ground.to_owned()),
+            reference: Set(reference.trim().to_owned()),
+            recorded_at: Set(self.now()),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        let mut ev = AuditEvent::new(actor, "transfer.ground", Outcome::Done);
+        ev.subject = Some(subject);
+        ev.reason = Some(format!("{ground} for {to}"));
+        self.audit().append(vec![ev]).await?;
+        Ok(())
+    }
+
+    /// Decides a transfer: never-leaving categories, purposes, protecting states, the subject's
+    /// cross-border consent, a recorded ground, in that order.
+    pub async fn check_transfer(
+        &self,
+        r: &TransferRequest,
+    ) -> Result<TransferDecision, VaultError> {
+        self.subject(r.subject).await?;
+        if r.categories.is_empty() {
+            return Err(VaultError::Invalid(
+                "name the categories to transfer".into(),
+            ));
+        }
+        if r.recipient.trim().is_empty() {
+            return Err(VaultError::Invalid("name the recipient".into()));
+        }
+        for c in &r.categories {
+            let def = self
+                .catalog()
+                .category(c)
+                .filter(|d| d.tier != crate::catalog::Tier::NotCollected)
+                .ok_or_else(|| {
+                    VaultError::Invalid(format!("category '{c}' is not collected by the school"))
+                })?;
+            if !def.may_leave_country && r.to.as_str() != "KZ" {
+                return Ok(TransferDecision::Refused {
+                    rule: format!("never_leaves: the catalog keeps {c} data in Kazakhstan"),
+                });
+            }
+            if !def.purposes.contains(&r.purpose) {
+                return Ok(TransferDecision::Refused {
+                    rule: format!(
+                        "purpose_not_allowed: the catalog does not allow {c} data for {}",
+                        r.purpose
+                    ),
+                });
+            }
+        }
+        if r.to.as_str() == "KZ" {
+            return Ok(TransferDecision::Allowed {
+                rule: "domestic: not a cross-border transfer".into(),
+                notify_by: None,
+            });
+        }
+        if self.policy().protecting_states().contains(&r.to) {
+            return Ok(TransferDecision::Allowed {
+                rule: format!("protecting_state: {} is on the operator's list", r.to),
+                notify_by: None,
+            });
+        }
+        let now = self.now();
+        for c in self.consents_of(r.subject).await? {
+            let current = c.withdrawn_at.is_none() && c.term_until.is_none_or(|t| t > now);
+            let covers = r.categories.iter().all(|x| c.categories.contains(x));
+            if current && covers && c.cross_border {
+                let notify_by = c.third_party.then(|| {
+                    self.policy()
+                        .add_working_days(now.date_naive(), TRANSFER_NOTICE_WORKING_DAYS)
+                });
+                return Ok(TransferDecision::Allowed {
+                    rule: format!("consent: cross-border consent {}", c.id),
+                    notify_by,
+                });
+            }
+        }
+        let ground = transfer_ground::Entity::find()
+            .filter(transfer_ground::Column::SubjectId.eq(r.subject.to_string()))
+            .filter(transfer_ground::Column::Country.eq(r.to.as_str()))
+            .one(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
+        if let Some(g) = ground {
+            return Ok(TransferDecision::Allowed {
+                rule: format!("ground: {} ({})", g.ground, g.reference),
+                notify_by: None,
+            });
+        }
+        Ok(TransferDecision::Refused {
+            rule: format!(
+                "no_basis: {} is not a protecting state, and there is no cross-border consent or Art. 16(3) ground for this subject",
+                r.to
+            ),
+        })
+    }
+
+    /// Checks, then writes the allowed categories of every record of the subject as one JSON
+    /// package encrypted to the recipient's age key, and records the disclosure.
+    pub async fn export_transfer(
+        &self,
+        actor: &str,
+        r: &TransferRequest,
+        recipient_key: &CustodianRecipient,
+    ) -> Result<(TransferDecision, Vec<u8>), VaultError> {
+        let subj = self.subject(r.subject).await?;
+        let decision = self.check_transfer(r).await?;
+        let mut ev = AuditEvent::new(actor, "transfer.export", Outcome::Refused);
+        ev.school = Some(subj.school.clone());
+        ev.subject = Some(r.subject);
+        ev.categories = r.categories.clone();
+        ev.purpose = Some(r.purpose.clone());
+        let (rule, notify_by) = match &decision {
+            TransferDecision::Refused { rule } => {
+                ev.reason = Some(format!("to {} ({}): {rule}", r.recipient, r.to));
+                self.audit().append(vec![ev]).await?;
+                return Ok((decision, Vec::new()));
+            }
+            TransferDecision::Allowed { rule, notify_by } => (rule.clone(), *notify_by),
+        };
+        let allowed: BTreeSet<Category> = r.categories.iter().cloned().collect();
+        let mut records = Vec::new();
+        for id in self.subject_record_ids(r.subject).await? {
+            let view = self.read_record(id, &allowed).await?;
+            let mut fields = serde_json::Map::new();
+            for (name, f) in &view.fields {
+                if let FieldView::Open { category, value } = f {
+                    fields.insert(name.to_string(), serde_json::json!({ "category": category.as_str(), "value": value.to_json() }));
+                }
+            }
+            if !fields.is_empty() {
+                records.push(serde_json::json!({ "record": id.to_string(), "record_type": view.meta.record_type.as_str(), "fields": fields }));
+            }
+        }
+        let now = self.now();
+        let package = zeroize::Zeroizing::new(
+            serde_json::json!({
+                "operator": self.catalog().policy().operator, "operator_bin": self.catalog().policy().operator_bin,
+                "subject": r.subject.to_string(), "recipient": r.recipient, "country": r.to.as_str(),
+                "purpose": r.purpose.as_str(), "basis": rule, "exported_at": now,
+                "categories": r.categories.iter().map(Category::as_str).collect::<Vec<_>>(), "records": records,
+            })
+            .to_string(),
+        );
+        let sealed = {
+            let enc = age::Encryptor::with_recipients(std::iter::once(recipient_key.as_age()))
+                .map_err(|e| {
+                    VaultError::Invalid(format!("cannot encrypt to the recipient key: {e}"))
+                })?;
+            let mut out = Vec::new();
+            let mut w = enc
+                .wrap_output(&mut out)
+                .map_err(|e| VaultError::Invalid(e.to_string()))?;
+            w.write_all(package.as_bytes())
+                .and_then(|_| w.finish().map(|_| ()))
+                .map_err(|e| VaultError::Invalid(e.to_string()))?;
+            out
+        };
+        disclosure::Entity::insert(disclosure::ActiveModel {
+            id: Set(uuid::Uuid::new_v4().to_string()),
+            subject_id: Set(r.subject.to_string()),
+            recipient: Set(r.recipient.trim().to_owned()),
+            country: Set(r.to.as_str().to_owned()),
+            categories: Set(r
+                .categories
+                .iter()
+                .map(Category::as_str)
+                .collect::<Vec<_>>()
+                .join(",")),
+            purpose: Set(r.purpose.as_str().to_owned()),
+            basis: Set(rule.chars().take(200).collect()),
+            at: Set(now),
+            notify_by: Set(notify_by),
+        })
+        .exec_without_returning(&self.stores().data)
+        .await
+        .map_err(StoreError::data)?;
+        ev.outcome = Outcome::Allowed;
+        ev.reason = Some(format!("to {} ({}): {rule}", r.recipient, r.to));
+        self.audit().append(vec![ev]).await?;
+        Ok((decision, sealed))
+    }
+
+    /// The subject's disclosure ledger: to whom, where, what, why, on which basis, when.
+    pub async fn disclosures(&self, subject: SubjectId) -> Result<Vec<Disclosure>, VaultError> {
+        Ok(disclosure::Entity::find()
+            .filter(disclosure::Column::SubjectId.eq(subject.to_string()))
+            .order_by_asc(disclosure::Column::At)
+            .all(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(|d| Disclosure {
+                recipient: d.recipient,
+                country: d.country,
+                categories: d.categories.split(',').map(str::to_owned).collect(),
+                purpose: d.purpose,
+                basis: d.basis,
+                at: d.at,
+                notify_by: d.notify_by,
+            })
+            .collect())
+    }
+}
