@@ -82,6 +82,25 @@ enum Command {
     /// Cross-border transfers: check, export, grounds, the disclosure ledger.
     #[command(subcommand)]
     Transfer(TransferCmd),
+    /// Back up both stores, consistently and online, encrypted to the custodians' age keys.
+    ///
+    /// Example: vaultctl backup --out /backups/vault-2026-11-27
+    Backup {
+        /// A new folder for the backup.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace both stores with a backup, then re-apply every shred made after it. Stop the
+    /// servers first.
+    ///
+    /// Example: vaultctl restore --from /backups/vault-2026-11-27 --identity custodian.txt --force
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        /// Confirms that every row of both stores is replaced.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -731,6 +750,49 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 }
                 other => bail!("--format {other:?}: use text or json"),
             }
+        }
+        Command::Backup { out: dir } => {
+            let stores = ctx.stores().await?;
+            let m = vault_core::backup(&stores, &dir, ctx.reseal_passphrase()?.as_ref()).await?;
+            let total: u64 = m.rows.values().sum();
+            outln!(
+                out,
+                "backed up {total} rows of {} tables to {}",
+                m.rows.len(),
+                dir.display()
+            );
+            outln!(
+                out,
+                "keep the key-store part (keys.jsonl.age) for 7 days at most: it can bring back data shredded after it was taken"
+            );
+        }
+        Command::Restore { from, force } => {
+            if !force {
+                bail!(
+                    "restore replaces every row of both stores with the backup's: stop the servers, then run again with --force"
+                );
+            }
+            let unlock = ctx.unlock()?;
+            let stores = ctx.stores().await?;
+            let r = vault_core::restore(&stores, &from, &unlock).await?;
+            let vault = Vault::open(stores, Arc::new(policy), unlock).await?;
+            vault
+                .record_operator_event(
+                    "custodian",
+                    "backup.restore",
+                    format!(
+                        "from {}; {} shreds re-applied",
+                        from.display(),
+                        r.shreds_replayed
+                    ),
+                )
+                .await?;
+            outln!(
+                out,
+                "restored {} rows; re-applied {} shreds made after the backup",
+                r.rows,
+                r.shreds_replayed
+            );
         }
         Command::Transfer(cmd) => {
             let vault = ctx.vault(policy).await?;

@@ -20,6 +20,7 @@ on_both_backends!(
     recipients_principals_audit_and_incidents,
     retention_from_the_command_line,
     transfers_abroad_follow_the_rules,
+    restore_of_an_older_backup_keeps_shredded_data_shredded,
 );
 
 struct Ctl {
@@ -868,4 +869,135 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
         ledger.contains("DE  Partner school  identity,academic  education  protecting_state"),
         "{ledger}"
     );
+}
+
+async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backend) {
+    let ctl = setup(backend).await;
+    let v = ctl.vault().await;
+    let school = SchoolId::parse("school-1").unwrap();
+    let rt = RecordType::parse("student").unwrap();
+    let mk = |name: &str| -> BTreeMap<FieldName, FieldValue> {
+        [
+            (
+                FieldName::parse("full_name").unwrap(),
+                FieldValue::text(name),
+            ),
+            (
+                FieldName::parse("address").unwrap(),
+                FieldValue::text("MARKER-address"),
+            ),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let (a, b, c) = (
+        v.create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id,
+        v.create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id,
+        v.create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id,
+    );
+    let ra = v.write_record(a, &rt, &mk("A")).await.unwrap().id;
+    let rb = v.write_record(b, &rt, &mk("B")).await.unwrap().id;
+    let rc = v.write_record(c, &rt, &mk("C")).await.unwrap().id;
+    drop(v);
+
+    let dir = ctl.stores.dir.path().join("backup-1");
+    let out = ctl.ok(&["backup", "--out", dir.to_str().unwrap()]);
+    assert!(out.starts_with("backed up"), "{out}");
+    let raw = std::fs::read(dir.join("data.jsonl.age")).unwrap();
+    assert!(raw.starts_with(b"age-encryption.org/v1"));
+    ctl.fails(
+        &["backup", "--out", dir.to_str().unwrap()],
+        "must not exist",
+    );
+
+    // After the backup: A's contact data expires and is swept; C is shredded on request.
+    ctl.ok(&[
+        "retention",
+        "left",
+        "--subject",
+        &a.to_string(),
+        "--on",
+        "2015-01-01",
+    ]);
+    assert!(
+        ctl.ok(&["retention", "sweep"])
+            .contains(&format!("shredded {ra}: contact"))
+    );
+    let v = ctl.vault().await;
+    v.shred_record(rc).await.unwrap();
+    drop(v);
+
+    ctl.fails(&["restore", "--from", dir.to_str().unwrap()], "--force");
+    let out = ctl.ok(&["restore", "--from", dir.to_str().unwrap(), "--force"]);
+    assert!(out.contains("re-applied 2 shreds"), "{out}");
+
+    let v = ctl.vault().await;
+    let all: BTreeSet<Category> = v.catalog().collected_categories().cloned().collect();
+    let va = v.read_record(ra, &all).await.unwrap();
+    assert_eq!(
+        va.fields.len(),
+        1,
+        "A's address stays shredded after the restore"
+    );
+    assert_eq!(v.dek_count(ra).await.unwrap(), 1);
+    assert!(matches!(
+        v.read_record(rc, &all).await.unwrap_err(),
+        vault_core::VaultError::RecordShredded(_)
+    ));
+    assert_eq!(v.dek_count(rc).await.unwrap(), 0);
+    assert_eq!(
+        v.read_record(rb, &all).await.unwrap().fields.len(),
+        2,
+        "B is as backed up"
+    );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+    assert!(
+        v.audit_entries()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "backup.restore")
+    );
+    // A second restore of the same backup re-applies the same shreds again.
+    drop(v);
+    let out = ctl.ok(&["restore", "--from", dir.to_str().unwrap(), "--force"]);
+    assert!(out.contains("re-applied 2 shreds"), "{out}");
+    // A stranger's identity cannot read the backup.
+    let stranger = ctl.stores.dir.path().join("stranger2.txt");
+    Unlock::generate_identity_file(&stranger).unwrap();
+    let o = ctl
+        .cmd()
+        .args([
+            "restore",
+            "--from",
+            dir.to_str().unwrap(),
+            "--force",
+            "--identity",
+        ])
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not open with this identity"));
 }

@@ -33,6 +33,8 @@ const COMMANDS: &[&[&str]] = &[
     &["transfer", "export"],
     &["transfer", "ground"],
     &["transfer", "ledger"],
+    &["backup"],
+    &["restore"],
 ];
 
 #[test]

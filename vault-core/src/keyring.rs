@@ -88,6 +88,12 @@ impl Passphrase {
     pub fn new(s: String) -> Self {
         Passphrase(SecretString::from(s))
     }
+    pub(crate) fn scrypt_recipient(&self) -> age::scrypt::Recipient {
+        age::scrypt::Recipient::new(self.0.clone())
+    }
+    pub(crate) fn scrypt_identity(&self) -> age::scrypt::Identity {
+        age::scrypt::Identity::new(self.0.clone())
+    }
 }
 
 /// Whom the keyring is sealed to. age does not mix passphrases with recipients.

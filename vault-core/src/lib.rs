@@ -4,6 +4,7 @@
 
 mod access;
 mod audit;
+mod backup;
 mod catalog;
 mod clock;
 mod domain;
@@ -24,6 +25,7 @@ pub use access::{
     Principal, PrincipalId, RequestId, RequestStatus, SubjectExport, WITHDRAWAL_WORKING_DAYS,
 };
 pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
+pub use backup::{BackupManifest, RestoreReport, backup, restore};
 pub use catalog::{
     Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
     RecordTypeDef, Retention, RetentionTrigger, Tier,

@@ -1000,10 +1000,27 @@ impl Vault {
         record::Entity::update_many()
             .col_expr(record::Column::State, Expr::value(STATE_SHREDDED))
             .col_expr(record::Column::UpdatedAt, Expr::value(self.clock.now()))
-            .filter(record::Column::Id.eq(key))
+            .filter(record::Column::Id.eq(key.clone()))
             .exec(&txn)
             .await
             .map_err(StoreError::data)?;
+        // Every shred is in the shred log, so a restore of an older backup re-applies it.
+        crate::store::entities::shred_log::Entity::insert(
+            crate::store::entities::shred_log::ActiveModel {
+                record_id: Set(key),
+                categories: Set(categories
+                    .iter()
+                    .map(Category::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")),
+                rule: Set("whole record".into()),
+                at: Set(self.clock.now()),
+                ..Default::default()
+            },
+        )
+        .exec_without_returning(&txn)
+        .await
+        .map_err(StoreError::data)?;
         txn.commit().await.map_err(StoreError::data)?;
         categories.sort();
         Ok(ShredReceipt {

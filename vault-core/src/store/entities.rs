@@ -3,7 +3,9 @@
 pub(crate) mod subject {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "subjects")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -25,7 +27,9 @@ pub(crate) mod subject {
 pub(crate) mod record {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "records")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -48,7 +52,9 @@ pub(crate) mod record {
 pub(crate) mod record_field {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "record_fields")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -68,7 +74,9 @@ pub(crate) mod record_field {
 pub(crate) mod keyring_row {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "keyring")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -88,7 +96,9 @@ pub(crate) mod keyring_row {
 pub(crate) mod dek {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "deks")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -109,7 +119,9 @@ pub(crate) mod dek {
 pub(crate) mod principal {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "principals")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -129,7 +141,9 @@ pub(crate) mod principal {
 pub(crate) mod principal_role {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "principal_roles")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -149,7 +163,9 @@ pub(crate) mod principal_role {
 pub(crate) mod consent {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "consents")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -183,7 +199,9 @@ pub(crate) mod consent {
 pub(crate) mod legal_ground {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "legal_grounds")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -206,7 +224,9 @@ pub(crate) mod legal_ground {
 pub(crate) mod access_request {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "access_requests")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -236,7 +256,9 @@ pub(crate) mod access_request {
 pub(crate) mod break_glass {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "break_glass")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -261,7 +283,9 @@ pub(crate) mod break_glass {
 pub(crate) mod audit_entry {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "audit_log")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -289,7 +313,9 @@ pub(crate) mod audit_entry {
 pub(crate) mod audit_head {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "audit_head")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -307,7 +333,9 @@ pub(crate) mod audit_head {
 pub(crate) mod audit_checkpoint {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "audit_checkpoints")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -326,7 +354,9 @@ pub(crate) mod audit_checkpoint {
 pub(crate) mod legal_hold {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "legal_holds")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -349,7 +379,9 @@ pub(crate) mod legal_hold {
 pub(crate) mod shred_log {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "shred_log")]
     pub struct Model {
         #[sea_orm(primary_key)]
@@ -369,7 +401,9 @@ pub(crate) mod shred_log {
 pub(crate) mod disclosure {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "disclosures")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -393,7 +427,9 @@ pub(crate) mod disclosure {
 pub(crate) mod transfer_ground {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
     #[sea_orm(table_name = "transfer_grounds")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
