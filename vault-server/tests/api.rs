@@ -13,7 +13,11 @@ use serde_json::{Value, json};
 use vault_core::{Role, SchoolId, Scope, Unlock, Vault};
 use vault_tests::{Backend, TestStores, make_iin, on_both_backends, policy};
 
-on_both_backends!(school_day_over_http, clients_get_clear_errors);
+on_both_backends!(
+    school_day_over_http,
+    clients_get_clear_errors,
+    a_running_server_picks_up_a_rotated_keyring
+);
 
 struct Server {
     child: Child,
@@ -741,4 +745,66 @@ async fn storage_outside_kazakhstan_is_refused_unless_overridden() {
         log.iter().any(|e| e.action == "config.store_outside_kz"),
         "{log:?}"
     );
+}
+
+async fn a_running_server_picks_up_a_rotated_keyring(backend: Backend) {
+    let s = start(backend).await;
+    let sid = s
+        .post(
+            "/v1/subjects",
+            "admissions",
+            None,
+            json!({"school": "school-1", "kind": "student"}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let write = |name: &str| {
+        s.post(
+            &format!("/v1/subjects/{sid}/records"),
+            "admissions",
+            Some("legal_administrative"),
+            json!({"record_type": "student", "fields": {"full_name": name}}),
+        )
+    };
+    let before = write("MARKER-before");
+    assert_eq!(before.status, 201);
+    let old = before.json()["id"].as_str().unwrap().to_owned();
+
+    // The custodian rotates, rewraps and retires while the server serves (as vaultctl does).
+    let custodian = s.core().await;
+    let identity = vault_core::Category::parse("identity").unwrap();
+    assert_eq!(custodian.rotate_kek(&identity, None).await.unwrap(), 2);
+    // A write right after the rotation uses the new version: the server reloads the keyring.
+    let after = write("MARKER-after");
+    assert_eq!(after.status, 201, "{}", after.text());
+    custodian
+        .rewrap(Some(&identity), 100, &mut |_| {})
+        .await
+        .unwrap();
+    custodian.retire_kek(&identity, 1, None).await.unwrap();
+    let status = custodian.key_status().await.unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|k| k.kek.category != identity || k.kek.version == 2)
+    );
+
+    // Both records still read through the running server, and new writes keep working.
+    for (rid, name) in [
+        (old.as_str(), "MARKER-before"),
+        (after.json()["id"].as_str().unwrap(), "MARKER-after"),
+    ] {
+        let r = s.get(
+            &format!("/v1/records/{rid}"),
+            "admissions",
+            Some("legal_administrative"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["fields"]["full_name"]["value"], name);
+    }
+    assert_eq!(write("MARKER-later").status, 201);
+    drop(custodian);
+    s.stop(&["MARKER"]);
 }
