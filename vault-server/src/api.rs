@@ -30,6 +30,46 @@ pub const MAX_DEPTH: usize = 32;
 pub struct AppState {
     pub vault: Vault,
     pub metrics: Arc<Metrics>,
+    pub auth_failures: AuthFailures,
+}
+
+/// Failed authentications per client address, in fixed one-minute windows. A client over the
+/// limit is refused before its token is even looked at, so guessing tokens is slow.
+#[derive(Default)]
+pub struct AuthFailures(
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+);
+
+/// Failed authentications a client may make per minute.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at most; expired windows are dropped first.
+const MAX_TRACKED: usize = 100_000;
+
+impl AuthFailures {
+    /// Seconds to wait, if this client is over the limit.
+    fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let m = self.0.lock().ok()?;
+        let (start, n) = m.get(&ip)?;
+        let elapsed = start.elapsed();
+        (elapsed < WINDOW && *n >= AUTH_FAILURES_PER_MINUTE)
+            .then(|| (WINDOW - elapsed).as_secs().max(1))
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let Ok(mut m) = self.0.lock() else { return };
+        if m.len() >= MAX_TRACKED {
+            m.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            if m.len() >= MAX_TRACKED {
+                m.clear();
+            }
+        }
+        let e = m.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if e.0.elapsed() >= WINDOW {
+            *e = (std::time::Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
 }
 
 type Res = Result<HttpResponse, ApiError>;
@@ -147,14 +187,30 @@ fn bearer(h: &HeaderMap) -> Option<BearerToken> {
 }
 
 async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> {
-    let token = bearer(req.headers()).ok_or_else(|| {
-        ApiError::new(
+    let ip = req.peer_addr().map(|a| a.ip());
+    if let Some(wait) = ip.and_then(|ip| s.auth_failures.blocked(ip)) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed authentications from this address: try again in {wait} s"),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let result = match bearer(req.headers()) {
+        Some(token) => s.vault.authenticate(&token).await.map_err(ApiError::from),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "send Authorization: Bearer <token>",
-        )
-    })?;
-    Ok(s.vault.authenticate(&token).await?)
+        )),
+    };
+    if let (Err(e), Some(ip)) = (&result, ip)
+        && e.status == StatusCode::UNAUTHORIZED
+    {
+        s.auth_failures.failed(ip);
+    }
+    result
 }
 
 /// The purpose every read and write must name, from `X-Vault-Purpose`.

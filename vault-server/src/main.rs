@@ -307,6 +307,7 @@ async fn run(args: Args) -> Result<()> {
     let state = web::Data::new(AppState {
         vault,
         metrics: metrics.clone(),
+        auth_failures: api::AuthFailures::default(),
     });
     tracing::info!(%addr, "vault-server listening");
     println!("listening on http://{addr}");
@@ -373,6 +374,10 @@ async fn run(args: Args) -> Result<()> {
             .default_service(web::to(api::not_found))
     })
     .shutdown_timeout(30)
+    // A client that has not sent its request head within 5 s, or whose connection idles, is cut.
+    .client_request_timeout(std::time::Duration::from_secs(5))
+    .client_disconnect_timeout(std::time::Duration::from_secs(2))
+    .keep_alive(std::time::Duration::from_secs(15))
     .listen(listener)?
     .run()
     .await?;

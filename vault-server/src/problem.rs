@@ -26,6 +26,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For 500s: the cause, logged, never sent.
     pub internal: Option<anyhow::Error>,
+    /// For 429s: seconds until the client may try again.
+    pub retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -42,6 +44,7 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             internal: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -58,6 +61,7 @@ impl ApiError {
             detail: "the vault could not complete the request; the cause is in the server log under this request's id".into(),
             field: None,
             internal: Some(e.into()),
+            retry_after: None,
         }
     }
 }
@@ -87,6 +91,9 @@ impl ResponseError for ApiError {
         r.content_type("application/problem+json");
         if self.status == StatusCode::UNAUTHORIZED {
             r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            r.insert_header(("Retry-After", s.to_string()));
         }
         r.json(body)
     }

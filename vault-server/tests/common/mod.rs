@@ -1,0 +1,233 @@
+//! The test harness: the real `vault-server` binary on port 0 in dev mode, a tiny HTTP/1.1
+//! client on std's TcpStream, and a scan of the server's whole log at the end.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use vault_core::{Unlock, Vault};
+use vault_tests::{Backend, TestStores, policy};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::thread::JoinHandle<String>,
+    pub tokens: HashMap<String, String>,
+    pub stores: std::sync::Arc<TestStores>,
+    /// Strings that must never appear in the server's log.
+    pub secrets: Vec<String>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
+        let j = self.json();
+        assert_eq!(j["code"], code, "{j}");
+        assert_eq!(j["status"], status);
+        j
+    }
+}
+
+pub async fn start(backend: Backend) -> Server {
+    start_with(backend, None).await
+}
+
+/// Starts a server; with `shared`, on the same stores as another (a second instance).
+pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
+    let stores = match shared {
+        Some(other) => other.stores.clone(),
+        None => std::sync::Arc::new(TestStores::new(backend).await),
+    };
+    let data = stores.dir.path().join("vault-data");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vault-server"));
+    cmd.args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--policies")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .env("VAULT_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if backend == Backend::Postgres {
+        cmd.arg("--data-url")
+            .arg(&stores.config.data_url)
+            .arg("--keys-url")
+            .arg(&stores.config.keys_url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let env = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
+    let tokens: HashMap<String, String> = env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export VAULT_"))
+        .filter_map(|l| l.split_once("_TOKEN="))
+        .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
+        .collect();
+    assert_eq!(tokens.len(), 7);
+    let secrets = tokens.values().cloned().collect();
+    Server {
+        child,
+        addr,
+        log,
+        tokens,
+        stores,
+        secrets,
+    }
+}
+
+impl Server {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        who: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n");
+        if let Some(w) = who {
+            req.push_str(&format!(
+                "Authorization: Bearer {}\r\n",
+                self.tokens.get(w).map(String::as_str).unwrap_or(w)
+            ));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or(b"");
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        // The server may answer (413) before reading a large body; a reset then is expected.
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a full response");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v == "chunked")
+        {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+                rest = &rest[nl + 2 + n + 2..];
+            }
+            body = out;
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str, who: &str, purpose: Option<&str>) -> Resp {
+        let h: Vec<(&str, &str)> = purpose
+            .map(|p| vec![("X-Vault-Purpose", p)])
+            .unwrap_or_default();
+        self.call("GET", path, Some(who), &h, None)
+    }
+
+    pub fn post(&self, path: &str, who: &str, purpose: Option<&str>, body: Value) -> Resp {
+        let mut h = vec![("Content-Type", "application/json")];
+        if let Some(p) = purpose {
+            h.push(("X-Vault-Purpose", p));
+        }
+        self.call(
+            "POST",
+            path,
+            Some(who),
+            &h,
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    /// A vault over the same stores, as a second instance or `vaultctl` would open them.
+    pub async fn core(&self) -> Vault {
+        let data = self.stores.dir.path().join("vault-data");
+        let config = match self.stores.backend {
+            Backend::Sqlite => vault_core::StoreConfig::sqlite_dir(&data).unwrap(),
+            Backend::Postgres => self.stores.config.clone(),
+        };
+        let stores = vault_core::Stores::open(&config).await.unwrap();
+        Vault::open(
+            stores,
+            policy().await,
+            Unlock::identity_file(&data.join("dev-custodian.txt")).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the server and checks its whole log holds none of the secrets.
+    pub fn stop(mut self, markers: &[&str]) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let log = self.log.join().unwrap();
+        assert!(log.contains("request"), "the log was captured");
+        for m in markers
+            .iter()
+            .map(|m| m.to_string())
+            .chain(self.secrets.iter().cloned())
+        {
+            assert!(!log.contains(&m), "the server log holds {m}");
+        }
+    }
+}
