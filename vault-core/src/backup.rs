@@ -282,52 +282,71 @@ async fn load(txn: &DatabaseTransaction, plain: &[u8], keys: bool) -> Result<u64
 }
 
 /// Restores both stores from a backup folder, then re-applies every shred of the live shred log
-/// made after the backup.
+/// made after the backup. Each store is replaced, and its part of the replay applied, in one
+/// transaction: the key store first, the data store (which holds the live shred log) last. A
+/// crash before the data store commits leaves that log in place, so running again completes.
 pub async fn restore(
     stores: &Stores,
     dir: &Path,
     unlock: &Unlock,
 ) -> Result<RestoreReport, VaultError> {
+    let manifest: BackupManifest = std::fs::read(dir.join("manifest.json"))
+        .map_err(|_| {
+            io(format!(
+                "{} is not a complete backup: manifest.json is missing",
+                dir.display()
+            ))
+        })
+        .and_then(|b| serde_json::from_slice(&b).map_err(io))?;
     let data = open_file(dir, "data.jsonl.age", unlock)?;
     let keys = open_file(dir, "keys.jsonl.age", unlock)?;
+    let expected: u64 = manifest.rows.values().sum();
+    let lines = data.lines().count() as u64 + keys.lines().count() as u64;
+    if lines != expected {
+        return Err(io(format!(
+            "the backup holds {lines} rows but its manifest says {expected}: it is damaged"
+        )));
+    }
     let live = live_shreds(stores).await;
-
-    let txn = stores.keys.begin().await.map_err(StoreError::keys)?;
-    let mut rows = load(&txn, &keys, true).await?;
-    txn.commit().await.map_err(StoreError::keys)?;
-    let txn = stores.data.begin().await.map_err(StoreError::data)?;
-    rows += load(&txn, &data, false).await?;
-    txn.commit().await.map_err(StoreError::data)?;
-
-    // Shreds the backup knows of were applied before it was taken.
-    let known: BTreeSet<(String, String)> = shred_log::Entity::find()
-        .all(&stores.data)
-        .await
-        .map_err(StoreError::data)?
-        .into_iter()
+    // Which live shreds the backup already knows of.
+    let backed_up: BTreeSet<(String, String)> = data
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Line>(&l).ok())
+        .filter(|l| l.t == "shred_log")
+        .filter_map(|l| serde_json::from_value::<shred_log::Model>(l.row).ok())
         .map(|s| (s.record_id, s.categories))
         .collect();
-    let mut replayed = 0u64;
-    for s in live
+    let replay: Vec<shred_log::Model> = live
         .into_iter()
-        .filter(|s| !known.contains(&(s.record_id.clone(), s.categories.clone())))
-    {
-        let cats: Vec<String> = s
-            .categories
+        .filter(|s| !backed_up.contains(&(s.record_id.clone(), s.categories.clone())))
+        .collect();
+    let cats = |s: &shred_log::Model| -> Vec<String> {
+        s.categories
             .split(',')
             .filter(|c| !c.is_empty())
             .map(str::to_owned)
-            .collect();
+            .collect()
+    };
+
+    let txn = stores.keys.begin().await.map_err(StoreError::keys)?;
+    let mut rows = load(&txn, &keys, true).await?;
+    for s in &replay {
         dek::Entity::delete_many()
             .filter(dek::Column::RecordId.eq(s.record_id.clone()))
-            .filter(dek::Column::Category.is_in(cats.clone()))
-            .exec(&stores.keys)
+            .filter(dek::Column::Category.is_in(cats(s)))
+            .exec(&txn)
             .await
             .map_err(StoreError::keys)?;
-        let txn = stores.data.begin().await.map_err(StoreError::data)?;
+    }
+    txn.commit().await.map_err(StoreError::keys)?;
+
+    let txn = stores.data.begin().await.map_err(StoreError::data)?;
+    rows += load(&txn, &data, false).await?;
+    for s in &replay {
         record_field::Entity::delete_many()
             .filter(record_field::Column::RecordId.eq(s.record_id.clone()))
-            .filter(record_field::Column::Category.is_in(cats))
+            .filter(record_field::Column::Category.is_in(cats(s)))
             .exec(&txn)
             .await
             .map_err(StoreError::data)?;
@@ -348,17 +367,16 @@ pub async fn restore(
                 .await
                 .map_err(StoreError::data)?;
         }
-        let mut am = s.into_active_model();
+        let mut am = s.clone().into_active_model();
         am.seq = sea_orm::ActiveValue::NotSet;
         shred_log::Entity::insert(am)
             .exec_without_returning(&txn)
             .await
             .map_err(StoreError::data)?;
-        txn.commit().await.map_err(StoreError::data)?;
-        replayed += 1;
     }
+    txn.commit().await.map_err(StoreError::data)?;
     Ok(RestoreReport {
         rows,
-        shreds_replayed: replayed,
+        shreds_replayed: replay.len() as u64,
     })
 }

@@ -42,7 +42,9 @@ pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
 pub use keys::RewrapProgress;
-pub use policy::{Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope};
+pub use policy::{
+    Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope, check_policy_texts,
+};
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use retention::{LegalHold, RetentionItem, SweepReport};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};

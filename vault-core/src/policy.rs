@@ -455,6 +455,20 @@ impl Policy {
 /// Grants and role inheritances (child, parent) read from `policy.csv`.
 type ParsedPolicy = (Vec<Grant>, Vec<(Role, Role)>);
 
+/// Checks the texts of `policy.csv`, `holidays-kz.toml` and `transfer.toml` without building an
+/// enforcer: the parsers that `load_dir` uses, for fuzzing and for `vaultctl catalog check`.
+pub fn check_policy_texts(
+    catalog: &Catalog,
+    csv: &str,
+    holidays: &str,
+    transfer: &str,
+) -> Result<usize, PolicyError> {
+    let (grants, _) = parse_policy_csv("policy.csv", csv, catalog)?;
+    parse_holidays("holidays-kz.toml", holidays)?;
+    parse_transfer("transfer.toml", transfer)?;
+    Ok(grants.len())
+}
+
 fn parse_policy_csv(
     file: &str,
     text: &str,

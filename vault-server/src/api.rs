@@ -259,6 +259,31 @@ fn categories(v: &[String]) -> Result<Vec<Category>, ApiError> {
         .collect()
 }
 
+/// Parses bytes as every request body the API accepts, through the same checks (depth limit,
+/// strict fields) as the handlers. For fuzzing: it must never panic. Returns how many parsed.
+pub fn parse_any_body(b: &[u8]) -> usize {
+    fn one<T: DeserializeOwned>(b: &[u8]) -> bool {
+        depth(b) <= MAX_DEPTH && serde_json::from_slice::<T>(b).is_ok()
+    }
+    [
+        one::<CreateSubject>(b),
+        one::<FindSubject>(b),
+        one::<CreateRecord>(b),
+        one::<UpdateRecord>(b),
+        one::<CreateAccessRequest>(b),
+        one::<Approve>(b),
+        one::<Deny>(b),
+        one::<OpenBreakGlass>(b),
+        one::<Review>(b),
+        one::<RecordConsent>(b),
+        one::<Withdraw>(b),
+        one::<RecordGround>(b),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count()
+}
+
 // ----- output -----------------------------------------------------------------------------------
 
 fn subject_json(s: &Subject) -> Value {

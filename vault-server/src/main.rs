@@ -4,9 +4,7 @@
 //! identity, keyring and principals made on first start. Never use `--dev` for real data.
 #![forbid(unsafe_code)]
 
-mod api;
-mod problem;
-mod telemetry;
+use vault_server::{api, problem, telemetry};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,8 +23,8 @@ use vault_core::{
     VaultError,
 };
 
-use crate::api::AppState;
-use crate::telemetry::Metrics;
+use vault_server::api::AppState;
+use vault_server::telemetry::Metrics;
 
 /// The school records vault's HTTP server. Every option can also come from a `VAULT_`
 /// environment variable or the `--config` file (flags and variables win over the file).
