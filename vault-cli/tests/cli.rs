@@ -128,3 +128,32 @@ fn bad_input_gets_a_clear_error() {
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("catalog OK: 3 record types"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_exits_quietly() {
+    // Regression: `vaultctl ... | head -1` panicked with "failed printing to stdout".
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+        .args([
+            "--policies",
+            policies().to_str().unwrap(),
+            "catalog",
+            "check",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before vaultctl writes
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(status.success() || status.code() == Some(1), "{status:?}");
+}

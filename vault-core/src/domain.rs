@@ -435,6 +435,19 @@ mod tests {
     }
 
     #[test]
+    fn display_honours_width_and_alignment() {
+        // Regression: `vaultctl keyring status` printed a ragged table because Display ignored
+        // the format width.
+        let c = Category::parse("health").unwrap();
+        assert_eq!(format!("[{c:<10}]"), "[health    ]");
+        assert_eq!(
+            format!("[{:>8}]", SchoolId::parse("s-1").unwrap()),
+            "[     s-1]"
+        );
+        assert_eq!(format!("[{:<9}]", SubjectKind::Student), "[student  ]");
+    }
+
+    #[test]
     fn names_parse() {
         assert!(Category::parse("health").is_ok());
         assert!(Category::parse("criminal_record").is_ok());
