@@ -1236,21 +1236,17 @@ impl Vault {
                 "request {id} was decided meanwhile"
             )));
         }
-        let mut ev = self.event(
+        self.request_decided(
             p,
-            "access.approve",
-            Outcome::Done,
+            &r,
             &subj,
-            r.record,
-            r.categories.clone(),
-            Some(&r.purpose),
-        );
-        ev.reason = Some(format!(
-            "request {id}: {uses} uses until {}",
-            expires_at.to_rfc3339()
-        ));
-        self.audit().append(vec![ev]).await?;
-        self.access_request(id).await
+            "access.approve",
+            format!(
+                "request {id}: {uses} uses until {}",
+                expires_at.to_rfc3339()
+            ),
+        )
+        .await
     }
 
     /// Denies a pending request with a reason.
@@ -1278,18 +1274,8 @@ impl Vault {
             .exec(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
-        let mut ev = self.event(
-            p,
-            "access.deny",
-            Outcome::Done,
-            &subj,
-            r.record,
-            r.categories.clone(),
-            Some(&r.purpose),
-        );
-        ev.reason = Some(format!("request {id}"));
-        self.audit().append(vec![ev]).await?;
-        self.access_request(id).await
+        self.request_decided(p, &r, &subj, "access.deny", format!("request {id}"))
+            .await
     }
 
     /// Revokes an approval: it opens nothing from now on, on every server.
@@ -1315,18 +1301,31 @@ impl Vault {
             .exec(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
+        self.request_decided(p, &r, &subj, "access.revoke", format!("request {id}"))
+            .await
+    }
+
+    /// Audits a decision on a request and returns the request as it now stands.
+    async fn request_decided(
+        &self,
+        p: &Principal,
+        r: &AccessRequest,
+        subj: &Subject,
+        action: &'static str,
+        reason: String,
+    ) -> Result<AccessRequest, VaultError> {
         let mut ev = self.event(
             p,
-            "access.revoke",
+            action,
             Outcome::Done,
-            &subj,
+            subj,
             r.record,
             r.categories.clone(),
             Some(&r.purpose),
         );
-        ev.reason = Some(format!("request {id}"));
+        ev.reason = Some(reason);
         self.audit().append(vec![ev]).await?;
-        self.access_request(id).await
+        self.access_request(r.id).await
     }
 
     /// Takes one use of an approval that covers `category` of this record for this purpose.

@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,27 +19,8 @@ use vault_core::{Category, FieldView, RecordId, VaultError};
 use vault_tests::Backend;
 
 fn spawn(data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
-        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--policies")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
-        .env("VAULT_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (
-        child,
-        line.trim()
-            .strip_prefix("listening on http://")
-            .unwrap()
-            .to_owned(),
-    )
+    let (child, addr, _log) = common::spawn_server(data, &[], "error");
+    (child, addr)
 }
 
 /// One POST; `None` when the connection died (the server was killed).

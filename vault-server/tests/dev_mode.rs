@@ -2,6 +2,8 @@
 //! health and readiness over real HTTP, and reuses its keyring after a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -14,31 +16,7 @@ struct Server {
 }
 
 fn start(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
-        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--policies")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
-        .env("VAULT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let (child, addr, stderr) = common::spawn_server(data, &[], "warn");
     Server {
         child,
         addr,

@@ -51,32 +51,24 @@ impl Resp {
     }
 }
 
-pub async fn start(backend: Backend) -> Server {
-    start_with(backend, None).await
-}
-
-/// Starts a server; with `shared`, on the same stores as another (a second instance).
-pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
-    let stores = match shared {
-        Some(other) => other.stores.clone(),
-        None => std::sync::Arc::new(TestStores::new(backend).await),
-    };
-    let data = stores.dir.path().join("vault-data");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vault-server"));
-    cmd.args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+/// Spawns the real server in dev mode on port 0 over `data`, and waits for its "listening on"
+/// line. Returns the process, its address and a thread collecting its whole stderr log.
+pub fn spawn_server(
+    data: &Path,
+    extra: &[&str],
+    log_level: &str,
+) -> (Child, String, std::thread::JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
         .arg("--policies")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
-        .env("VAULT_LOG", "debug")
+        .args(extra)
+        .env("VAULT_LOG", log_level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if backend == Backend::Postgres {
-        cmd.arg("--data-url")
-            .arg(&stores.config.data_url)
-            .arg("--keys-url")
-            .arg(&stores.config.keys_url);
-    }
-    let mut child = cmd.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut s = String::new();
@@ -90,8 +82,32 @@ pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    (child, addr, log)
+}
+
+pub async fn start(backend: Backend) -> Server {
+    start_with(backend, None).await
+}
+
+/// Starts a server; with `shared`, on the same stores as another (a second instance).
+pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
+    let stores = match shared {
+        Some(other) => other.stores.clone(),
+        None => std::sync::Arc::new(TestStores::new(backend).await),
+    };
+    let data = stores.dir.path().join("vault-data");
+    let urls: Vec<&str> = match backend {
+        Backend::Postgres => vec![
+            "--data-url",
+            &stores.config.data_url,
+            "--keys-url",
+            &stores.config.keys_url,
+        ],
+        Backend::Sqlite => Vec::new(),
+    };
+    let (child, addr, log) = spawn_server(&data, &urls, "debug");
     let env = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
     let tokens: HashMap<String, String> = env
         .lines()
