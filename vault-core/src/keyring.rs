@@ -42,6 +42,11 @@ pub enum KeyringError {
     NoIdentity { path: String },
     #[error("invalid age recipient {0:?}: expected a public key starting age1")]
     Recipient(String),
+    /// The input was a secret identity: it is never echoed back.
+    #[error(
+        "that is a secret identity (AGE-SECRET-KEY-1...), not a public recipient: give its public key (age-keygen -y FILE), and treat the secret as exposed"
+    )]
+    SecretGivenAsRecipient,
     #[error("the keyring has no key for category {0}: run `vaultctl keyring status` and rotate it")]
     NoKeyFor(Category),
     #[error("the keyring has no version {version} of the {category} key (retired or never made)")]
@@ -65,7 +70,18 @@ impl CustodianRecipient {
         s.trim()
             .parse::<age::x25519::Recipient>()
             .map(CustodianRecipient)
-            .map_err(|_| KeyringError::Recipient(s.chars().take(80).collect()))
+            .map_err(|_| {
+                if s.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY") {
+                    KeyringError::SecretGivenAsRecipient
+                } else {
+                    // A short prefix is enough to recognise the typo.
+                    let mut shown: String = s.chars().take(20).collect();
+                    if s.chars().count() > 20 {
+                        shown.push('…');
+                    }
+                    KeyringError::Recipient(shown)
+                }
+            })
     }
 }
 
@@ -567,6 +583,21 @@ mod tests {
         let mut extra = bytes.to_vec();
         extra.push(0);
         assert!(Keyring::decode(&extra).is_err());
+    }
+
+    #[test]
+    fn a_secret_key_given_as_recipient_is_never_echoed() {
+        let id = age::x25519::Identity::generate();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_owned();
+        for input in [secret.clone(), secret.to_lowercase(), format!("  {secret}")] {
+            let e = CustodianRecipient::parse(&input).unwrap_err().to_string();
+            assert!(!e.contains(&secret[15..]), "{e}");
+            assert!(e.contains("secret identity"), "{e}");
+        }
+        let e = CustodianRecipient::parse(&"age1x".repeat(40))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 120, "{e}");
     }
 
     #[test]
