@@ -1587,13 +1587,17 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
-        let (_, subj) = self.scoped_record(p, id).await?;
-        let present = self.record_categories(id).await?;
+        let (meta, subj) = self.scoped_record(p, id).await?;
+        let rows = self.record_fields(id).await?;
+        let present: BTreeSet<Category> = rows
+            .iter()
+            .filter_map(|f| Category::parse(&f.category).ok())
+            .collect();
         let mut open = BTreeSet::new();
         let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
         let mut events = Vec::new();
         let mut via = Vec::new();
-        let blocked = self.is_blocked(subj.id).await?;
+        let blocked = subj.blocked;
         for c in &present {
             if blocked {
                 sealed.insert(c.clone(), SealReason::Blocked);
@@ -1679,7 +1683,7 @@ impl Vault {
         }
         // Durable before any value leaves.
         self.audit().append(events).await?;
-        let mut view = self.read_record(id, &open).await?;
+        let mut view = self.open_fields(meta, rows, &open).await?;
         for f in view.fields.values_mut() {
             if let FieldView::Sealed { category, reason } = f
                 && let Some(r) = sealed.get(category)
@@ -1690,21 +1694,13 @@ impl Vault {
         Ok(view)
     }
 
-    async fn is_blocked(&self, subject: SubjectId) -> Result<bool, VaultError> {
-        Ok(subject::Entity::find_by_id(subject.to_string())
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .is_some_and(|s| s.blocked_at.is_some()))
-    }
-
     async fn check_write(
         &self,
         a: &Act<'_>,
         cats: &BTreeSet<Category>,
         action: Action,
     ) -> Result<(), VaultError> {
-        if self.is_blocked(a.subj.id).await? {
+        if a.subj.blocked {
             let mut ev = self.event(
                 a.p,
                 a.audit_action,

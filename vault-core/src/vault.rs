@@ -150,6 +150,8 @@ pub struct Subject {
     pub kind: SubjectKind,
     pub created_at: DateTime<Utc>,
     pub left_at: Option<DateTime<Utc>>,
+    /// Blocked (Art. 25(2)(8)): stored, not processed.
+    pub blocked: bool,
 }
 
 /// What creating a subject needs.
@@ -524,6 +526,7 @@ impl Vault {
             kind: new.kind,
             created_at: now,
             left_at: None,
+            blocked: false,
         })
     }
 
@@ -790,13 +793,31 @@ impl Vault {
         id: RecordId,
         allowed: &BTreeSet<Category>,
     ) -> Result<RecordView, VaultError> {
-        let row = self.record_row(id).await?;
-        let meta = meta_from_row(&row)?;
-        let fields = record_field::Entity::find()
+        let meta = meta_from_row(&self.record_row(id).await?)?;
+        let fields = self.record_fields(id).await?;
+        self.open_fields(meta, fields, allowed).await
+    }
+
+    /// A record's sealed field rows.
+    pub(crate) async fn record_fields(
+        &self,
+        id: RecordId,
+    ) -> Result<Vec<record_field::Model>, VaultError> {
+        Ok(record_field::Entity::find()
             .filter(record_field::Column::RecordId.eq(id.to_string()))
             .all(&self.stores.data)
             .await
-            .map_err(StoreError::data)?;
+            .map_err(StoreError::data)?)
+    }
+
+    /// Opens the given field rows of a record, only in the `allowed` categories.
+    pub(crate) async fn open_fields(
+        &self,
+        meta: RecordMeta,
+        fields: Vec<record_field::Model>,
+        allowed: &BTreeSet<Category>,
+    ) -> Result<RecordView, VaultError> {
+        let id = meta.id;
         let wanted: BTreeSet<Category> = fields
             .iter()
             .filter_map(|f| Category::parse(&f.category).ok())
@@ -1088,6 +1109,7 @@ fn subject_from_row(r: subject::Model) -> Result<Subject, VaultError> {
         kind: parse_row(SubjectKind::parse(&r.kind), "subject kind")?,
         created_at: r.created_at,
         left_at: r.left_at,
+        blocked: r.blocked_at.is_some(),
     })
 }
 
