@@ -13,7 +13,7 @@ use std::path::Path;
 
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, IsolationLevel, QueryFilter, TransactionTrait,
+    IntoActiveModel, IsolationLevel, PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -352,10 +352,9 @@ pub async fn restore(
             .map_err(StoreError::data)?;
         let left = record_field::Entity::find()
             .filter(record_field::Column::RecordId.eq(s.record_id.clone()))
-            .all(&txn)
+            .count(&txn)
             .await
-            .map_err(StoreError::data)?
-            .len();
+            .map_err(StoreError::data)?;
         if left == 0 {
             record::Entity::update_many()
                 .col_expr(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::domain::{Category, DekId, RecordId};
@@ -169,8 +169,9 @@ impl Vault {
             n += dek::Entity::find()
                 .filter(dek::Column::Category.eq(info.category.as_str()))
                 .filter(dek::Column::KekVersion.eq(info.version as i32))
-                .count_rows(&self.stores().keys)
-                .await?;
+                .count(&self.stores().keys)
+                .await
+                .map_err(StoreError::keys)?;
         }
         Ok(n)
     }
@@ -271,8 +272,9 @@ impl Vault {
         let users = dek::Entity::find()
             .filter(dek::Column::Category.eq(category.as_str()))
             .filter(dek::Column::KekVersion.eq(version as i32))
-            .count_rows(&self.stores().keys)
-            .await?;
+            .count(&self.stores().keys)
+            .await
+            .map_err(StoreError::keys)?;
         if users > 0 {
             return Err(VaultError::Invalid(format!(
                 "{users} data keys still use version {version} of the {category} key: run `vaultctl keyring rewrap` first"
@@ -326,17 +328,5 @@ impl Vault {
         self.store_keyring(k, &SealTo::Recipients(rest)).await?;
         self.key_event("key.recipient_remove", Vec::new(), format!("recipient {r}"))
             .await
-    }
-}
-
-/// sea-orm's count helper, on a filtered select.
-trait CountRows {
-    async fn count_rows(self, db: &sea_orm::DatabaseConnection) -> Result<u64, VaultError>;
-}
-
-impl CountRows for sea_orm::Select<dek::Entity> {
-    async fn count_rows(self, db: &sea_orm::DatabaseConnection) -> Result<u64, VaultError> {
-        use sea_orm::PaginatorTrait;
-        self.count(db).await.map_err(|e| StoreError::keys(e).into())
     }
 }

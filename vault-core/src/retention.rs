@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use crate::audit::{AuditEvent, Outcome};
@@ -379,8 +379,9 @@ impl Vault {
             .rows_affected;
         let left = record_field::Entity::find()
             .filter(record_field::Column::RecordId.eq(rid.to_string()))
-            .count_in(&txn)
-            .await?;
+            .count(&txn)
+            .await
+            .map_err(StoreError::data)?;
         if left == 0 {
             record::Entity::update_many()
                 .col_expr(record::Column::State, Expr::value("shredded"))
@@ -441,18 +442,5 @@ impl Vault {
                 ))
             })
             .collect()
-    }
-}
-
-trait CountIn {
-    async fn count_in(self, txn: &sea_orm::DatabaseTransaction) -> Result<u64, VaultError>;
-}
-
-impl CountIn for sea_orm::Select<record_field::Entity> {
-    async fn count_in(self, txn: &sea_orm::DatabaseTransaction) -> Result<u64, VaultError> {
-        use sea_orm::PaginatorTrait;
-        self.count(txn)
-            .await
-            .map_err(|e| StoreError::data(e).into())
     }
 }

@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 
 use crate::audit::{AuditError, AuditLog, AuditRecord, AuditReport};
@@ -1069,13 +1070,11 @@ impl Vault {
 
     /// Counts the DEKs the key store holds for a record (for status and tests).
     pub async fn dek_count(&self, id: RecordId) -> Result<u64, VaultError> {
-        let n = dek::Entity::find()
+        Ok(dek::Entity::find()
             .filter(dek::Column::RecordId.eq(id.to_string()))
-            .all(&self.stores.keys)
+            .count(&self.stores.keys)
             .await
-            .map_err(StoreError::keys)?
-            .len();
-        Ok(n as u64)
+            .map_err(StoreError::keys)?)
     }
 
     /// Every KEK and DEK the vault holds, in clear. Only for tests that scan stores for leaked
