@@ -420,6 +420,24 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
             .unwrap()
             .starts_with("Student")
     );
+    // The report's Debug (what a log line or a panic would show) names fields, never values.
+    let v = ctl.vault().await;
+    let r = v
+        .incident_report(
+            vault_core::PrincipalId::parse(&id).unwrap(),
+            "2020-01-01T00:00:00Z".parse().unwrap(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let debug = format!("{r:?}");
+    assert!(
+        debug.contains("full_name")
+            && !(0..4).any(|i| debug.contains(&format!("Student {i}")))
+            && !debug.contains("+7 701"),
+        "{debug}"
+    );
+    drop(v);
     assert!(j["notify_authority_by"].is_string());
     let csv = ctl.ok(&[
         "incident",

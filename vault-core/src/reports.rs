@@ -35,7 +35,7 @@ pub struct AuditFilter {
 }
 
 /// One subject a principal touched in the window, with what is needed to notify them.
-#[derive(Debug)]
+/// `Debug` names the contact fields present, never their values.
 pub struct IncidentSubject {
     pub subject: Subject,
     pub categories: BTreeSet<String>,
@@ -45,6 +45,19 @@ pub struct IncidentSubject {
     /// Identity and contact fields (name, IIN, phones, address, guardians), decrypted for the
     /// notification. Personal data: handle as such.
     pub contacts: BTreeMap<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for IncidentSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncidentSubject")
+            .field("subject", &self.subject)
+            .field("categories", &self.categories)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .field("accesses", &self.accesses)
+            .field("contacts", &self.contacts.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
