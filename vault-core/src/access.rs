@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use ring::digest::{SHA256, digest};
 use ring::rand::SecureRandom;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -267,6 +269,48 @@ pub struct BreakGlass {
     pub review_note: Option<String>,
 }
 
+/// A subject's consents and open legal grounds at one instant.
+struct LegalBasis {
+    now: DateTime<Utc>,
+    consents: Vec<consent::Model>,
+    grounds: Vec<legal_ground::Model>,
+}
+
+impl LegalBasis {
+    fn covers(&self, category: &Category) -> bool {
+        let now = self.now;
+        let by_consent = self.consents.iter().any(|c| {
+            c.categories.split(',').any(|x| x == category.as_str())
+                && c.given_at <= now
+                && c.term_until.is_none_or(|t| t > now)
+                // A withdrawal ends the basis, unless it was refused with a recorded reason.
+                && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
+        });
+        by_consent || self.grounds.iter().any(|g| g.category == category.as_str())
+    }
+}
+
+/// The legal basis, loaded at the first category that needs it and not before.
+#[derive(Default)]
+struct LazyBasis(Option<LegalBasis>);
+
+impl LazyBasis {
+    async fn get(&mut self, vault: &Vault, subject: SubjectId) -> Result<&LegalBasis, VaultError> {
+        let basis = match self.0.take() {
+            Some(b) => b,
+            None => vault.legal_basis(subject).await?,
+        };
+        Ok(self.0.insert(basis))
+    }
+}
+
+fn role_of(r: &principal_role::Model) -> Result<(Scope, Role), VaultError> {
+    Ok((
+        pr(Scope::parse(&r.scope), "role scope")?,
+        Role::parse(&r.role).map_err(|_| VaultError::CorruptRow("role"))?,
+    ))
+}
+
 fn pr<T>(r: Result<T, crate::domain::DomainError>, what: &'static str) -> Result<T, VaultError> {
     r.map_err(|_| VaultError::CorruptRow(what))
 }
@@ -441,12 +485,19 @@ impl Vault {
     /// refused the same way.
     pub async fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
         let hash = token.hash();
-        let row = principal::Entity::find()
+        // One query for the principal and its roles: authentication runs on every request.
+        let to_roles = principal::Entity::belongs_to(principal_role::Entity)
+            .from(principal::Column::Id)
+            .to(principal_role::Column::PrincipalId)
+            .into();
+        let rows = principal::Entity::find()
             .filter(principal::Column::TokenHash.eq(hash.clone()))
-            .one(&self.stores().data)
+            .join(JoinType::LeftJoin, to_roles)
+            .select_also(principal_role::Entity)
+            .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
-        let Some(row) = row else {
+        let Some((row, _)) = rows.first() else {
             return Err(VaultError::Unauthenticated);
         };
         if !bool::from(row.token_hash.as_slice().ct_eq(hash.as_slice())) || row.revoked_at.is_some()
@@ -454,26 +505,11 @@ impl Vault {
             return Err(VaultError::Unauthenticated);
         }
         let id = pr(PrincipalId::parse(&row.id), "principal id")?;
-        self.principal_by_id(id, row.name).await
-    }
-
-    async fn principal_by_id(
-        &self,
-        id: PrincipalId,
-        name: String,
-    ) -> Result<Principal, VaultError> {
-        let roles = principal_role::Entity::find()
-            .filter(principal_role::Column::PrincipalId.eq(id.to_string()))
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
+        let name = row.name.clone();
+        let roles = rows
             .into_iter()
-            .map(|r| {
-                Ok((
-                    pr(Scope::parse(&r.scope), "role scope")?,
-                    Role::parse(&r.role).map_err(|_| VaultError::CorruptRow("role"))?,
-                ))
-            })
+            .filter_map(|(_, r)| r)
+            .map(|r| role_of(&r))
             .collect::<Result<Vec<_>, VaultError>>()?;
         Ok(Principal { id, name, roles })
     }
@@ -778,30 +814,27 @@ impl Vault {
         subject: SubjectId,
         category: &Category,
     ) -> Result<bool, VaultError> {
-        let now = self.now();
+        Ok(self.legal_basis(subject).await?.covers(category))
+    }
+
+    /// Every consent and open ground of a subject, loaded once for all of a request's categories.
+    async fn legal_basis(&self, subject: SubjectId) -> Result<LegalBasis, VaultError> {
         let consents = consent::Entity::find()
             .filter(consent::Column::SubjectId.eq(subject.to_string()))
             .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
-        let by_consent = consents.iter().any(|c| {
-            c.categories.split(',').any(|x| x == category.as_str())
-                && c.given_at <= now
-                && c.term_until.is_none_or(|t| t > now)
-                // A withdrawal ends the basis, unless it was refused with a recorded reason.
-                && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
-        });
-        if by_consent {
-            return Ok(true);
-        }
         let grounds = legal_ground::Entity::find()
             .filter(legal_ground::Column::SubjectId.eq(subject.to_string()))
-            .filter(legal_ground::Column::Category.eq(category.as_str()))
             .filter(legal_ground::Column::EndedAt.is_null())
-            .one(&self.stores().data)
+            .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
-        Ok(grounds.is_some())
+        Ok(LegalBasis {
+            now: self.now(),
+            consents,
+            grounds,
+        })
     }
 
     fn needs_basis(&self, c: &Category) -> bool {
@@ -1587,8 +1620,10 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
-        let (meta, subj) = self.scoped_record(p, id).await?;
-        let rows = self.record_fields(id).await?;
+        let (meta, subj, rows) = self.record_for_read(id).await?;
+        if !p.roles.iter().any(|(s, _)| s.covers(&meta.school)) {
+            return Err(VaultError::RecordNotFound(id));
+        }
         let present: BTreeSet<Category> = rows
             .iter()
             .filter_map(|f| Category::parse(&f.category).ok())
@@ -1598,6 +1633,7 @@ impl Vault {
         let mut events = Vec::new();
         let mut via = Vec::new();
         let blocked = subj.blocked;
+        let mut basis = LazyBasis::default();
         for c in &present {
             if blocked {
                 sealed.insert(c.clone(), SealReason::Blocked);
@@ -1626,7 +1662,7 @@ impl Vault {
                 Decision::Allow => None,
             };
             let reason = match reason {
-                None if self.needs_basis(c) && !self.has_legal_basis(subj.id, c).await? => {
+                None if self.needs_basis(c) && !basis.get(self, subj.id).await?.covers(c) => {
                     Some(SealReason::NoLegalBasis)
                 }
                 r => r,
@@ -1715,8 +1751,9 @@ impl Vault {
             return Err(VaultError::Blocked(a.subj.id));
         }
         self.require(a, cats, action).await?;
+        let mut basis = LazyBasis::default();
         for c in cats {
-            if self.needs_basis(c) && !self.has_legal_basis(a.subj.id, c).await? {
+            if self.needs_basis(c) && !basis.get(self, a.subj.id).await?.covers(c) {
                 let mut ev = self.event(
                     a.p,
                     a.audit_action,

@@ -799,6 +799,33 @@ impl Vault {
         self.open_fields(meta, fields, allowed).await
     }
 
+    /// A live record, its subject and its sealed field rows in one query: reads run on every
+    /// page that shows a student, and each round trip to the store costs more than the crypto.
+    pub(crate) async fn record_for_read(
+        &self,
+        id: RecordId,
+    ) -> Result<(RecordMeta, Subject, Vec<record_field::Model>), VaultError> {
+        let rows = record_field::Entity::find()
+            .filter(record_field::Column::RecordId.eq(id.to_string()))
+            .find_also_related(record::Entity)
+            .and_also_related(subject::Entity)
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?;
+        let head = match rows.first() {
+            Some((_, Some(r), Some(s))) if r.state == STATE_ACTIVE => Some((r.clone(), s.clone())),
+            _ => None,
+        };
+        let Some((r, s)) = head else {
+            // Not found, shredded or without fields: the plain queries give the right answer.
+            let meta = self.record_meta(id).await?;
+            let subj = self.subject(meta.subject).await?;
+            return Ok((meta, subj, Vec::new()));
+        };
+        let fields = rows.into_iter().map(|(f, _, _)| f).collect();
+        Ok((meta_from_row(&r)?, subject_from_row(s)?, fields))
+    }
+
     /// A record's sealed field rows.
     pub(crate) async fn record_fields(
         &self,

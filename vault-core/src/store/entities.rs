@@ -46,6 +46,15 @@ pub(crate) mod record {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
+    impl Related<super::subject::Entity> for Entity {
+        fn to() -> RelationDef {
+            Entity::belongs_to(super::subject::Entity)
+                .from(Column::SubjectId)
+                .to(super::subject::Column::Id)
+                .into()
+        }
+    }
+
     impl ActiveModelBehavior for ActiveModel {}
 }
 
@@ -67,6 +76,15 @@ pub(crate) mod record_field {
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
+
+    impl Related<super::record::Entity> for Entity {
+        fn to() -> RelationDef {
+            Entity::belongs_to(super::record::Entity)
+                .from(Column::RecordId)
+                .to(super::record::Column::Id)
+                .into()
+        }
+    }
 
     impl ActiveModelBehavior for ActiveModel {}
 }
