@@ -25,6 +25,8 @@ on_both_backends!(
     shredded_record_is_gone_with_its_deks,
     interrupted_shred_is_finished_on_open,
     failed_data_write_leaves_no_deks,
+    concurrent_writes_land_together_and_a_bad_one_fails_alone,
+    a_write_after_a_rotation_elsewhere_is_sealed_under_the_new_kek,
     subjects_found_by_iin_blind_index,
     sealed_fields_name_category_and_reason,
     migrations_go_down_and_up,
@@ -608,6 +610,136 @@ async fn failed_data_write_leaves_no_deks(backend: Backend) {
         .try_get::<i64>("", "n")
         .unwrap();
     assert_eq!(n, 0, "no half-written record");
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
+    db.query_one_raw(sql(
+        db.get_database_backend(),
+        &format!("SELECT COUNT(*) AS n FROM {table}"),
+        vec![],
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<i64>("", "n")
+    .unwrap()
+}
+
+/// Group commit: 40 concurrent creates, one of which the database refuses (a trigger stands in
+/// for any per-row failure). The 39 others land and open; the bad one fails alone and leaves
+/// neither DEKs nor rows.
+async fn concurrent_writes_land_together_and_a_bad_one_fails_alone(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    let good = subject(&t, SubjectKind::Student, None).await;
+    let bad = subject(&t, SubjectKind::Student, None).await;
+    let db = t.stores.raw_data().await;
+    match backend {
+        Backend::Sqlite => {
+            db.execute_unprepared(&format!(
+                "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{bad}' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+            ))
+            .await
+            .unwrap();
+        }
+        Backend::Postgres => {
+            db.execute_unprepared(&format!(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.subject_id = '{bad}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER poison BEFORE INSERT ON records \
+                 FOR EACH ROW EXECUTE FUNCTION poison()"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    let student = RecordType::parse("student").unwrap();
+    let fields = |i: usize| -> BTreeMap<FieldName, FieldValue> {
+        [
+            (name("full_name"), FieldValue::text(&format!("Student {i}"))),
+            (name("religion"), FieldValue::text(&format!("R{i}"))),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let writes = (0..40).map(|i| {
+        let (v, student, f) = (&t.vault, &student, fields(i));
+        async move {
+            let who = if i == 17 { bad } else { good };
+            (i, v.write_record(who, student, &f).await)
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let all = all_categories(t.vault.catalog());
+    for (i, r) in results {
+        if i == 17 {
+            assert!(matches!(r, Err(VaultError::Store(_))), "{r:?}");
+            continue;
+        }
+        let meta = r.unwrap();
+        let view = t.vault.read_record(meta.id, &all).await.unwrap();
+        match &view.fields[&name("full_name")] {
+            FieldView::Open { value, .. } => {
+                assert_eq!(value, &FieldValue::text(&format!("Student {i}")))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(count(&db, "records").await, 39);
+    assert_eq!(count(&db, "record_fields").await, 78);
+    let keys = t.stores.raw_keys().await;
+    assert_eq!(
+        count(&keys, "deks").await,
+        78,
+        "two DEKs per stored record, none left by the refused one"
+    );
+}
+
+/// A server keeps its keyring in memory; when a custodian rotates elsewhere, its next write
+/// must not wrap new DEKs under the old KEK (retiring that KEK would make them unreadable).
+async fn a_write_after_a_rotation_elsewhere_is_sealed_under_the_new_kek(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    let s = subject(&t, SubjectKind::Student, None).await;
+    let custodian = Vault::open(
+        t.stores.open().await,
+        vault_tests::policy().await,
+        Unlock::identity_file(&t.identity).unwrap(),
+    )
+    .await
+    .unwrap();
+    let identity = Category::parse("identity").unwrap();
+    let new_version = custodian.rotate_kek(&identity, None).await.unwrap();
+    let fields: BTreeMap<_, _> = [(name("full_name"), FieldValue::text("After rotation"))]
+        .into_iter()
+        .collect();
+    let meta = t
+        .vault
+        .write_record(s, &RecordType::parse("student").unwrap(), &fields)
+        .await
+        .unwrap();
+    let status = custodian.key_status().await.unwrap();
+    let under = |v: u32| {
+        status
+            .iter()
+            .find(|k| k.kek.category == identity && k.kek.version == v)
+            .map_or(0, |k| k.deks)
+    };
+    assert_eq!(under(new_version), 1, "{status:?}");
+    assert_eq!(under(new_version - 1), 0, "{status:?}");
+    custodian
+        .retire_kek(&identity, new_version - 1, None)
+        .await
+        .unwrap();
+    let view = t
+        .vault
+        .read_record(meta.id, &all_categories(t.vault.catalog()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        &view.fields[&name("full_name")],
+        FieldView::Open { value, .. } if value == &FieldValue::text("After rotation")
+    ));
 }
 
 async fn subjects_found_by_iin_blind_index(backend: Backend) {

@@ -1818,7 +1818,7 @@ impl Vault {
             Action::Write,
         )
         .await?;
-        let meta = self.write_record(subject, record_type, fields).await?;
+        let meta = self.write_record_for(&subj, record_type, fields).await?;
         self.audit()
             .append(vec![self.event(
                 p,

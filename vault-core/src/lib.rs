@@ -18,6 +18,7 @@ mod store;
 mod transfer;
 mod value;
 mod vault;
+mod writer;
 
 pub use access::{
     AccessRequest, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, BreakGlass,

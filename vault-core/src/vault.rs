@@ -31,6 +31,7 @@ use crate::policy::{DenyReason, Policy, PolicyError};
 use crate::store::entities::{dek, keyring_row, record, record_field, subject};
 use crate::store::{StoreError, Stores};
 use crate::value::FieldValue;
+use crate::writer::{NewRecord, RecordWriter, Written};
 
 const STATE_ACTIVE: &str = "active";
 const STATE_SHREDDING: &str = "shredding";
@@ -67,6 +68,8 @@ pub enum VaultError {
     },
     #[error("a record needs at least one field")]
     EmptyRecord,
+    #[error("the keyring changed three times while this record was being written: try again")]
+    KeyringBusy,
     #[error(
         "record type '{record_type}' is for {expected} subjects, but subject {subject} is a {actual}"
     )]
@@ -273,6 +276,7 @@ pub struct Vault {
     rng: SystemRandom,
     clock: Arc<dyn Clock>,
     audit: AuditLog,
+    writer: RecordWriter,
 }
 
 impl std::fmt::Debug for Vault {
@@ -362,6 +366,7 @@ impl Vault {
             keyring.newest_kek(c)?;
         }
         let audit = AuditLog::start(stores.data.clone(), keyring.audit_seed(), clock.clone())?;
+        let writer = RecordWriter::start(stores.clone());
         let vault = Vault {
             policy,
             keyring: std::sync::RwLock::new(Arc::new(keyring)),
@@ -371,6 +376,7 @@ impl Vault {
             rng: SystemRandom::new(),
             clock,
             audit,
+            writer,
         };
         vault.resume_shreds().await?;
         Ok(vault)
@@ -613,15 +619,7 @@ impl Vault {
         if deks.is_empty() {
             return Ok(());
         }
-        let now = self.clock.now();
-        let rows = deks.iter().map(|d| dek::ActiveModel {
-            id: Set(d.id.to_string()),
-            record_id: Set(record.to_string()),
-            category: Set(d.category.as_str().to_owned()),
-            kek_version: Set(d.kek_version as i32),
-            wrapped: Set(d.wrapped.clone()),
-            created_at: Set(now),
-        });
+        let rows = dek_rows(record, deks, self.clock.now());
         let txn = self.stores.keys.begin().await.map_err(StoreError::keys)?;
         dek::Entity::insert_many(rows)
             .exec_without_returning(&txn)
@@ -654,11 +652,21 @@ impl Vault {
         record_type: &RecordType,
         fields: &BTreeMap<FieldName, FieldValue>,
     ) -> Result<RecordMeta, VaultError> {
+        let subj = self.subject(subject_id).await?;
+        self.write_record_for(&subj, record_type, fields).await
+    }
+
+    /// `write_record` for a subject already loaded.
+    pub(crate) async fn write_record_for(
+        &self,
+        subj: &Subject,
+        record_type: &RecordType,
+        fields: &BTreeMap<FieldName, FieldValue>,
+    ) -> Result<RecordMeta, VaultError> {
         if fields.is_empty() {
             return Err(VaultError::EmptyRecord);
         }
         let checked = self.check_fields(record_type, fields.iter().map(|(n, v)| (n, Some(v))))?;
-        let subj = self.subject(subject_id).await?;
         let expected = self
             .catalog()
             .record_type(record_type)
@@ -667,62 +675,57 @@ impl Vault {
         if subj.kind != expected {
             return Err(VaultError::WrongSubjectKind {
                 record_type: record_type.clone(),
-                subject: subject_id,
+                subject: subj.id,
                 expected,
                 actual: subj.kind,
             });
         }
-
-        self.refresh_keyring().await?;
-        let id = RecordId::new_random();
-        let mut keys = RecordKeys::new(id);
         let to_seal: Vec<_> = checked
             .into_iter()
             .zip(fields.values())
             .map(|((n, c), v)| (n, c, v))
             .collect();
-        let rows = self.seal_rows(&mut keys, id, &to_seal)?;
-        let new_deks = keys.take_new();
-        self.insert_deks(id, &new_deks).await?;
-
-        let now = self.clock.now();
-        let meta = RecordMeta {
-            id,
-            subject: subject_id,
-            school: subj.school,
-            record_type: record_type.clone(),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
-        let result = async {
-            let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
-            record::Entity::insert(record::ActiveModel {
-                id: Set(id.to_string()),
-                subject_id: Set(subject_id.to_string()),
-                school_id: Set(meta.school.as_str().to_owned()),
-                record_type: Set(record_type.as_str().to_owned()),
-                version: Set(1),
-                state: Set(STATE_ACTIVE.into()),
-                created_at: Set(now),
-                updated_at: Set(now),
-            })
-            .exec_without_returning(&txn)
-            .await
-            .map_err(StoreError::data)?;
-            record_field::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await
-                .map_err(StoreError::data)?;
-            txn.commit().await.map_err(StoreError::data)?;
-            Ok::<_, VaultError>(())
+        let id = RecordId::new_random();
+        // The writer refuses a record sealed under a keyring a custodian has since replaced;
+        // then it is sealed again under the new one. Two tries suffice unless rotations race.
+        for _ in 0..3 {
+            // Generation before keyring: a rotation in between reads as stale, never as fresh.
+            let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+            let mut keys = RecordKeys::new(id);
+            let rows = self.seal_rows(&mut keys, id, &to_seal)?;
+            let now = self.clock.now();
+            let meta = RecordMeta {
+                id,
+                subject: subj.id,
+                school: subj.school.clone(),
+                record_type: record_type.clone(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            let rec = NewRecord {
+                generation,
+                deks: dek_rows(id, &keys.take_new(), now),
+                record: record::ActiveModel {
+                    id: Set(id.to_string()),
+                    subject_id: Set(subj.id.to_string()),
+                    school_id: Set(meta.school.as_str().to_owned()),
+                    record_type: Set(record_type.as_str().to_owned()),
+                    version: Set(1),
+                    state: Set(STATE_ACTIVE.into()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                },
+                fields: rows,
+            };
+            match self.writer.write(rec).await? {
+                Written::Stored => return Ok(meta),
+                Written::StaleKeyring => {
+                    self.refresh_keyring().await?;
+                }
+            }
         }
-        .await;
-        if let Err(e) = result {
-            self.remove_deks(&new_deks).await;
-            return Err(e);
-        }
-        Ok(meta)
+        Err(VaultError::KeyringBusy)
     }
 
     async fn record_row(&self, id: RecordId) -> Result<record::Model, VaultError> {
@@ -1126,6 +1129,19 @@ impl Vault {
         }
         Ok(out)
     }
+}
+
+fn dek_rows(record: RecordId, deks: &[WrappedDek], now: DateTime<Utc>) -> Vec<dek::ActiveModel> {
+    deks.iter()
+        .map(|d| dek::ActiveModel {
+            id: Set(d.id.to_string()),
+            record_id: Set(record.to_string()),
+            category: Set(d.category.as_str().to_owned()),
+            kek_version: Set(d.kek_version as i32),
+            wrapped: Set(d.wrapped.clone()),
+            created_at: Set(now),
+        })
+        .collect()
 }
 
 fn subject_from_row(r: subject::Model) -> Result<Subject, VaultError> {

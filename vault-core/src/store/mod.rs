@@ -36,6 +36,8 @@ pub enum StoreError {
         #[source]
         source: DbErr,
     },
+    #[error("the {0} has stopped")]
+    Closed(&'static str),
     #[error("the data folder {path} cannot be created: {source}")]
     DataDir {
         path: String,
