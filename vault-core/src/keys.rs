@@ -7,10 +7,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{CaseStatement, Expr};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 
 use crate::audit::{AuditEvent, Outcome};
+
+const MAX_REWRAP_BATCH: u64 = 5000;
 use crate::domain::{Category, DekId, RecordId};
 use crate::envelope::{WrappedDek, rewrap_dek};
 use crate::keyring::{CustodianRecipient, Keyring, Passphrase, SealTo};
@@ -202,20 +206,23 @@ impl Vault {
                 continue;
             };
             loop {
+                // No ORDER BY: the (category, version) index hands out the next batch without
+                // sorting every DEK still to move, so each batch costs the same.
                 let rows = dek::Entity::find()
                     .filter(dek::Column::Category.eq(cat.as_str()))
                     .filter(dek::Column::KekVersion.lt(newest as i32))
-                    .order_by_asc(dek::Column::Id)
-                    .limit(batch.max(1))
+                    // Bounded so one UPDATE stays under SQLite's 32,766 bound parameters.
+                    .limit(batch.clamp(1, MAX_REWRAP_BATCH))
                     .all(&self.stores().keys)
                     .await
                     .map_err(StoreError::keys)?;
                 if rows.is_empty() {
                     break;
                 }
-                let txn = sea_orm::TransactionTrait::begin(&self.stores().keys)
-                    .await
-                    .map_err(StoreError::keys)?;
+                // One UPDATE per old version in the batch, each DEK's new wrapping chosen by id.
+                // The version filter keeps the compare-and-set: a DEK another rewrap moved
+                // meanwhile is left as it is and not counted.
+                let mut by_version: BTreeMap<i32, (Vec<String>, CaseStatement)> = BTreeMap::new();
                 for r in &rows {
                     let record = RecordId::parse(&r.record_id)
                         .map_err(|_| VaultError::CorruptRow("record id"))?;
@@ -234,11 +241,25 @@ impl Vault {
                                 source,
                             }
                         })?;
+                    let (ids, case) = by_version
+                        .entry(r.kek_version)
+                        .or_insert_with(|| (Vec::new(), CaseStatement::new()));
+                    *case = std::mem::take(case)
+                        .case(dek::Column::Id.eq(r.id.clone()), Expr::value(wrapped));
+                    ids.push(r.id.clone());
+                }
+                let txn = sea_orm::TransactionTrait::begin(&self.stores().keys)
+                    .await
+                    .map_err(StoreError::keys)?;
+                for (old, (ids, case)) in by_version {
                     let done = dek::Entity::update_many()
-                        .col_expr(dek::Column::Wrapped, Expr::value(wrapped))
+                        .col_expr(
+                            dek::Column::Wrapped,
+                            case.finally(Expr::col(dek::Column::Wrapped)).into(),
+                        )
                         .col_expr(dek::Column::KekVersion, Expr::value(newest as i32))
-                        .filter(dek::Column::Id.eq(r.id.clone()))
-                        .filter(dek::Column::KekVersion.eq(r.kek_version))
+                        .filter(dek::Column::Id.is_in(ids))
+                        .filter(dek::Column::KekVersion.eq(old))
                         .exec(&txn)
                         .await
                         .map_err(StoreError::keys)?;
