@@ -23,6 +23,9 @@ use crate::store::StoreError;
 use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
 use crate::vault::{Vault, VaultError};
 
+/// Records shredded per pair of transactions in a sweep.
+const SWEEP_CHUNK: usize = 200;
+
 /// One (record, category) with an expiry date.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionItem {
@@ -328,94 +331,111 @@ impl Vault {
             held,
         };
         let total = by_record.len();
-        for (
-            n,
-            (
-                rid,
-                Due {
-                    subject,
-                    school,
-                    items: cats,
-                },
-            ),
-        ) in by_record.into_iter().enumerate()
-        {
-            let mut categories: Vec<Category> = cats.iter().map(|(c, _)| c.clone()).collect();
-            categories.sort();
+        let due: Vec<(RecordId, Due)> = by_record.into_iter().collect();
+        let mut done = 0;
+        // A chunk of records shares one key-store and one data-store transaction and one audit
+        // append: per-record commits capped the sweep at the disk's fsync rate.
+        for chunk in due.chunks(SWEEP_CHUNK) {
             if !dry_run {
-                let rules: Vec<String> = cats.iter().map(|(_, r)| r.clone()).collect();
-                self.shred_categories(rid, subject, school, &categories, &rules.join("; "))
-                    .await?;
+                self.shred_chunk(chunk).await?;
             }
-            report.shredded.push((rid, categories));
-            progress(n + 1, total);
+            for (rid, d) in chunk {
+                let mut categories: Vec<Category> =
+                    d.items.iter().map(|(c, _)| c.clone()).collect();
+                categories.sort();
+                report.shredded.push((*rid, categories));
+            }
+            done += chunk.len();
+            progress(done, total);
         }
         Ok(report)
     }
 
-    async fn shred_categories(
-        &self,
-        rid: RecordId,
-        subject: SubjectId,
-        school: SchoolId,
-        cats: &[Category],
-        rule: &str,
-    ) -> Result<(), VaultError> {
-        let names: Vec<&str> = cats.iter().map(Category::as_str).collect();
-        let destroyed = dek::Entity::delete_many()
-            .filter(dek::Column::RecordId.eq(rid.to_string()))
-            .filter(dek::Column::Category.is_in(names.clone()))
-            .exec(&self.stores().keys)
-            .await
-            .map_err(StoreError::keys)?
-            .rows_affected;
+    /// Shreds the due categories of a chunk of records: their DEKs first (one key-store
+    /// transaction), then their fields, states and shred-log rows (one data-store transaction),
+    /// then one shred certificate per record in the audit log. A crash between the two
+    /// transactions leaves ciphertext no key opens; the next sweep finds it due and finishes.
+    async fn shred_chunk(&self, chunk: &[(RecordId, Due)]) -> Result<(), VaultError> {
+        let names = |d: &Due| -> Vec<String> {
+            d.items.iter().map(|(c, _)| c.as_str().to_owned()).collect()
+        };
+        let txn = self.stores().keys.begin().await.map_err(StoreError::keys)?;
+        let mut destroyed = Vec::with_capacity(chunk.len());
+        for (rid, d) in chunk {
+            destroyed.push(
+                dek::Entity::delete_many()
+                    .filter(dek::Column::RecordId.eq(rid.to_string()))
+                    .filter(dek::Column::Category.is_in(names(d)))
+                    .exec(&txn)
+                    .await
+                    .map_err(StoreError::keys)?
+                    .rows_affected,
+            );
+        }
+        txn.commit().await.map_err(StoreError::keys)?;
+
+        let now = self.now();
         let txn = self.stores().data.begin().await.map_err(StoreError::data)?;
-        let deleted = record_field::Entity::delete_many()
-            .filter(record_field::Column::RecordId.eq(rid.to_string()))
-            .filter(record_field::Column::Category.is_in(names))
-            .exec(&txn)
-            .await
-            .map_err(StoreError::data)?
-            .rows_affected;
-        let left = record_field::Entity::find()
-            .filter(record_field::Column::RecordId.eq(rid.to_string()))
-            .count(&txn)
-            .await
-            .map_err(StoreError::data)?;
-        if left == 0 {
-            record::Entity::update_many()
-                .col_expr(record::Column::State, Expr::value("shredded"))
-                .col_expr(record::Column::UpdatedAt, Expr::value(self.now()))
-                .filter(record::Column::Id.eq(rid.to_string()))
+        let mut events = Vec::with_capacity(chunk.len());
+        let mut log = Vec::with_capacity(chunk.len());
+        for ((rid, d), destroyed) in chunk.iter().zip(destroyed) {
+            let deleted = record_field::Entity::delete_many()
+                .filter(record_field::Column::RecordId.eq(rid.to_string()))
+                .filter(record_field::Column::Category.is_in(names(d)))
                 .exec(&txn)
                 .await
+                .map_err(StoreError::data)?
+                .rows_affected;
+            let left = record_field::Entity::find()
+                .filter(record_field::Column::RecordId.eq(rid.to_string()))
+                .count(&txn)
+                .await
                 .map_err(StoreError::data)?;
-        }
-        shred_log::Entity::insert(shred_log::ActiveModel {
-            record_id: Set(rid.to_string()),
-            categories: Set(cats
+            if left == 0 {
+                record::Entity::update_many()
+                    .col_expr(record::Column::State, Expr::value("shredded"))
+                    .col_expr(record::Column::UpdatedAt, Expr::value(now))
+                    .filter(record::Column::Id.eq(rid.to_string()))
+                    .exec(&txn)
+                    .await
+                    .map_err(StoreError::data)?;
+            }
+            let mut cats: Vec<Category> = d.items.iter().map(|(c, _)| c.clone()).collect();
+            cats.sort();
+            let rule = d
+                .items
                 .iter()
-                .map(Category::as_str)
+                .map(|(_, r)| r.as_str())
                 .collect::<Vec<_>>()
-                .join(",")),
-            rule: Set(rule.chars().take(200).collect()),
-            at: Set(self.now()),
-            ..Default::default()
-        })
-        .exec_without_returning(&txn)
-        .await
-        .map_err(StoreError::data)?;
+                .join("; ");
+            log.push(shred_log::ActiveModel {
+                record_id: Set(rid.to_string()),
+                categories: Set(cats
+                    .iter()
+                    .map(Category::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")),
+                rule: Set(rule.chars().take(200).collect()),
+                at: Set(now),
+                ..Default::default()
+            });
+            let mut ev = AuditEvent::new("custodian", "retention.shred", Outcome::Done);
+            ev.school = Some(d.school.clone());
+            ev.subject = Some(d.subject);
+            ev.record = Some(*rid);
+            ev.categories = cats;
+            ev.reason = Some(format!(
+                "shred certificate: rule {rule}; {destroyed} keys destroyed, {deleted} fields deleted{}",
+                if left == 0 { "; record shredded" } else { "" }
+            ));
+            events.push(ev);
+        }
+        shred_log::Entity::insert_many(log)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(StoreError::data)?;
         txn.commit().await.map_err(StoreError::data)?;
-        let mut ev = AuditEvent::new("custodian", "retention.shred", Outcome::Done);
-        ev.school = Some(school);
-        ev.subject = Some(subject);
-        ev.record = Some(rid);
-        ev.categories = cats.to_vec();
-        ev.reason = Some(format!(
-            "shred certificate: rule {rule}; {destroyed} keys destroyed, {deleted} fields deleted{}",
-            if left == 0 { "; record shredded" } else { "" }
-        ));
-        self.audit().append(vec![ev]).await?;
+        self.audit().append(events).await?;
         Ok(())
     }
 
