@@ -701,6 +701,31 @@ async fn audit_log_detects_edits_removals_and_reordering(backend: Backend) {
         t2.t.vault.verify_audit().await.unwrap().problem,
         Some(AuditProblem::Truncated { .. })
     ));
+    // Rewinding the head as well is still caught, by the signed checkpoint past the end.
+    tamper(&t2, &format!("UPDATE audit_head SET seq = {}", max - 1)).await;
+    assert_eq!(
+        t2.t.vault.verify_audit().await.unwrap().problem,
+        Some(AuditProblem::Truncated {
+            last: max - 1,
+            expected: max
+        })
+    );
+
+    // A checkpoint whose signature is not the audit key's over its own hash is named.
+    let t3 = school_day(backend).await;
+    let report = t3.t.vault.verify_audit().await.unwrap();
+    assert!(report.checkpoints >= 2, "{report:?}");
+    tamper(
+        &t3,
+        "UPDATE audit_checkpoints SET signature = \
+         (SELECT signature FROM audit_checkpoints WHERE seq = (SELECT MIN(seq) FROM audit_checkpoints)) \
+         WHERE seq = (SELECT MAX(seq) FROM audit_checkpoints)",
+    )
+    .await;
+    assert!(matches!(
+        t3.t.vault.verify_audit().await.unwrap().problem,
+        Some(AuditProblem::BadCheckpoint { .. })
+    ));
 }
 
 async fn audit_never_holds_values(backend: Backend) {

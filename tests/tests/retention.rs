@@ -193,6 +193,29 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
             .unwrap()
             .starts_with("shred certificate: rule")
     }));
+    // Each certificate counts what its own record lost, and says whether the record is gone.
+    let cert = |r: RecordId| {
+        certs
+            .iter()
+            .find(|e| e.record.as_deref() == Some(r.to_string().as_str()))
+            .and_then(|e| e.reason.clone())
+            .unwrap()
+    };
+    assert!(
+        cert(ra).ends_with("; 3 keys destroyed, 3 fields deleted"),
+        "{}",
+        cert(ra)
+    );
+    assert!(
+        cert(rg).ends_with("; 1 keys destroyed, 1 fields deleted; record shredded"),
+        "{}",
+        cert(rg)
+    );
+    assert!(
+        cert(re).ends_with("; 1 keys destroyed, 1 fields deleted"),
+        "{}",
+        cert(re)
+    );
     assert!(!format!("{log:?}").contains("MARKER"));
     assert_eq!(v.shred_log().await.unwrap().len(), 3);
     assert!(

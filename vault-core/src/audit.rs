@@ -15,7 +15,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -246,15 +246,13 @@ async fn write_batch(
     batch: &[Pending],
 ) -> Result<(), sea_orm::DbErr> {
     let txn = db.begin().await?;
-    // Take the chain's write lock before reading the head.
-    audit_head::Entity::update_many()
+    // Take the chain's write lock and read the head in one statement.
+    let head = audit_head::Entity::update_many()
         .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
         .filter(audit_head::Column::Id.eq(1))
-        .exec(&txn)
-        .await?;
-    let head = audit_head::Entity::find_by_id(1)
-        .one(&txn)
+        .exec_with_returning(&txn)
         .await?
+        .pop()
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("audit_head".into()))?;
     let (mut seq, mut prev) = (head.seq, head.hash);
     let at = micros(clock.now());
@@ -299,9 +297,14 @@ async fn write_batch(
     if rows.is_empty() {
         return txn.rollback().await;
     }
-    audit_entry::Entity::insert_many(rows)
-        .exec_without_returning(&txn)
-        .await?;
+    // Bounded statements: a sweep certifies up to a thousand records in one append.
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(500).collect();
+        audit_entry::Entity::insert_many(chunk)
+            .exec_without_returning(&txn)
+            .await?;
+    }
     audit_head::Entity::update_many()
         .col_expr(audit_head::Column::Seq, Expr::value(seq))
         .col_expr(audit_head::Column::Hash, Expr::value(prev.clone()))
@@ -369,47 +372,62 @@ impl AuditLog {
             .map_err(AuditError::Write)
     }
 
-    /// Walks the whole chain and the checkpoints.
+    /// Walks the whole chain and the checkpoints in one pass over one streamed query; memory
+    /// stays flat in the length of the log (only the checkpoints are held).
     pub(crate) async fn verify(&self, db: &DatabaseConnection) -> Result<AuditReport, AuditError> {
+        use futures_util::TryStreamExt as _;
+        let cps = audit_checkpoint::Entity::find()
+            .order_by_asc(audit_checkpoint::Column::Seq)
+            .all(db)
+            .await
+            .map_err(AuditError::Read)?;
+        let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
+        let mut next_cp = cps.iter().peekable();
         let mut expected_seq = 1i64;
         let mut prev = vec![0u8; 32];
         let mut entries = 0u64;
+        let mut checkpoints = 0u64;
         let mut problem = None;
-        let mut hashes: std::collections::HashMap<i64, Vec<u8>> = Default::default();
-        'pages: loop {
-            let page = audit_entry::Entity::find()
-                .filter(audit_entry::Column::Seq.gte(expected_seq))
+        {
+            let mut rows = audit_entry::Entity::find()
                 .order_by_asc(audit_entry::Column::Seq)
-                .limit(1000)
-                .all(db)
+                .stream(db)
                 .await
                 .map_err(AuditError::Read)?;
-            if page.is_empty() {
-                break;
-            }
-            for m in page {
+            while let Some(m) = rows.try_next().await.map_err(AuditError::Read)? {
                 let (r, stored_prev, stored_hash) = to_record(m);
                 if r.seq != expected_seq {
                     problem = Some(AuditProblem::Missing { seq: expected_seq });
-                    break 'pages;
+                    break;
                 }
                 if stored_prev != prev {
                     problem = Some(AuditProblem::OutOfOrder { seq: r.seq });
-                    break 'pages;
+                    break;
                 }
                 if entry_hash(&prev, &r) != stored_hash {
                     problem = Some(AuditProblem::Altered { seq: r.seq });
-                    break 'pages;
+                    break;
                 }
-                hashes.insert(r.seq, stored_hash.clone());
+                // Checkpoints at or before this entry: each must sign a hash the chain has.
+                while let Some(cp) = next_cp.next_if(|cp| cp.seq <= r.seq) {
+                    let signed = key
+                        .verify(&checkpoint_message(cp.seq, &cp.hash), &cp.signature)
+                        .is_ok();
+                    if !signed || cp.seq != r.seq || cp.hash != stored_hash {
+                        problem = Some(AuditProblem::BadCheckpoint { seq: cp.seq });
+                        break;
+                    }
+                    checkpoints += 1;
+                }
+                if problem.is_some() {
+                    break;
+                }
                 prev = stored_hash;
                 expected_seq += 1;
                 entries += 1;
             }
         }
         let last = expected_seq - 1;
-        let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
-        let mut checkpoints = 0u64;
         if problem.is_none() {
             let head = audit_head::Entity::find_by_id(1)
                 .one(db)
@@ -424,29 +442,14 @@ impl AuditLog {
                 });
             }
         }
-        if problem.is_none() {
-            let cps = audit_checkpoint::Entity::find()
-                .order_by_asc(audit_checkpoint::Column::Seq)
-                .all(db)
-                .await
-                .map_err(AuditError::Read)?;
-            for cp in cps {
-                if cp.seq > last {
-                    problem = Some(AuditProblem::Truncated {
-                        last,
-                        expected: cp.seq,
-                    });
-                    break;
-                }
-                let signed = key
-                    .verify(&checkpoint_message(cp.seq, &cp.hash), &cp.signature)
-                    .is_ok();
-                if !signed || hashes.get(&cp.seq) != Some(&cp.hash) {
-                    problem = Some(AuditProblem::BadCheckpoint { seq: cp.seq });
-                    break;
-                }
-                checkpoints += 1;
-            }
+        if problem.is_none()
+            && let Some(cp) = next_cp.next()
+        {
+            // A checkpoint beyond the last entry: entries at the end were removed.
+            problem = Some(AuditProblem::Truncated {
+                last,
+                expected: cp.seq,
+            });
         }
         Ok(AuditReport {
             entries,

@@ -7,13 +7,13 @@
 //! ciphertext (data store). A crash between leaves ciphertext that no key opens, which reads as
 //! shredded and is deleted by the next sweep: a sweep can always be run again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
 use crate::audit::{AuditEvent, Outcome};
@@ -23,8 +23,9 @@ use crate::store::StoreError;
 use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
 use crate::vault::{Vault, VaultError};
 
-/// Records shredded per pair of transactions in a sweep.
-const SWEEP_CHUNK: usize = 200;
+/// Records shredded per pair of transactions in a sweep: a tenth of the sweep, so progress is
+/// reported about ten times, between these bounds.
+const SWEEP_CHUNK: (usize, usize) = (50, 1000);
 
 /// One (record, category) with an expiry date.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -335,7 +336,8 @@ impl Vault {
         let mut done = 0;
         // A chunk of records shares one key-store and one data-store transaction and one audit
         // append: per-record commits capped the sweep at the disk's fsync rate.
-        for chunk in due.chunks(SWEEP_CHUNK) {
+        let chunk_len = (total / 10).clamp(SWEEP_CHUNK.0, SWEEP_CHUNK.1);
+        for chunk in due.chunks(chunk_len) {
             if !dry_run {
                 self.shred_chunk(chunk).await?;
             }
@@ -355,51 +357,96 @@ impl Vault {
     /// transaction), then their fields, states and shred-log rows (one data-store transaction),
     /// then one shred certificate per record in the audit log. A crash between the two
     /// transactions leaves ciphertext no key opens; the next sweep finds it due and finishes.
+    /// Statements are per set of due categories, not per record: records expire in cohorts.
     async fn shred_chunk(&self, chunk: &[(RecordId, Due)]) -> Result<(), VaultError> {
-        let names = |d: &Due| -> Vec<String> {
-            d.items.iter().map(|(c, _)| c.as_str().to_owned()).collect()
+        let ids: Vec<String> = chunk.iter().map(|(r, _)| r.to_string()).collect();
+        let due_of: BTreeMap<String, BTreeSet<String>> = chunk
+            .iter()
+            .map(|(r, d)| {
+                let cats = d.items.iter().map(|(c, _)| c.as_str().to_owned()).collect();
+                (r.to_string(), cats)
+            })
+            .collect();
+        // Records grouped by their set of due categories: one DELETE per group and store.
+        let mut groups: BTreeMap<&BTreeSet<String>, Vec<String>> = BTreeMap::new();
+        for (rid, cats) in &due_of {
+            groups.entry(cats).or_default().push(rid.clone());
+        }
+        // (record, category) pairs held now, to certify what each record lost and kept.
+        let count_due = |pairs: &[(String, String)]| -> BTreeMap<String, (u64, u64)> {
+            let mut n: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for (rid, cat) in pairs {
+                let e = n.entry(rid.clone()).or_default();
+                if due_of.get(rid).is_some_and(|d| d.contains(cat)) {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            n
         };
+
         let txn = self.stores().keys.begin().await.map_err(StoreError::keys)?;
-        let mut destroyed = Vec::with_capacity(chunk.len());
-        for (rid, d) in chunk {
-            destroyed.push(
-                dek::Entity::delete_many()
-                    .filter(dek::Column::RecordId.eq(rid.to_string()))
-                    .filter(dek::Column::Category.is_in(names(d)))
-                    .exec(&txn)
-                    .await
-                    .map_err(StoreError::keys)?
-                    .rows_affected,
-            );
+        let held: Vec<(String, String)> = dek::Entity::find()
+            .select_only()
+            .column(dek::Column::RecordId)
+            .column(dek::Column::Category)
+            .filter(dek::Column::RecordId.is_in(ids.clone()))
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(StoreError::keys)?;
+        let destroyed = count_due(&held);
+        for (cats, rids) in &groups {
+            dek::Entity::delete_many()
+                .filter(dek::Column::RecordId.is_in(rids.iter().cloned()))
+                .filter(dek::Column::Category.is_in(cats.iter().cloned()))
+                .exec(&txn)
+                .await
+                .map_err(StoreError::keys)?;
         }
         txn.commit().await.map_err(StoreError::keys)?;
 
         let now = self.now();
         let txn = self.stores().data.begin().await.map_err(StoreError::data)?;
-        let mut events = Vec::with_capacity(chunk.len());
-        let mut log = Vec::with_capacity(chunk.len());
-        for ((rid, d), destroyed) in chunk.iter().zip(destroyed) {
-            let deleted = record_field::Entity::delete_many()
-                .filter(record_field::Column::RecordId.eq(rid.to_string()))
-                .filter(record_field::Column::Category.is_in(names(d)))
+        let present: Vec<(String, String)> = record_field::Entity::find()
+            .select_only()
+            .column(record_field::Column::RecordId)
+            .column(record_field::Column::Category)
+            .filter(record_field::Column::RecordId.is_in(ids.clone()))
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(StoreError::data)?;
+        let fields = count_due(&present);
+        for (cats, rids) in &groups {
+            record_field::Entity::delete_many()
+                .filter(record_field::Column::RecordId.is_in(rids.iter().cloned()))
+                .filter(record_field::Column::Category.is_in(cats.iter().cloned()))
                 .exec(&txn)
                 .await
-                .map_err(StoreError::data)?
-                .rows_affected;
-            let left = record_field::Entity::find()
-                .filter(record_field::Column::RecordId.eq(rid.to_string()))
-                .count(&txn)
+                .map_err(StoreError::data)?;
+        }
+        let gone: Vec<String> = ids
+            .iter()
+            .filter(|r| fields.get(*r).is_none_or(|(_, kept)| *kept == 0))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            record::Entity::update_many()
+                .col_expr(record::Column::State, Expr::value("shredded"))
+                .col_expr(record::Column::UpdatedAt, Expr::value(now))
+                .filter(record::Column::Id.is_in(gone))
+                .exec(&txn)
                 .await
                 .map_err(StoreError::data)?;
-            if left == 0 {
-                record::Entity::update_many()
-                    .col_expr(record::Column::State, Expr::value("shredded"))
-                    .col_expr(record::Column::UpdatedAt, Expr::value(now))
-                    .filter(record::Column::Id.eq(rid.to_string()))
-                    .exec(&txn)
-                    .await
-                    .map_err(StoreError::data)?;
-            }
+        }
+        let mut events = Vec::with_capacity(chunk.len());
+        let mut log = Vec::with_capacity(chunk.len());
+        for (rid, d) in chunk {
+            let key = rid.to_string();
+            let destroyed = destroyed.get(&key).map_or(0, |n| n.0);
+            let (deleted, kept) = fields.get(&key).copied().unwrap_or_default();
             let mut cats: Vec<Category> = d.items.iter().map(|(c, _)| c.clone()).collect();
             cats.sort();
             let rule = d
@@ -409,7 +456,7 @@ impl Vault {
                 .collect::<Vec<_>>()
                 .join("; ");
             log.push(shred_log::ActiveModel {
-                record_id: Set(rid.to_string()),
+                record_id: Set(key),
                 categories: Set(cats
                     .iter()
                     .map(Category::as_str)
@@ -426,7 +473,7 @@ impl Vault {
             ev.categories = cats;
             ev.reason = Some(format!(
                 "shred certificate: rule {rule}; {destroyed} keys destroyed, {deleted} fields deleted{}",
-                if left == 0 { "; record shredded" } else { "" }
+                if kept == 0 { "; record shredded" } else { "" }
             ));
             events.push(ev);
         }
