@@ -3,7 +3,7 @@
 //! an injected clock, never by sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
@@ -23,6 +23,7 @@ on_both_backends!(
     audit_log_detects_edits_removals_and_reordering,
     audit_never_holds_values,
     concurrent_reads_share_audit_transactions,
+    a_create_and_its_audit_entry_commit_together,
     blocked_subjects_are_stored_not_processed,
 );
 
@@ -774,6 +775,73 @@ async fn audit_never_holds_values(backend: Backend) {
         "positive control: audit rows are in the scan"
     );
     assert!(!contains(&raw, b"MARKER"));
+}
+
+/// Group commit writes each create's audit entry in the record's own transaction: 24
+/// concurrent creates give 24 entries naming 24 stored records; one the database refuses (a
+/// trigger stands in for any failure) leaves neither a record nor an entry, and the chain holds.
+async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
+    let s = school_day(backend).await;
+    let v = &s.t.vault;
+    let other = v
+        .create_subject(NewSubject {
+            school: school("school-1"),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let sql = match backend {
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{other}' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ),
+        Backend::Postgres => format!(
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.subject_id = '{other}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER poison BEFORE INSERT ON records \
+             FOR EACH ROW EXECUTE FUNCTION poison()"
+        ),
+    };
+    tamper(&s, &sql).await;
+    let before = v.audit_entries().await.unwrap().len();
+    let student = RecordType::parse("student").unwrap();
+    let why = purpose("legal_administrative");
+    let writes = (0..25).map(|i| {
+        let (s, student, why) = (&s, &student, &why);
+        async move {
+            let who = if i == 7 { other } else { s.student };
+            let f = fields(&[("full_name", &format!("Student {i}"))]);
+            v.write_record_as(&s.admissions, who, student, &f, why)
+                .await
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let stored: BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(stored.len(), 24);
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    let log = v.audit_entries().await.unwrap();
+    let writes: BTreeSet<String> = log[before..]
+        .iter()
+        .filter(|e| e.action == "record.write" && e.outcome == "allowed")
+        .filter_map(|e| e.record.clone())
+        .collect();
+    assert_eq!(
+        writes, stored,
+        "one entry per stored record, none for the refused one"
+    );
+    assert!(
+        !log[before..]
+            .iter()
+            .any(|e| e.subject.as_deref() == Some(other.to_string().as_str()))
+    );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
 }
 
 async fn concurrent_reads_share_audit_transactions(backend: Backend) {

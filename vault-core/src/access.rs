@@ -1818,19 +1818,19 @@ impl Vault {
             Action::Write,
         )
         .await?;
-        let meta = self.write_record_for(&subj, record_type, fields).await?;
-        self.audit()
-            .append(vec![self.event(
+        // The entry is committed with the record, in the same transaction.
+        self.write_record_for(&subj, record_type, fields, |meta| {
+            vec![self.event(
                 p,
                 "record.write",
                 Outcome::Allowed,
                 &subj,
                 Some(meta.id),
-                cats.into_iter().collect(),
+                cats.iter().cloned().collect(),
                 Some(purpose),
-            )])
-            .await?;
-        Ok(meta)
+            )]
+        })
+        .await
     }
 
     /// Updates a record for a purpose, with the same checks as a write.

@@ -14,8 +14,8 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -161,6 +161,7 @@ struct Pending {
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<Pending>,
     public_key: Vec<u8>,
+    chain: Arc<Chain>,
 }
 
 fn put(buf: &mut Vec<u8>, b: &[u8]) {
@@ -239,25 +240,59 @@ fn to_record(m: audit_entry::Model) -> (AuditRecord, Vec<u8>, Vec<u8>) {
     )
 }
 
+/// What appends to the chain: the signing key and the clock. Shared by the audit writer task
+/// and the record writer, which appends a create's entry in the record's own transaction.
+pub(crate) struct Chain {
+    signer: Ed25519KeyPair,
+    clock: Arc<dyn Clock>,
+}
+
+impl Chain {
+    /// Appends `events` inside `txn`: locks the head, links and inserts the entries, moves the
+    /// head and signs a checkpoint. The caller commits.
+    pub(crate) async fn append_in<'e>(
+        &self,
+        txn: &DatabaseTransaction,
+        events: impl IntoIterator<Item = &'e AuditEvent>,
+    ) -> Result<(), sea_orm::DbErr> {
+        append_in(txn, &self.signer, self.clock.as_ref(), events).await
+    }
+}
+
 async fn write_batch(
     db: &DatabaseConnection,
-    signer: &Ed25519KeyPair,
-    clock: &dyn Clock,
+    chain: &Chain,
     batch: &[Pending],
 ) -> Result<(), sea_orm::DbErr> {
     let txn = db.begin().await?;
+    chain
+        .append_in(&txn, batch.iter().flat_map(|p| &p.events))
+        .await?;
+    txn.commit().await
+}
+
+async fn append_in<'e>(
+    txn: &DatabaseTransaction,
+    signer: &Ed25519KeyPair,
+    clock: &dyn Clock,
+    events: impl IntoIterator<Item = &'e AuditEvent>,
+) -> Result<(), sea_orm::DbErr> {
+    let events: Vec<&AuditEvent> = events.into_iter().collect();
+    if events.is_empty() {
+        return Ok(());
+    }
     // Take the chain's write lock and read the head in one statement.
     let head = audit_head::Entity::update_many()
         .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
         .filter(audit_head::Column::Id.eq(1))
-        .exec_with_returning(&txn)
+        .exec_with_returning(txn)
         .await?
         .pop()
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("audit_head".into()))?;
     let (mut seq, mut prev) = (head.seq, head.hash);
     let at = micros(clock.now());
     let mut rows = Vec::new();
-    for ev in batch.iter().flat_map(|p| &p.events) {
+    for ev in events {
         seq += 1;
         let r = AuditRecord {
             seq,
@@ -294,22 +329,19 @@ async fn write_batch(
         });
         prev = hash;
     }
-    if rows.is_empty() {
-        return txn.rollback().await;
-    }
     // Bounded statements: a sweep certifies up to a thousand records in one append.
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<_> = rows.by_ref().take(500).collect();
         audit_entry::Entity::insert_many(chunk)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
     audit_head::Entity::update_many()
         .col_expr(audit_head::Column::Seq, Expr::value(seq))
         .col_expr(audit_head::Column::Hash, Expr::value(prev.clone()))
         .filter(audit_head::Column::Id.eq(1))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     let sig = signer.sign(&checkpoint_message(seq, &prev));
     audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
@@ -318,9 +350,9 @@ async fn write_batch(
         signature: Set(sig.as_ref().to_vec()),
         at: Set(at),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await?;
-    txn.commit().await
+    Ok(())
 }
 
 impl AuditLog {
@@ -333,8 +365,11 @@ impl AuditLog {
         let signer = Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|_| AuditError::Write("invalid audit signing key".into()))?;
         let public_key = signer.public_key().as_ref().to_vec();
+        let chain = Arc::new(Chain { signer, clock });
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        let writer_chain = chain.clone();
         tokio::spawn(async move {
+            let chain = writer_chain;
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -343,18 +378,25 @@ impl AuditLog {
                         Err(_) => break,
                     }
                 }
-                let result = write_batch(&db, &signer, clock.as_ref(), &batch)
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "audit batch failed");
-                        e.to_string()
-                    });
+                let result = write_batch(&db, &chain, &batch).await.map_err(|e| {
+                    tracing::error!(error = %e, "audit batch failed");
+                    e.to_string()
+                });
                 for p in batch {
                     let _ = p.done.send(result.clone());
                 }
             }
         });
-        Ok(AuditLog { tx, public_key })
+        Ok(AuditLog {
+            tx,
+            public_key,
+            chain,
+        })
+    }
+
+    /// The chain, for appends inside another transaction.
+    pub(crate) fn chain(&self) -> Arc<Chain> {
+        self.chain.clone()
     }
 
     /// Appends events and waits until they are committed.

@@ -120,7 +120,7 @@ impl Entropy {
     }
 
     fn dek_id(&mut self, rng: &SystemRandom) -> Result<DekId, CryptoError> {
-        let mut b = [0u8; 16];
+        let mut b = [0u8; 10];
         self.fill(rng, &mut b)?;
         Ok(DekId::from_random_bytes(b))
     }

@@ -18,7 +18,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use crate::audit::{AuditError, AuditLog, AuditRecord, AuditReport};
+use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport};
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -366,7 +366,7 @@ impl Vault {
             keyring.newest_kek(c)?;
         }
         let audit = AuditLog::start(stores.data.clone(), keyring.audit_seed(), clock.clone())?;
-        let writer = RecordWriter::start(stores.clone());
+        let writer = RecordWriter::start(stores.clone(), audit.chain());
         let vault = Vault {
             policy,
             keyring: std::sync::RwLock::new(Arc::new(keyring)),
@@ -653,15 +653,18 @@ impl Vault {
         fields: &BTreeMap<FieldName, FieldValue>,
     ) -> Result<RecordMeta, VaultError> {
         let subj = self.subject(subject_id).await?;
-        self.write_record_for(&subj, record_type, fields).await
+        self.write_record_for(&subj, record_type, fields, |_| Vec::new())
+            .await
     }
 
-    /// `write_record` for a subject already loaded.
+    /// `write_record` for a subject already loaded; `audit` gives the entries to commit with
+    /// the record, in the same transaction.
     pub(crate) async fn write_record_for(
         &self,
         subj: &Subject,
         record_type: &RecordType,
         fields: &BTreeMap<FieldName, FieldValue>,
+        audit: impl Fn(&RecordMeta) -> Vec<AuditEvent>,
     ) -> Result<RecordMeta, VaultError> {
         if fields.is_empty() {
             return Err(VaultError::EmptyRecord);
@@ -717,6 +720,7 @@ impl Vault {
                     updated_at: Set(now),
                 },
                 fields: rows,
+                audit: audit(&meta),
             };
             match self.writer.write(rec).await? {
                 Written::Stored => return Ok(meta),

@@ -4,6 +4,9 @@
 //! one data-store transaction for all their records and fields. Each caller is answered only
 //! after both commits, so an acknowledged record is as durable as before; nothing is relaxed.
 //!
+//! The audit entry of each create is appended to the chain in the same data-store transaction as
+//! the record: no record without its entry, and no separate audit commit.
+//!
 //! If a batch fails, its records are written again one by one, so one bad record (say, its
 //! subject was deleted meanwhile) fails alone and its neighbours still land.
 
@@ -13,6 +16,9 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
+use crate::audit::{AuditEvent, Chain};
 use crate::store::entities::{dek, keyring_row, record, record_field};
 use crate::store::{StoreError, Stores};
 use crate::vault::KEYRING_ROW;
@@ -29,6 +35,8 @@ pub(crate) struct NewRecord {
     pub deks: Vec<dek::ActiveModel>,
     pub record: record::ActiveModel,
     pub fields: Vec<record_field::ActiveModel>,
+    /// Audit entries committed in the same transaction as the record.
+    pub audit: Vec<AuditEvent>,
 }
 
 /// What became of one record.
@@ -52,7 +60,7 @@ pub(crate) struct RecordWriter {
 
 impl RecordWriter {
     /// Starts the writer on the current tokio runtime.
-    pub(crate) fn start(stores: Stores) -> Self {
+    pub(crate) fn start(stores: Stores, chain: Arc<Chain>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -63,7 +71,7 @@ impl RecordWriter {
                         Err(_) => break,
                     }
                 }
-                write_batch(&stores, batch).await;
+                write_batch(&stores, &chain, batch).await;
             }
         });
         RecordWriter { tx }
@@ -81,9 +89,9 @@ impl RecordWriter {
     }
 }
 
-async fn write_batch(stores: &Stores, batch: Vec<Pending>) {
+async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) {
     let recs: Vec<&NewRecord> = batch.iter().map(|p| &p.rec).collect();
-    match commit(stores, &recs).await {
+    match commit(stores, chain, &recs).await {
         Ok(outcomes) => {
             for (p, w) in batch.into_iter().zip(outcomes) {
                 let _ = p.done.send(Ok(w));
@@ -97,7 +105,7 @@ async fn write_batch(stores: &Stores, batch: Vec<Pending>) {
         Err(e) => {
             tracing::warn!(error = %e, records = batch.len(), "a write batch failed; writing its records one by one");
             for p in batch {
-                let r = commit(stores, &[&p.rec])
+                let r = commit(stores, chain, &[&p.rec])
                     .await
                     .map(|mut w| w.pop().unwrap_or(Written::StaleKeyring));
                 let _ = p.done.send(r);
@@ -108,7 +116,11 @@ async fn write_batch(stores: &Stores, batch: Vec<Pending>) {
 
 /// Commits the records sealed under the current keyring generation, DEKs first; reports the
 /// others as stale. On a data-store failure the batch's DEKs are removed again.
-async fn commit(stores: &Stores, recs: &[&NewRecord]) -> Result<Vec<Written>, StoreError> {
+async fn commit(
+    stores: &Stores,
+    chain: &Chain,
+    recs: &[&NewRecord],
+) -> Result<Vec<Written>, StoreError> {
     let txn = stores.keys.begin().await.map_err(StoreError::keys)?;
     let generation: Option<i64> = keyring_row::Entity::find_by_id(KEYRING_ROW)
         .select_only()
@@ -151,10 +163,12 @@ async fn commit(stores: &Stores, recs: &[&NewRecord]) -> Result<Vec<Written>, St
     insert_chunks(&txn, deks).await.map_err(StoreError::keys)?;
     txn.commit().await.map_err(StoreError::keys)?;
 
+    let events: Vec<&AuditEvent> = fresh.iter().flat_map(|r| &r.audit).collect();
     let data = async {
         let txn = stores.data.begin().await?;
         insert_chunks(&txn, records).await?;
         insert_chunks(&txn, fields).await?;
+        chain.append_in(&txn, events).await?;
         txn.commit().await
     }
     .await;
