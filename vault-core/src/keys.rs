@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{CaseStatement, Expr};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
 
 use crate::audit::{AuditEvent, Outcome};
 
@@ -222,7 +223,7 @@ impl Vault {
                 // One UPDATE per old version in the batch, each DEK's new wrapping chosen by id.
                 // The version filter keeps the compare-and-set: a DEK another rewrap moved
                 // meanwhile is left as it is and not counted.
-                let mut by_version: BTreeMap<i32, (Vec<String>, CaseStatement)> = BTreeMap::new();
+                let mut by_version: BTreeMap<i32, Vec<(String, Vec<u8>)>> = BTreeMap::new();
                 for r in &rows {
                     let record = RecordId::parse(&r.record_id)
                         .map_err(|_| VaultError::CorruptRow("record id"))?;
@@ -241,29 +242,18 @@ impl Vault {
                                 source,
                             }
                         })?;
-                    let (ids, case) = by_version
+                    by_version
                         .entry(r.kek_version)
-                        .or_insert_with(|| (Vec::new(), CaseStatement::new()));
-                    *case = std::mem::take(case)
-                        .case(dek::Column::Id.eq(r.id.clone()), Expr::value(wrapped));
-                    ids.push(r.id.clone());
+                        .or_default()
+                        .push((r.id.clone(), wrapped));
                 }
                 let txn = sea_orm::TransactionTrait::begin(&self.stores().keys)
                     .await
                     .map_err(StoreError::keys)?;
-                for (old, (ids, case)) in by_version {
-                    let done = dek::Entity::update_many()
-                        .col_expr(
-                            dek::Column::Wrapped,
-                            case.finally(Expr::col(dek::Column::Wrapped)).into(),
-                        )
-                        .col_expr(dek::Column::KekVersion, Expr::value(newest as i32))
-                        .filter(dek::Column::Id.is_in(ids))
-                        .filter(dek::Column::KekVersion.eq(old))
-                        .exec(&txn)
+                for (old, batch) in by_version {
+                    moved += rewrap_rows(&txn, newest as i32, old, batch)
                         .await
                         .map_err(StoreError::keys)?;
-                    moved += done.rows_affected;
                 }
                 txn.commit().await.map_err(StoreError::keys)?;
                 progress(RewrapProgress {
@@ -350,4 +340,47 @@ impl Vault {
         self.key_event("key.recipient_remove", Vec::new(), format!("recipient {r}"))
             .await
     }
+}
+
+/// Writes a batch of new wrappings in one statement: the new values are joined in by id from a
+/// VALUES list, and only rows still at `old` change, which keeps the compare-and-set against
+/// a concurrent rewrap. The same SQL runs on SQLite (3.33+) and PostgreSQL.
+async fn rewrap_rows(
+    txn: &DatabaseTransaction,
+    newest: i32,
+    old: i32,
+    rows: Vec<(String, Vec<u8>)>,
+) -> Result<u64, sea_orm::DbErr> {
+    let backend = txn.get_database_backend();
+    let mut n = 0usize;
+    let mut param = || {
+        n += 1;
+        match backend {
+            DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    };
+    let tuples: Vec<String> = rows
+        .iter()
+        .map(|_| format!("({}, {})", param(), param()))
+        .collect();
+    let sql = format!(
+        "WITH v(id, wrapped) AS (VALUES {}) \
+         UPDATE deks SET wrapped = v.wrapped, kek_version = {} \
+         FROM v WHERE deks.id = v.id AND deks.kek_version = {}",
+        tuples.join(", "),
+        param(),
+        param()
+    );
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * 2 + 2);
+    for (id, wrapped) in rows {
+        values.push(id.into());
+        values.push(wrapped.into());
+    }
+    values.push(newest.into());
+    values.push(old.into());
+    Ok(txn
+        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?
+        .rows_affected())
 }
