@@ -328,3 +328,22 @@ pub fn tool(name: &str) -> Option<Command> {
         None
     }
 }
+
+/// Makes the data store refuse any new record of `subject` (a trigger), standing in for any
+/// failure of one write among many.
+pub async fn refuse_records_of(db: &DatabaseConnection, subject: vault_core::SubjectId) {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => format!(
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.subject_id = '{subject}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER poison BEFORE INSERT ON records \
+             FOR EACH ROW EXECUTE FUNCTION poison()"
+        ),
+        _ => format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{subject}' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ),
+    };
+    db.execute_unprepared(&sql).await.unwrap();
+}

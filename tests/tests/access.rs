@@ -792,20 +792,7 @@ async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
         .await
         .unwrap()
         .id;
-    let sql = match backend {
-        Backend::Sqlite => format!(
-            "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{other}' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        ),
-        Backend::Postgres => format!(
-            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
-             IF NEW.subject_id = '{other}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
-             RETURN NEW; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER poison BEFORE INSERT ON records \
-             FOR EACH ROW EXECUTE FUNCTION poison()"
-        ),
-    };
-    tamper(&s, &sql).await;
+    vault_tests::refuse_records_of(&s.t.stores.raw_data().await, other).await;
     let before = v.audit_entries().await.unwrap().len();
     let student = RecordType::parse("student").unwrap();
     let why = purpose("legal_administrative");

@@ -633,27 +633,7 @@ async fn concurrent_writes_land_together_and_a_bad_one_fails_alone(backend: Back
     let good = subject(&t, SubjectKind::Student, None).await;
     let bad = subject(&t, SubjectKind::Student, None).await;
     let db = t.stores.raw_data().await;
-    match backend {
-        Backend::Sqlite => {
-            db.execute_unprepared(&format!(
-                "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{bad}' \
-                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-            ))
-            .await
-            .unwrap();
-        }
-        Backend::Postgres => {
-            db.execute_unprepared(&format!(
-                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.subject_id = '{bad}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
-                 RETURN NEW; END $$ LANGUAGE plpgsql; \
-                 CREATE TRIGGER poison BEFORE INSERT ON records \
-                 FOR EACH ROW EXECUTE FUNCTION poison()"
-            ))
-            .await
-            .unwrap();
-        }
-    }
+    vault_tests::refuse_records_of(&db, bad).await;
     let student = RecordType::parse("student").unwrap();
     let fields = |i: usize| -> BTreeMap<FieldName, FieldValue> {
         [

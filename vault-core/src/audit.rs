@@ -370,14 +370,7 @@ impl AuditLog {
         let writer_chain = chain.clone();
         tokio::spawn(async move {
             let chain = writer_chain;
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = crate::writer::next_batch(&mut rx, MAX_BATCH).await {
                 let result = write_batch(&db, &chain, &batch).await.map_err(|e| {
                     tracing::error!(error = %e, "audit batch failed");
                     e.to_string()

@@ -63,14 +63,7 @@ impl RecordWriter {
     pub(crate) fn start(stores: Stores, chain: Arc<Chain>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(1024);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
                 write_batch(&stores, &chain, batch).await;
             }
         });
@@ -87,6 +80,19 @@ impl RecordWriter {
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
+}
+
+/// Waits for one item, then takes every item already waiting, up to `max`: what a group
+/// commit writes at once. `None` once every sender is gone.
+pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) {
