@@ -216,21 +216,41 @@ impl Vault {
 
     /// What expires when: every (record, category) whose rule gives a date, with its hold status.
     pub async fn retention_plan(&self) -> Result<Vec<RetentionItem>, VaultError> {
-        let subjects: BTreeMap<String, subject::Model> = subject::Entity::find()
+        // Only the columns the rules need, each id parsed once: the plan of a sweep covers every
+        // active record, so its time and memory are the sweep's.
+        type SubjectCols = (String, String, Option<DateTime<Utc>>);
+        let mut subjects: BTreeMap<String, (SubjectId, SchoolId, Option<DateTime<Utc>>)> =
+            BTreeMap::new();
+        for (id, school, left_at) in subject::Entity::find()
+            .select_only()
+            .column(subject::Column::Id)
+            .column(subject::Column::SchoolId)
+            .column(subject::Column::LeftAt)
+            .into_tuple::<SubjectCols>()
             .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
-        let records: BTreeMap<String, record::Model> = record::Entity::find()
+        {
+            let sid = SubjectId::parse(&id).map_err(|_| VaultError::CorruptRow("subject id"))?;
+            let school =
+                SchoolId::parse(&school).map_err(|_| VaultError::CorruptRow("school id"))?;
+            subjects.insert(id, (sid, school, left_at));
+        }
+        let mut records: BTreeMap<String, (RecordId, String, DateTime<Utc>)> = BTreeMap::new();
+        for (id, subject_id, created_at) in record::Entity::find()
+            .select_only()
+            .column(record::Column::Id)
+            .column(record::Column::SubjectId)
+            .column(record::Column::CreatedAt)
             .filter(record::Column::State.eq("active"))
+            .into_tuple::<(String, String, DateTime<Utc>)>()
             .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+        {
+            let rid = RecordId::parse(&id).map_err(|_| VaultError::CorruptRow("record id"))?;
+            records.insert(id, (rid, subject_id, created_at));
+        }
         let pairs: Vec<(String, String)> = record_field::Entity::find()
             .select_only()
             .column(record_field::Column::RecordId)
@@ -246,50 +266,52 @@ impl Vault {
             .into_iter()
             .filter(|h| h.released_at.is_none())
             .collect();
+        let mut rules: BTreeMap<String, Option<(Category, crate::catalog::Retention, String)>> =
+            BTreeMap::new();
         let mut out = Vec::new();
         for (rid, cat) in pairs {
-            let Some(r) = records.get(&rid) else { continue };
-            let Some(s) = subjects.get(&r.subject_id) else {
+            let Some((record_id, subject, created_at)) = records.get(&rid) else {
                 continue;
             };
-            let Ok(category) = Category::parse(&cat) else {
+            let Some((subject_id, school, left_at)) = subjects.get(subject) else {
                 continue;
             };
-            let Some(rule) = self
-                .catalog()
-                .category(&category)
-                .and_then(|d| d.retention.clone())
-            else {
+            let rule = rules.entry(cat).or_insert_with_key(|cat| {
+                let category = Category::parse(cat).ok()?;
+                let rule = self.catalog().category(&category)?.retention.clone()?;
+                let trigger = match rule.trigger {
+                    RetentionTrigger::LeftSchool => "left_school",
+                    RetentionTrigger::RecordCreated => "record_created",
+                };
+                let period = match (rule.period.months, rule.period.days) {
+                    (m, 0) if m % 12 == 0 => format!("{}y", m / 12),
+                    (m, 0) => format!("{m}m"),
+                    (0, d) => format!("{d}d"),
+                    (m, d) => format!("{m}m{d}d"),
+                };
+                let text = format!("{category}: {period} after {trigger}");
+                Some((category, rule, text))
+            });
+            let Some((category, rule, text)) = rule else {
                 continue;
             };
-            let (trigger, from) = match rule.trigger {
-                RetentionTrigger::LeftSchool => ("left_school", s.left_at),
-                RetentionTrigger::RecordCreated => ("record_created", Some(r.created_at)),
+            let from = match rule.trigger {
+                RetentionTrigger::LeftSchool => *left_at,
+                RetentionTrigger::RecordCreated => Some(*created_at),
             };
             let Some(from) = from else { continue };
             let Some(expires_on) = rule.period.after(from.date_naive()) else {
                 continue;
             };
-            let record_id =
-                RecordId::parse(&rid).map_err(|_| VaultError::CorruptRow("record id"))?;
-            let subject_id =
-                SubjectId::parse(&s.id).map_err(|_| VaultError::CorruptRow("subject id"))?;
             let held = holds
                 .iter()
-                .any(|h| h.subject == subject_id && h.record.is_none_or(|hr| hr == record_id));
-            let period = match (rule.period.months, rule.period.days) {
-                (m, 0) if m % 12 == 0 => format!("{}y", m / 12),
-                (m, 0) => format!("{m}m"),
-                (0, d) => format!("{d}d"),
-                (m, d) => format!("{m}m{d}d"),
-            };
+                .any(|h| h.subject == *subject_id && h.record.is_none_or(|hr| hr == *record_id));
             out.push(RetentionItem {
-                record: record_id,
-                subject: subject_id,
-                school: SchoolId::parse(&s.school_id)
-                    .map_err(|_| VaultError::CorruptRow("school id"))?,
-                rule: format!("{category}: {period} after {trigger}"),
-                category,
+                record: *record_id,
+                subject: *subject_id,
+                school: school.clone(),
+                rule: text.clone(),
+                category: category.clone(),
                 expires_on,
                 held,
             });
