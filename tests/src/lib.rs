@@ -347,3 +347,16 @@ pub async fn refuse_records_of(db: &DatabaseConnection, subject: vault_core::Sub
     };
     db.execute_unprepared(&sql).await.unwrap();
 }
+
+/// A new subject of `kind` in school-1, with no IIN.
+pub async fn new_subject(vault: &Vault, kind: vault_core::SubjectKind) -> vault_core::SubjectId {
+    vault
+        .create_subject(vault_core::NewSubject {
+            school: vault_core::SchoolId::parse("school-1").unwrap(),
+            kind,
+            iin: None,
+        })
+        .await
+        .unwrap()
+        .id
+}

@@ -10,8 +10,8 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use vault_core::{
     AuditProblem, BearerToken, Category, ConsentGiver, FieldName, FieldValue, FieldView,
-    LegalGround, ManualClock, NewAccessRequest, NewConsent, NewSubject, Principal, Purpose,
-    RecordId, RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
+    LegalGround, ManualClock, NewAccessRequest, NewConsent, Principal, Purpose, RecordId,
+    RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
 };
 use vault_tests::{Backend, TestVault, contains, on_both_backends};
 
@@ -68,26 +68,8 @@ async fn principal(t: &TestVault, name: &str, scope: &str, role: Role) -> Princi
 async fn school_day(backend: Backend) -> School {
     let clock = Arc::new(ManualClock::new(start()));
     let t = TestVault::with_clock(backend, clock.clone()).await;
-    let student = t
-        .vault
-        .create_subject(NewSubject {
-            school: school("school-1"),
-            kind: SubjectKind::Student,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id;
-    let guardian = t
-        .vault
-        .create_subject(NewSubject {
-            school: school("school-1"),
-            kind: SubjectKind::Guardian,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id;
+    let student = vault_tests::new_subject(&t.vault, SubjectKind::Student).await;
+    let guardian = vault_tests::new_subject(&t.vault, SubjectKind::Guardian).await;
     School {
         admissions: principal(&t, "Admissions office", "school-1", Role::Admissions).await,
         nurse: principal(&t, "Nurse Aigul", "school-1", Role::Nurse).await,
@@ -783,15 +765,7 @@ async fn audit_never_holds_values(backend: Backend) {
 async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
     let s = school_day(backend).await;
     let v = &s.t.vault;
-    let other = v
-        .create_subject(NewSubject {
-            school: school("school-1"),
-            kind: SubjectKind::Student,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id;
+    let other = vault_tests::new_subject(v, SubjectKind::Student).await;
     vault_tests::refuse_records_of(&s.t.stores.raw_data().await, other).await;
     let before = v.audit_entries().await.unwrap().len();
     let student = RecordType::parse("student").unwrap();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use vault_core::{
-    Category, FieldName, FieldValue, FieldView, ManualClock, NewSubject, RecordId, RecordType,
-    SchoolId, SubjectId, SubjectKind, VaultError,
+    Category, FieldName, FieldValue, FieldView, ManualClock, RecordId, RecordType, SubjectId,
+    SubjectKind, VaultError,
 };
 use vault_tests::{Backend, TestVault, on_both_backends};
 
@@ -27,15 +27,7 @@ fn f(pairs: &[(&str, &str)]) -> BTreeMap<FieldName, FieldValue> {
 }
 
 async fn subject(tv: &TestVault, kind: SubjectKind) -> SubjectId {
-    tv.vault
-        .create_subject(NewSubject {
-            school: SchoolId::parse("school-1").unwrap(),
-            kind,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id
+    vault_tests::new_subject(&tv.vault, kind).await
 }
 
 async fn sweep_shreds_exactly_what_expired(backend: Backend) {

@@ -892,7 +892,6 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
 async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backend) {
     let ctl = setup(backend).await;
     let v = ctl.vault().await;
-    let school = SchoolId::parse("school-1").unwrap();
     let rt = RecordType::parse("student").unwrap();
     let mk = |name: &str| -> BTreeMap<FieldName, FieldValue> {
         [
@@ -909,30 +908,9 @@ async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backen
         .collect()
     };
     let (a, b, c) = (
-        v.create_subject(NewSubject {
-            school: school.clone(),
-            kind: SubjectKind::Student,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id,
-        v.create_subject(NewSubject {
-            school: school.clone(),
-            kind: SubjectKind::Student,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id,
-        v.create_subject(NewSubject {
-            school: school.clone(),
-            kind: SubjectKind::Student,
-            iin: None,
-        })
-        .await
-        .unwrap()
-        .id,
+        vault_tests::new_subject(&v, SubjectKind::Student).await,
+        vault_tests::new_subject(&v, SubjectKind::Student).await,
+        vault_tests::new_subject(&v, SubjectKind::Student).await,
     );
     let ra = v.write_record(a, &rt, &mk("A")).await.unwrap().id;
     let rb = v.write_record(b, &rt, &mk("B")).await.unwrap().id;

@@ -255,7 +255,82 @@ impl Chain {
         txn: &DatabaseTransaction,
         events: impl IntoIterator<Item = &'e AuditEvent>,
     ) -> Result<(), sea_orm::DbErr> {
-        append_in(txn, &self.signer, self.clock.as_ref(), events).await
+        let events: Vec<&AuditEvent> = events.into_iter().collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Take the chain's write lock and read the head in one statement.
+        let head = audit_head::Entity::update_many()
+            .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
+            .filter(audit_head::Column::Id.eq(1))
+            .exec_with_returning(txn)
+            .await?
+            .pop()
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("audit_head".into()))?;
+        let (mut seq, mut prev) = (head.seq, head.hash);
+        let at = micros(self.clock.now());
+        let mut rows = Vec::new();
+        for ev in events {
+            seq += 1;
+            let r = AuditRecord {
+                seq,
+                at,
+                actor: ev.actor.clone(),
+                action: ev.action.to_owned(),
+                school: ev.school.as_ref().map(|s| s.as_str().to_owned()),
+                subject: ev.subject.map(|s| s.to_string()),
+                record: ev.record.map(|r| r.to_string()),
+                categories: ev
+                    .categories
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect(),
+                purpose: ev.purpose.as_ref().map(|p| p.as_str().to_owned()),
+                outcome: ev.outcome.as_str().to_owned(),
+                reason: ev.reason.clone(),
+            };
+            let hash = entry_hash(&prev, &r);
+            rows.push(audit_entry::ActiveModel {
+                seq: Set(r.seq),
+                at: Set(r.at),
+                actor: Set(r.actor),
+                action: Set(r.action),
+                school_id: Set(r.school),
+                subject_id: Set(r.subject),
+                record_id: Set(r.record),
+                categories: Set(r.categories.join(",")),
+                purpose: Set(r.purpose),
+                outcome: Set(r.outcome),
+                reason: Set(r.reason),
+                prev_hash: Set(prev),
+                hash: Set(hash.clone()),
+            });
+            prev = hash;
+        }
+        // Bounded statements: a sweep certifies up to a thousand records in one append.
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(500).collect();
+            audit_entry::Entity::insert_many(chunk)
+                .exec_without_returning(txn)
+                .await?;
+        }
+        audit_head::Entity::update_many()
+            .col_expr(audit_head::Column::Seq, Expr::value(seq))
+            .col_expr(audit_head::Column::Hash, Expr::value(prev.clone()))
+            .filter(audit_head::Column::Id.eq(1))
+            .exec(txn)
+            .await?;
+        let sig = self.signer.sign(&checkpoint_message(seq, &prev));
+        audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
+            seq: Set(seq),
+            hash: Set(prev),
+            signature: Set(sig.as_ref().to_vec()),
+            at: Set(at),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        Ok(())
     }
 }
 
@@ -269,90 +344,6 @@ async fn write_batch(
         .append_in(&txn, batch.iter().flat_map(|p| &p.events))
         .await?;
     txn.commit().await
-}
-
-async fn append_in<'e>(
-    txn: &DatabaseTransaction,
-    signer: &Ed25519KeyPair,
-    clock: &dyn Clock,
-    events: impl IntoIterator<Item = &'e AuditEvent>,
-) -> Result<(), sea_orm::DbErr> {
-    let events: Vec<&AuditEvent> = events.into_iter().collect();
-    if events.is_empty() {
-        return Ok(());
-    }
-    // Take the chain's write lock and read the head in one statement.
-    let head = audit_head::Entity::update_many()
-        .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
-        .filter(audit_head::Column::Id.eq(1))
-        .exec_with_returning(txn)
-        .await?
-        .pop()
-        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("audit_head".into()))?;
-    let (mut seq, mut prev) = (head.seq, head.hash);
-    let at = micros(clock.now());
-    let mut rows = Vec::new();
-    for ev in events {
-        seq += 1;
-        let r = AuditRecord {
-            seq,
-            at,
-            actor: ev.actor.clone(),
-            action: ev.action.to_owned(),
-            school: ev.school.as_ref().map(|s| s.as_str().to_owned()),
-            subject: ev.subject.map(|s| s.to_string()),
-            record: ev.record.map(|r| r.to_string()),
-            categories: ev
-                .categories
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
-            purpose: ev.purpose.as_ref().map(|p| p.as_str().to_owned()),
-            outcome: ev.outcome.as_str().to_owned(),
-            reason: ev.reason.clone(),
-        };
-        let hash = entry_hash(&prev, &r);
-        rows.push(audit_entry::ActiveModel {
-            seq: Set(r.seq),
-            at: Set(r.at),
-            actor: Set(r.actor),
-            action: Set(r.action),
-            school_id: Set(r.school),
-            subject_id: Set(r.subject),
-            record_id: Set(r.record),
-            categories: Set(r.categories.join(",")),
-            purpose: Set(r.purpose),
-            outcome: Set(r.outcome),
-            reason: Set(r.reason),
-            prev_hash: Set(prev),
-            hash: Set(hash.clone()),
-        });
-        prev = hash;
-    }
-    // Bounded statements: a sweep certifies up to a thousand records in one append.
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(500).collect();
-        audit_entry::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    audit_head::Entity::update_many()
-        .col_expr(audit_head::Column::Seq, Expr::value(seq))
-        .col_expr(audit_head::Column::Hash, Expr::value(prev.clone()))
-        .filter(audit_head::Column::Id.eq(1))
-        .exec(txn)
-        .await?;
-    let sig = signer.sign(&checkpoint_message(seq, &prev));
-    audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
-        seq: Set(seq),
-        hash: Set(prev),
-        signature: Set(sig.as_ref().to_vec()),
-        at: Set(at),
-    })
-    .exec_without_returning(txn)
-    .await?;
-    Ok(())
 }
 
 impl AuditLog {

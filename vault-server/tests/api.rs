@@ -240,17 +240,7 @@ fn check_prometheus(text: &str) {
 
 async fn clients_get_clear_errors(backend: Backend) {
     let s = start(backend).await;
-    let sid = s
-        .post(
-            "/v1/subjects",
-            "admissions",
-            None,
-            json!({"school": "school-1", "kind": "student"}),
-        )
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = s.new_student();
     let rec = s.post(&format!("/v1/subjects/{sid}/records"), "admissions", Some("legal_administrative"),
         json!({"record_type": "student", "fields": {"full_name": "MARKER-first", "address": "MARKER-Almaty"}}));
     assert_eq!(rec.status, 201, "{}", rec.text());
@@ -539,17 +529,7 @@ async fn storage_outside_kazakhstan_is_refused_unless_overridden() {
 
 async fn a_running_server_picks_up_a_rotated_keyring(backend: Backend) {
     let s = start(backend).await;
-    let sid = s
-        .post(
-            "/v1/subjects",
-            "admissions",
-            None,
-            json!({"school": "school-1", "kind": "student"}),
-        )
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = s.new_student();
     let write = |name: &str| {
         s.post(
             &format!("/v1/subjects/{sid}/records"),

@@ -43,17 +43,7 @@ fn post(addr: &str, token: &str, path: &str, body: &str) -> Option<(u16, String)
 async fn server_killed_mid_write_15_times_loses_nothing_acknowledged() {
     let first = start(Backend::Sqlite).await;
     let token = first.tokens["admissions"].clone();
-    let sid = first
-        .post(
-            "/v1/subjects",
-            "admissions",
-            None,
-            serde_json::json!({"school": "school-1", "kind": "student"}),
-        )
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = first.new_student();
     let data = first.stores.dir.path().join("vault-data");
     let stores = first.stores.clone();
     first.stop(&[]);

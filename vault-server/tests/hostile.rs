@@ -113,17 +113,7 @@ async fn hostile_bodies_paths_and_strings_get_clear_4xx() {
         ),
         "iin",
     );
-    let sid = s
-        .post(
-            "/v1/subjects",
-            "admissions",
-            None,
-            json!({"school": "school-1", "kind": "student"}),
-        )
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = s.new_student();
     let rec = s.post(
         &format!("/v1/subjects/{sid}/records"),
         "admissions",

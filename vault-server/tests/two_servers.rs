@@ -20,17 +20,7 @@ async fn two_servers_share_one_postgresql() {
     assert_ne!(a.addr, b.addr);
 
     // Write on A, read on B.
-    let sid = a
-        .post(
-            "/v1/subjects",
-            "admissions",
-            None,
-            json!({"school": "school-1", "kind": "student"}),
-        )
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = a.new_student();
     let rec = a.post(&format!("/v1/subjects/{sid}/records"), "admissions", Some("legal_administrative"),
         json!({"record_type": "student", "fields": {"full_name": "MARKER-one", "address": "MARKER-start"}}));
     let rid = rec.json()["id"].as_str().unwrap().to_owned();

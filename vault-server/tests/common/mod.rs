@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use vault_core::{Unlock, Vault};
 use vault_tests::{Backend, TestStores, policy};
 
@@ -213,6 +213,20 @@ impl Server {
             &h,
             Some(body.to_string().as_bytes()),
         )
+    }
+
+    /// Enrols a student in school-1 as admissions; returns the subject id.
+    pub fn new_student(&self) -> String {
+        self.post(
+            "/v1/subjects",
+            "admissions",
+            None,
+            json!({"school": "school-1", "kind": "student"}),
+        )
+        .json()["id"]
+            .as_str()
+            .expect("a subject id")
+            .to_owned()
     }
 
     /// A vault over the same stores, as a second instance or `vaultctl` would open them.
