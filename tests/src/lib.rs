@@ -348,6 +348,37 @@ pub async fn refuse_records_of(db: &DatabaseConnection, subject: vault_core::Sub
     db.execute_unprepared(&sql).await.unwrap();
 }
 
+/// Makes the data store refuse any audit entry about `record` (a trigger), standing in for an
+/// audit write that fails after the change it records was made in the same transaction.
+/// `allow_audit_of` takes the trigger away again.
+pub async fn refuse_audit_of(db: &DatabaseConnection, record: vault_core::RecordId) {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => format!(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN \
+             IF NEW.record_id = '{record}' THEN RAISE EXCEPTION 'audit refused'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+             FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+        ),
+        _ => format!(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+             WHEN NEW.record_id = '{record}' BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+        ),
+    };
+    db.execute_unprepared(&sql).await.unwrap();
+}
+
+/// Undoes `refuse_audit_of`.
+pub async fn allow_audit(db: &DatabaseConnection) {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            "DROP TRIGGER refuse_audit ON audit_log; DROP FUNCTION refuse_audit()"
+        }
+        _ => "DROP TRIGGER refuse_audit",
+    };
+    db.execute_unprepared(sql).await.unwrap();
+}
+
 /// A new subject of `kind` in school-1, with no IIN.
 pub async fn new_subject(vault: &Vault, kind: vault_core::SubjectKind) -> vault_core::SubjectId {
     vault

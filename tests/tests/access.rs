@@ -9,9 +9,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use vault_core::{
-    AuditProblem, BearerToken, Category, ConsentGiver, FieldName, FieldValue, FieldView,
-    LegalGround, ManualClock, NewAccessRequest, NewConsent, Principal, Purpose, RecordId,
-    RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
+    AuditProblem, BearerToken, Category, ConsentGiver, FieldChange, FieldName, FieldValue,
+    FieldView, LegalGround, ManualClock, NewAccessRequest, NewConsent, Principal, Purpose,
+    RecordId, RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
 };
 use vault_tests::{Backend, TestVault, contains, on_both_backends};
 
@@ -24,6 +24,7 @@ on_both_backends!(
     audit_never_holds_values,
     concurrent_reads_share_audit_transactions,
     a_create_and_its_audit_entry_commit_together,
+    an_update_or_a_shred_commits_with_its_audit_entry,
     blocked_subjects_are_stored_not_processed,
 );
 
@@ -801,6 +802,75 @@ async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
         !log[before..]
             .iter()
             .any(|e| e.subject.as_deref() == Some(other.to_string().as_str()))
+    );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+}
+
+async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    let db = s.t.stores.raw_data().await;
+    let why = purpose("legal_administrative");
+    let change: BTreeMap<FieldName, FieldChange> = [(
+        FieldName::parse("full_name").unwrap(),
+        FieldChange::Set(FieldValue::text("MARKER-renamed")),
+    )]
+    .into_iter()
+    .collect();
+    let entries_about = |log: &[vault_core::AuditRecord], action: &str| {
+        log.iter()
+            .filter(|e| e.action == action && e.record.as_deref() == Some(&rec.to_string()))
+            .count()
+    };
+
+    // The audit entry cannot be written: the update must not land either.
+    vault_tests::refuse_audit_of(&db, rec).await;
+    let err = v
+        .update_record_as(&s.admissions, rec, 1, &change, &why)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Store(_)), "{err:?}");
+    let meta = v.record_meta(rec).await.unwrap();
+    assert_eq!(meta.version, 1, "the update rolled back with its entry");
+    let identity: BTreeSet<Category> = [cat("identity")].into_iter().collect();
+    let view = v.read_record(rec, &identity).await.unwrap();
+    match &view.fields[&FieldName::parse("full_name").unwrap()] {
+        FieldView::Open { value, .. } => assert_eq!(value, &FieldValue::text("Aruzhan Serikovna")),
+        other => panic!("full_name should open: {other:?}"),
+    }
+
+    // Likewise a shred: its keys go first, but the record is not reported shredded, and the
+    // ciphertext stays, until its certificate can be written.
+    let err = v.shred_record_as(&s.privacy, rec, &why).await.unwrap_err();
+    assert!(matches!(err, VaultError::Store(_)), "{err:?}");
+    let log = v.audit_entries().await.unwrap();
+    assert_eq!(entries_about(&log, "record.update"), 0);
+    assert_eq!(entries_about(&log, "record.shred"), 0);
+
+    // Once entries can be written again, reopening the vault finishes the shred and certifies
+    // it in the vault's own name.
+    vault_tests::allow_audit(&db).await;
+    let s2 = School {
+        t: s.t.reopen().await.unwrap(),
+        ..s
+    };
+    let v = &s2.t.vault;
+    assert!(matches!(
+        v.read_record(rec, &BTreeSet::new()).await.unwrap_err(),
+        VaultError::RecordShredded(_)
+    ));
+    let log = v.audit_entries().await.unwrap();
+    let cert: Vec<_> = log
+        .iter()
+        .filter(|e| e.action == "record.shred" && e.record.as_deref() == Some(&rec.to_string()))
+        .collect();
+    assert_eq!(cert.len(), 1, "one certificate for the finished shred");
+    assert_eq!(cert[0].actor, "vault");
+    let reason = cert[0].reason.as_deref().unwrap();
+    assert!(
+        reason.contains("finished after an interruption") && reason.contains("fields deleted"),
+        "{reason}"
     );
     assert_eq!(v.verify_audit().await.unwrap().problem, None);
 }

@@ -563,6 +563,19 @@ async fn interrupted_shred_is_finished_on_open(backend: Backend) {
         t.vault.read_record(id, &BTreeSet::new()).await.unwrap_err(),
         VaultError::RecordShredded(_)
     ));
+    // Whoever asked was never answered; the finished shred is still certified.
+    let log = t.vault.audit_entries().await.unwrap();
+    let cert = log
+        .iter()
+        .find(|e| e.action == "record.shred" && e.record == Some(id.to_string()))
+        .expect("a certificate for the finished shred");
+    assert_eq!(cert.actor, "vault");
+    assert_eq!(
+        cert.reason.as_deref(),
+        Some(
+            "shred certificate: finished after an interruption; 1 keys destroyed, 1 fields deleted"
+        )
+    );
 }
 
 async fn failed_data_write_leaves_no_deks(backend: Backend) {

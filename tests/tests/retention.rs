@@ -13,7 +13,10 @@ use vault_core::{
 };
 use vault_tests::{Backend, TestVault, on_both_backends};
 
-on_both_backends!(sweep_shreds_exactly_what_expired);
+on_both_backends!(
+    sweep_shreds_exactly_what_expired,
+    a_sweep_deletes_nothing_it_cannot_certify
+);
 
 fn t(s: &str) -> DateTime<Utc> {
     format!("{s}T10:00:00Z").parse().unwrap()
@@ -227,5 +230,55 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
         again.shredded,
         vec![(rb, vec![c("contact"), c("health"), c("religion")])]
     );
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+}
+
+async fn a_sweep_deletes_nothing_it_cannot_certify(backend: Backend) {
+    let clock = Arc::new(ManualClock::new(t("2019-01-10")));
+    let tv = TestVault::with_clock(backend, clock.clone()).await;
+    let v = &tv.vault;
+    let s = subject(&tv, SubjectKind::Student).await;
+    let student = RecordType::parse("student").unwrap();
+    let r = v
+        .write_record(s, &student, &f(&[("religion", "MARKER-r")]))
+        .await
+        .unwrap()
+        .id;
+    v.mark_left("registrar", s, t("2020-01-01")).await.unwrap();
+    clock.set(t("2026-12-01"));
+
+    // The certificate cannot be written: the keys are already gone (they go first), but the
+    // deletions and the shred log roll back with the certificate.
+    let db = tv.stores.raw_data().await;
+    vault_tests::refuse_audit_of(&db, r).await;
+    assert!(v.sweep(false, &mut |_, _| {}).await.is_err());
+    assert_eq!(v.dek_count(r).await.unwrap(), 0);
+    assert!(v.shred_log().await.unwrap().is_empty());
+    let log = v.audit_entries().await.unwrap();
+    assert!(!log.iter().any(|e| e.action == "retention.shred"));
+
+    // The next sweep finds the record still due, finishes and certifies what it deleted.
+    vault_tests::allow_audit(&db).await;
+    let done = v.sweep(false, &mut |_, _| {}).await.unwrap();
+    assert_eq!(
+        done.shredded,
+        vec![(r, vec![Category::parse("religion").unwrap()])]
+    );
+    let log = v.audit_entries().await.unwrap();
+    let certs: Vec<_> = log
+        .iter()
+        .filter(|e| e.action == "retention.shred")
+        .collect();
+    assert_eq!(certs.len(), 1);
+    let reason = certs[0].reason.as_deref().unwrap();
+    assert!(
+        reason.ends_with("; 0 keys destroyed, 1 fields deleted; record shredded"),
+        "{reason}"
+    );
+    assert_eq!(v.shred_log().await.unwrap().len(), 1);
+    assert!(matches!(
+        v.read_record(r, &BTreeSet::new()).await.unwrap_err(),
+        VaultError::RecordShredded(_)
+    ));
     assert_eq!(v.verify_audit().await.unwrap().problem, None);
 }

@@ -1856,19 +1856,17 @@ impl Vault {
             Action::Update,
         )
         .await?;
-        let out = self.update_record(id, expected_version, changes).await?;
-        self.audit()
-            .append(vec![self.event(
-                p,
-                "record.update",
-                Outcome::Allowed,
-                &subj,
-                Some(id),
-                cats.into_iter().collect(),
-                Some(purpose),
-            )])
-            .await?;
-        Ok(out)
+        let entry = self.event(
+            p,
+            "record.update",
+            Outcome::Allowed,
+            &subj,
+            Some(id),
+            cats.into_iter().collect(),
+            Some(purpose),
+        );
+        self.update_record_for(id, expected_version, changes, vec![entry])
+            .await
     }
 
     /// Crypto-shreds a record on a principal's authority, leaving a shred certificate in the log.
@@ -1892,21 +1890,22 @@ impl Vault {
             Action::Shred,
         )
         .await?;
-        let receipt = self.shred_record(id).await?;
-        let mut ev = self.event(
-            p,
-            "record.shred",
-            Outcome::Done,
-            &subj,
-            Some(id),
-            receipt.categories.clone(),
-            Some(purpose),
-        );
-        ev.reason = Some(format!(
-            "shred certificate: {} keys destroyed, {} fields deleted",
-            receipt.deks_destroyed, receipt.fields_deleted
-        ));
-        self.audit().append(vec![ev]).await?;
-        Ok(receipt)
+        self.shred_record_for(id, |receipt| {
+            let mut ev = self.event(
+                p,
+                "record.shred",
+                Outcome::Done,
+                &subj,
+                Some(id),
+                receipt.categories.clone(),
+                Some(purpose),
+            );
+            ev.reason = Some(format!(
+                "shred certificate: {} keys destroyed, {} fields deleted",
+                receipt.deks_destroyed, receipt.fields_deleted
+            ));
+            vec![ev]
+        })
+        .await
     }
 }

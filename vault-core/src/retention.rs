@@ -377,7 +377,7 @@ impl Vault {
 
     /// Shreds the due categories of a chunk of records: their DEKs first (one key-store
     /// transaction), then their fields, states and shred-log rows (one data-store transaction),
-    /// then one shred certificate per record in the audit log. A crash between the two
+    /// with one shred certificate per record in the audit log. A crash between the two
     /// transactions leaves ciphertext no key opens; the next sweep finds it due and finishes.
     /// Statements are per set of due categories, not per record: records expire in cohorts.
     async fn shred_chunk(&self, chunk: &[(RecordId, Due)]) -> Result<(), VaultError> {
@@ -503,8 +503,13 @@ impl Vault {
             .exec_without_returning(&txn)
             .await
             .map_err(StoreError::data)?;
+        // The certificates commit with the deletions: no shred goes uncertified.
+        self.audit()
+            .chain()
+            .append_in(&txn, &events)
+            .await
+            .map_err(StoreError::data)?;
         txn.commit().await.map_err(StoreError::data)?;
-        self.audit().append(events).await?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport};
+use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport, Outcome};
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -906,6 +906,19 @@ impl Vault {
         expected_version: u64,
         changes: &BTreeMap<FieldName, FieldChange>,
     ) -> Result<RecordMeta, VaultError> {
+        self.update_record_for(id, expected_version, changes, Vec::new())
+            .await
+    }
+
+    /// `update_record` with the audit entries to commit in the update's own transaction: an
+    /// update is never stored without its entry, nor its entry without the update.
+    pub(crate) async fn update_record_for(
+        &self,
+        id: RecordId,
+        expected_version: u64,
+        changes: &BTreeMap<FieldName, FieldChange>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<RecordMeta, VaultError> {
         if changes.is_empty() {
             return Err(VaultError::EmptyRecord);
         }
@@ -981,6 +994,11 @@ impl Vault {
                     .await
                     .map_err(StoreError::data)?;
             }
+            self.audit()
+                .chain()
+                .append_in(&txn, &audit)
+                .await
+                .map_err(StoreError::data)?;
             txn.commit().await.map_err(StoreError::data)?;
             Ok(())
         }
@@ -997,6 +1015,16 @@ impl Vault {
     /// Crypto-shreds a record: its DEKs are destroyed, so its fields can never be opened again,
     /// and the ciphertext is deleted too. The record row stays as a tombstone.
     pub async fn shred_record(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
+        self.shred_record_for(id, |_| Vec::new()).await
+    }
+
+    /// `shred_record` with the certificate to commit in the transaction that deletes the
+    /// ciphertext: a shred that completed is always certified in the audit log.
+    pub(crate) async fn shred_record_for(
+        &self,
+        id: RecordId,
+        audit: impl FnOnce(&ShredReceipt) -> Vec<AuditEvent>,
+    ) -> Result<ShredReceipt, VaultError> {
         let row = record::Entity::find_by_id(id.to_string())
             .one(&self.stores.data)
             .await
@@ -1012,11 +1040,15 @@ impl Vault {
             .exec(&self.stores.data)
             .await
             .map_err(StoreError::data)?;
-        self.finish_shred(id).await
+        self.finish_shred(id, audit).await
     }
 
     /// Destroys the DEKs and deletes the ciphertext of a record marked `shredding`.
-    async fn finish_shred(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
+    async fn finish_shred(
+        &self,
+        id: RecordId,
+        audit: impl FnOnce(&ShredReceipt) -> Vec<AuditEvent>,
+    ) -> Result<ShredReceipt, VaultError> {
         let key = id.to_string();
         let deks = dek::Entity::find()
             .filter(dek::Column::RecordId.eq(key.clone()))
@@ -1077,14 +1109,20 @@ impl Vault {
         .exec_without_returning(&txn)
         .await
         .map_err(StoreError::data)?;
-        txn.commit().await.map_err(StoreError::data)?;
         categories.sort();
-        Ok(ShredReceipt {
+        let receipt = ShredReceipt {
             record: id,
             categories,
             deks_destroyed: destroyed,
             fields_deleted: deleted,
-        })
+        };
+        self.audit()
+            .chain()
+            .append_in(&txn, &audit(&receipt))
+            .await
+            .map_err(StoreError::data)?;
+        txn.commit().await.map_err(StoreError::data)?;
+        Ok(receipt)
     }
 
     /// Completes every shred that a crash interrupted.
@@ -1097,7 +1135,22 @@ impl Vault {
         for r in pending {
             let id = parse_row(RecordId::parse(&r.id), "record id")?;
             tracing::info!(record = %id, "finishing an interrupted shred");
-            self.finish_shred(id).await?;
+            // Whoever asked for the shred was never answered; the certificate names the vault.
+            let school = parse_row(SchoolId::parse(&r.school_id), "school id")?;
+            let subject = parse_row(SubjectId::parse(&r.subject_id), "subject id")?;
+            self.finish_shred(id, |receipt| {
+                let mut ev = AuditEvent::new("vault", "record.shred", Outcome::Done);
+                ev.school = Some(school);
+                ev.subject = Some(subject);
+                ev.record = Some(id);
+                ev.categories = receipt.categories.clone();
+                ev.reason = Some(format!(
+                    "shred certificate: finished after an interruption; {} keys destroyed, {} fields deleted",
+                    receipt.deks_destroyed, receipt.fields_deleted
+                ));
+                vec![ev]
+            })
+            .await?;
         }
         Ok(())
     }
