@@ -379,6 +379,31 @@ pub async fn allow_audit(db: &DatabaseConnection) {
     db.execute_unprepared(sql).await.unwrap();
 }
 
+/// Runs a sweep and collects what it shredded (or, dry, would shred), chunk by chunk.
+/// Each progress report must move forward and stay within the record count.
+pub async fn sweep(
+    vault: &Vault,
+    opts: vault_core::SweepOptions,
+) -> Result<
+    (
+        Vec<(vault_core::RecordId, Vec<vault_core::Category>)>,
+        vault_core::SweepReport,
+    ),
+    vault_core::VaultError,
+> {
+    let mut shredded = Vec::new();
+    let mut checked = 0;
+    let report = vault
+        .sweep(opts, &mut |p| {
+            shredded.extend_from_slice(p.shredded);
+            assert!(p.records_checked >= checked && p.records_checked <= p.records_total);
+            checked = p.records_checked;
+        })
+        .await?;
+    assert_eq!(report.records, shredded.len());
+    Ok((shredded, report))
+}
+
 /// A new subject of `kind` in school-1, with no IIN.
 pub async fn new_subject(vault: &Vault, kind: vault_core::SubjectKind) -> vault_core::SubjectId {
     vault

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use vault_core::{
     Category, FieldName, FieldValue, FieldView, ManualClock, RecordId, RecordType, SubjectId,
-    SubjectKind, VaultError,
+    SubjectKind, SweepOptions, VaultError,
 };
 use vault_tests::{Backend, TestVault, on_both_backends};
 
@@ -20,6 +20,13 @@ on_both_backends!(
 
 fn t(s: &str) -> DateTime<Utc> {
     format!("{s}T10:00:00Z").parse().unwrap()
+}
+
+fn dry() -> SweepOptions {
+    SweepOptions {
+        dry_run: true,
+        ..SweepOptions::default()
+    }
 }
 
 fn f(pairs: &[(&str, &str)]) -> BTreeMap<FieldName, FieldValue> {
@@ -127,9 +134,9 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
     );
 
     // A dry run shreds nothing.
-    let dry = v.sweep(true, &mut |_, _| {}).await.unwrap();
-    let dry_set: BTreeSet<_> = dry
-        .shredded
+    let (dry_list, dry) = vault_tests::sweep(v, dry()).await.unwrap();
+    assert_eq!(dry.records, dry_list.len());
+    let dry_set: BTreeSet<_> = dry_list
         .iter()
         .flat_map(|(r, cs)| cs.iter().map(move |c| (*r, c.clone())))
         .collect();
@@ -137,9 +144,13 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
     assert_eq!(dry.held, 3, "B's contact, health and religion are held");
     assert_eq!(v.retention_plan().await.unwrap().len(), plan.len());
 
-    let done = v.sweep(false, &mut |_, _| {}).await.unwrap();
+    // Two records a page: six records make three pages, so paging must lose nothing.
+    let paged = SweepOptions {
+        records_per_page: 2,
+        ..SweepOptions::default()
+    };
+    let (done, _) = vault_tests::sweep(v, paged).await.unwrap();
     let done_set: BTreeSet<_> = done
-        .shredded
         .iter()
         .flat_map(|(r, cs)| cs.iter().map(move |c| (*r, c.clone())))
         .collect();
@@ -213,21 +224,24 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
     );
     assert!(!format!("{log:?}").contains("MARKER"));
     assert_eq!(v.shred_log().await.unwrap().len(), 3);
-    assert!(
-        v.sweep(false, &mut |_, _| {})
+    assert_eq!(
+        vault_tests::sweep(v, SweepOptions::default())
             .await
             .unwrap()
-            .shredded
-            .is_empty()
+            .1
+            .records,
+        0
     );
 
     // Releasing the hold lets the next sweep shred B's expired data.
     v.release_hold("privacy_officer", &hold.id, "case closed by the court")
         .await
         .unwrap();
-    let again = v.sweep(false, &mut |_, _| {}).await.unwrap();
+    let (again, _) = vault_tests::sweep(v, SweepOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
-        again.shredded,
+        again,
         vec![(rb, vec![c("contact"), c("health"), c("religion")])]
     );
     assert_eq!(v.verify_audit().await.unwrap().problem, None);
@@ -251,7 +265,11 @@ async fn a_sweep_deletes_nothing_it_cannot_certify(backend: Backend) {
     // deletions and the shred log roll back with the certificate.
     let db = tv.stores.raw_data().await;
     vault_tests::refuse_audit_of(&db, r).await;
-    assert!(v.sweep(false, &mut |_, _| {}).await.is_err());
+    assert!(
+        vault_tests::sweep(v, SweepOptions::default())
+            .await
+            .is_err()
+    );
     assert_eq!(v.dek_count(r).await.unwrap(), 0);
     assert!(v.shred_log().await.unwrap().is_empty());
     let log = v.audit_entries().await.unwrap();
@@ -259,11 +277,10 @@ async fn a_sweep_deletes_nothing_it_cannot_certify(backend: Backend) {
 
     // The next sweep finds the record still due, finishes and certifies what it deleted.
     vault_tests::allow_audit(&db).await;
-    let done = v.sweep(false, &mut |_, _| {}).await.unwrap();
-    assert_eq!(
-        done.shredded,
-        vec![(r, vec![Category::parse("religion").unwrap()])]
-    );
+    let (done, _) = vault_tests::sweep(v, SweepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(done, vec![(r, vec![Category::parse("religion").unwrap()])]);
     let log = v.audit_entries().await.unwrap();
     let certs: Vec<_> = log
         .iter()

@@ -216,6 +216,11 @@ enum RetentionCmd {
         /// Show what would be shredded, shred nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Records planned at a time. Memory grows with it: a sweep of 100,000 records peaks at
+        /// about 40 MiB with the default, 85 MiB with 10,000.
+        #[arg(long, default_value_t = vault_core::PLAN_PAGE,
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        records_per_page: u64,
     },
     /// Legal holds: exempt a subject or a record from sweeps.
     #[command(subcommand)]
@@ -932,26 +937,42 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                         );
                     }
                 }
-                RetentionCmd::Sweep { dry_run } => {
-                    let mut report =
-                        |n: usize, total: usize| eprint!("\rshredded {n}/{total} records   ");
-                    let r = vault.sweep(dry_run, &mut report).await?;
-                    if !r.shredded.is_empty() {
-                        eprintln!();
-                    }
-                    for (rid, cats) in &r.shredded {
-                        let cats: Vec<&str> = cats.iter().map(|c| c.as_str()).collect();
-                        outln!(
-                            out,
-                            "{} {rid}: {}",
-                            if dry_run { "would shred" } else { "shredded" },
-                            cats.join(",")
+                RetentionCmd::Sweep {
+                    dry_run,
+                    records_per_page,
+                } => {
+                    // Each chunk's records go to stdout as soon as the chunk is committed: the
+                    // list can be long, and if the sweep is stopped it tells what was done.
+                    let verb = if dry_run { "would shred" } else { "shredded" };
+                    let stdout = std::io::stdout();
+                    let mut reported = false;
+                    let mut report = |p: &vault_core::SweepProgress<'_>| {
+                        use std::io::Write as _;
+                        let mut lines = String::new();
+                        for (rid, cats) in p.shredded {
+                            let cats: Vec<&str> = cats.iter().map(|c| c.as_str()).collect();
+                            outln!(lines, "{verb} {rid}: {}", cats.join(","));
+                        }
+                        let mut o = stdout.lock();
+                        let _ = o.write_all(lines.as_bytes()).and_then(|_| o.flush());
+                        eprint!(
+                            "\rchecked {}/{} records; {verb} {}   ",
+                            p.records_checked, p.records_total, p.records
                         );
+                        reported = true;
+                    };
+                    let opts = vault_core::SweepOptions {
+                        dry_run,
+                        records_per_page,
+                    };
+                    let r = vault.sweep(opts, &mut report).await?;
+                    if reported {
+                        eprintln!();
                     }
                     outln!(
                         out,
                         "{} records {}; {} expired items kept under legal hold",
-                        r.shredded.len(),
+                        r.records,
                         if dry_run {
                             "would be shredded (dry run)"
                         } else {

@@ -47,7 +47,9 @@ pub use policy::{
     Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope, check_policy_texts,
 };
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
-pub use retention::{LegalHold, RetentionItem, SweepReport};
+pub use retention::{
+    LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,
+};
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use transfer::{
     Country, Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision,

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Related, TransactionTrait,
 };
 
 use crate::audit::{AuditEvent, Outcome};
@@ -23,8 +23,8 @@ use crate::store::StoreError;
 use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
 use crate::vault::{Vault, VaultError};
 
-/// Records shredded per pair of transactions in a sweep: a tenth of the sweep, so progress is
-/// reported about ten times, between these bounds.
+/// Records shredded per pair of transactions in a sweep: a tenth of what a page of subjects has
+/// due, so a small sweep reports progress about ten times, between these bounds.
 const SWEEP_CHUNK: (usize, usize) = (50, 1000);
 
 /// One (record, category) with an expiry date.
@@ -63,10 +63,205 @@ struct Due {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub dry_run: bool,
-    /// Records and the categories shredded in each.
-    pub shredded: Vec<(RecordId, Vec<Category>)>,
+    /// Records shredded (in whole or in part).
+    pub records: usize,
     /// Expired (record, category) pairs left alone because of a legal hold.
     pub held: usize,
+}
+
+/// A sweep's progress, after each chunk (and after each page of records with nothing due).
+#[derive(Debug)]
+pub struct SweepProgress<'a> {
+    /// The records of this chunk and the categories shredded in each.
+    pub shredded: &'a [(RecordId, Vec<Category>)],
+    /// Records shredded so far.
+    pub records: usize,
+    /// Active records planned so far, of those there were when the sweep began.
+    pub records_checked: u64,
+    pub records_total: u64,
+}
+
+/// How a sweep runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepOptions {
+    /// Report what would be shredded, shred nothing.
+    pub dry_run: bool,
+    /// Records planned at a time: a sweep's memory is that of one page.
+    pub records_per_page: u64,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            dry_run: false,
+            records_per_page: PLAN_PAGE,
+        }
+    }
+}
+
+/// Records per page of a plan, unless a sweep says otherwise.
+pub const PLAN_PAGE: u64 = 2_000;
+
+/// One page of the plan: the items of up to a page of records.
+struct PlanPage {
+    items: Vec<RetentionItem>,
+    records: u64,
+}
+
+/// A catalog rule as the plan applies it, with its text ("health: 5y after left_school").
+type Rule = Option<(Category, crate::catalog::Retention, String)>;
+
+/// Walks the active records in id order, a page at a time, and plans them.
+struct Planner {
+    page: u64,
+    after: Option<String>,
+    holds: Vec<LegalHold>,
+    rules: BTreeMap<String, Rule>,
+}
+
+impl Planner {
+    async fn new(vault: &Vault, page: u64) -> Result<Self, VaultError> {
+        let holds = vault
+            .holds()
+            .await?
+            .into_iter()
+            .filter(|h| h.released_at.is_none())
+            .collect();
+        Ok(Planner {
+            page: page.max(1),
+            after: None,
+            holds,
+            rules: BTreeMap::new(),
+        })
+    }
+
+    fn rule(&mut self, vault: &Vault, cat: &str) -> &Rule {
+        self.rules.entry(cat.to_owned()).or_insert_with_key(|cat| {
+            let category = Category::parse(cat).ok()?;
+            let rule = vault.catalog().category(&category)?.retention.clone()?;
+            let trigger = match rule.trigger {
+                RetentionTrigger::LeftSchool => "left_school",
+                RetentionTrigger::RecordCreated => "record_created",
+            };
+            let period = match (rule.period.months, rule.period.days) {
+                (m, 0) if m % 12 == 0 => format!("{}y", m / 12),
+                (m, 0) => format!("{m}m"),
+                (0, d) => format!("{d}d"),
+                (m, d) => format!("{m}m{d}d"),
+            };
+            let text = format!("{category}: {period} after {trigger}");
+            Some((category, rule, text))
+        })
+    }
+
+    /// The next page of active records and their items; `None` at the end.
+    async fn next_page(&mut self, vault: &Vault) -> Result<Option<PlanPage>, VaultError> {
+        let db = &vault.stores().data;
+        // The page's bounds come off the primary key; its rows then come in one query over
+        // that range (an index range, not a list of ids), with only the columns the rules need.
+        let mut q = record::Entity::find()
+            .select_only()
+            .column(record::Column::Id)
+            .filter(record::Column::State.eq("active"))
+            .order_by_asc(record::Column::Id)
+            .limit(self.page);
+        if let Some(after) = &self.after {
+            q = q.filter(record::Column::Id.gt(after.clone()));
+        }
+        let ids: Vec<String> = q.into_tuple().all(db).await.map_err(StoreError::data)?;
+        let Some(last) = ids.last().cloned() else {
+            return Ok(None);
+        };
+        let records_in_page = ids.len() as u64;
+        drop(ids);
+        let mut q = record_field::Entity::find()
+            .select_only()
+            .column(record_field::Column::RecordId)
+            .column(record_field::Column::Category)
+            .column(record::Column::SubjectId)
+            .column(record::Column::CreatedAt)
+            .column(subject::Column::SchoolId)
+            .column(subject::Column::LeftAt)
+            .distinct()
+            .inner_join(record::Entity)
+            .join(
+                JoinType::InnerJoin,
+                <record::Entity as Related<subject::Entity>>::to(),
+            )
+            .filter(record::Column::State.eq("active"))
+            .filter(record::Column::Id.lte(last.clone()));
+        if let Some(after) = &self.after {
+            q = q.filter(record::Column::Id.gt(after.clone()));
+        }
+        type Row = (
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            String,
+            Option<DateTime<Utc>>,
+        );
+        let rows: Vec<Row> = q.into_tuple().all(db).await.map_err(StoreError::data)?;
+        self.after = Some(last);
+
+        // Each id parsed once per page.
+        let mut subjects: BTreeMap<String, (SubjectId, SchoolId)> = BTreeMap::new();
+        let mut pairs = Vec::with_capacity(rows.len());
+        for (rid, cat, subject, created_at, school, left_at) in rows {
+            if !subjects.contains_key(&subject) {
+                let sid =
+                    SubjectId::parse(&subject).map_err(|_| VaultError::CorruptRow("subject id"))?;
+                let school =
+                    SchoolId::parse(&school).map_err(|_| VaultError::CorruptRow("school id"))?;
+                subjects.insert(subject.clone(), (sid, school));
+            }
+            pairs.push((rid, cat, subject, created_at, left_at));
+        }
+        let mut items = Vec::new();
+        let mut record_ids: BTreeMap<String, RecordId> = BTreeMap::new();
+        for (rid, cat, subject, created_at, left_at) in pairs {
+            let Some((subject_id, school)) = subjects.get(&subject) else {
+                continue;
+            };
+            let Some((category, rule, text)) = self.rule(vault, &cat).clone() else {
+                continue;
+            };
+            let from = match rule.trigger {
+                RetentionTrigger::LeftSchool => left_at,
+                RetentionTrigger::RecordCreated => Some(created_at),
+            };
+            let Some(from) = from else { continue };
+            let Some(expires_on) = rule.period.after(from.date_naive()) else {
+                continue;
+            };
+            let record_id = match record_ids.get(&rid) {
+                Some(r) => *r,
+                None => {
+                    let r =
+                        RecordId::parse(&rid).map_err(|_| VaultError::CorruptRow("record id"))?;
+                    record_ids.insert(rid, r);
+                    r
+                }
+            };
+            let held = self
+                .holds
+                .iter()
+                .any(|h| h.subject == *subject_id && h.record.is_none_or(|hr| hr == record_id));
+            items.push(RetentionItem {
+                record: record_id,
+                subject: *subject_id,
+                school: school.clone(),
+                rule: text,
+                category,
+                expires_on,
+                held,
+            });
+        }
+        Ok(Some(PlanPage {
+            items,
+            records: records_in_page,
+        }))
+    }
 }
 
 fn hold_from_row(m: legal_hold::Model) -> Result<LegalHold, VaultError> {
@@ -214,107 +409,13 @@ impl Vault {
         Ok(hs)
     }
 
-    /// What expires when: every (record, category) whose rule gives a date, with its hold status.
+    /// What expires when: every (record, category) whose rule gives a date, with its hold
+    /// status, soonest first. It holds the whole plan in memory; a sweep pages instead.
     pub async fn retention_plan(&self) -> Result<Vec<RetentionItem>, VaultError> {
-        // Only the columns the rules need, each id parsed once: the plan of a sweep covers every
-        // active record, so its time and memory are the sweep's.
-        type SubjectCols = (String, String, Option<DateTime<Utc>>);
-        let mut subjects: BTreeMap<String, (SubjectId, SchoolId, Option<DateTime<Utc>>)> =
-            BTreeMap::new();
-        for (id, school, left_at) in subject::Entity::find()
-            .select_only()
-            .column(subject::Column::Id)
-            .column(subject::Column::SchoolId)
-            .column(subject::Column::LeftAt)
-            .into_tuple::<SubjectCols>()
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-        {
-            let sid = SubjectId::parse(&id).map_err(|_| VaultError::CorruptRow("subject id"))?;
-            let school =
-                SchoolId::parse(&school).map_err(|_| VaultError::CorruptRow("school id"))?;
-            subjects.insert(id, (sid, school, left_at));
-        }
-        let mut records: BTreeMap<String, (RecordId, String, DateTime<Utc>)> = BTreeMap::new();
-        for (id, subject_id, created_at) in record::Entity::find()
-            .select_only()
-            .column(record::Column::Id)
-            .column(record::Column::SubjectId)
-            .column(record::Column::CreatedAt)
-            .filter(record::Column::State.eq("active"))
-            .into_tuple::<(String, String, DateTime<Utc>)>()
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-        {
-            let rid = RecordId::parse(&id).map_err(|_| VaultError::CorruptRow("record id"))?;
-            records.insert(id, (rid, subject_id, created_at));
-        }
-        let pairs: Vec<(String, String)> = record_field::Entity::find()
-            .select_only()
-            .column(record_field::Column::RecordId)
-            .column(record_field::Column::Category)
-            .distinct()
-            .into_tuple()
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        let holds: Vec<LegalHold> = self
-            .holds()
-            .await?
-            .into_iter()
-            .filter(|h| h.released_at.is_none())
-            .collect();
-        let mut rules: BTreeMap<String, Option<(Category, crate::catalog::Retention, String)>> =
-            BTreeMap::new();
+        let mut planner = Planner::new(self, PLAN_PAGE).await?;
         let mut out = Vec::new();
-        for (rid, cat) in pairs {
-            let Some((record_id, subject, created_at)) = records.get(&rid) else {
-                continue;
-            };
-            let Some((subject_id, school, left_at)) = subjects.get(subject) else {
-                continue;
-            };
-            let rule = rules.entry(cat).or_insert_with_key(|cat| {
-                let category = Category::parse(cat).ok()?;
-                let rule = self.catalog().category(&category)?.retention.clone()?;
-                let trigger = match rule.trigger {
-                    RetentionTrigger::LeftSchool => "left_school",
-                    RetentionTrigger::RecordCreated => "record_created",
-                };
-                let period = match (rule.period.months, rule.period.days) {
-                    (m, 0) if m % 12 == 0 => format!("{}y", m / 12),
-                    (m, 0) => format!("{m}m"),
-                    (0, d) => format!("{d}d"),
-                    (m, d) => format!("{m}m{d}d"),
-                };
-                let text = format!("{category}: {period} after {trigger}");
-                Some((category, rule, text))
-            });
-            let Some((category, rule, text)) = rule else {
-                continue;
-            };
-            let from = match rule.trigger {
-                RetentionTrigger::LeftSchool => *left_at,
-                RetentionTrigger::RecordCreated => Some(*created_at),
-            };
-            let Some(from) = from else { continue };
-            let Some(expires_on) = rule.period.after(from.date_naive()) else {
-                continue;
-            };
-            let held = holds
-                .iter()
-                .any(|h| h.subject == *subject_id && h.record.is_none_or(|hr| hr == *record_id));
-            out.push(RetentionItem {
-                record: *record_id,
-                subject: *subject_id,
-                school: school.clone(),
-                rule: text.clone(),
-                category: category.clone(),
-                expires_on,
-                held,
-            });
+        while let Some(page) = planner.next_page(self).await? {
+            out.extend(page.items);
         }
         out.sort_by(|a, b| {
             (a.expires_on, a.record, &a.category).cmp(&(b.expires_on, b.record, &b.category))
@@ -322,55 +423,82 @@ impl Vault {
         Ok(out)
     }
 
-    /// Crypto-shreds every expired, unheld (record, category) as of now.
+    /// Crypto-shreds every expired, unheld (record, category) as of now. Records are planned
+    /// a page at a time, so memory stays flat however many records are due; `progress` is told
+    /// after each chunk what was shredded (or, for a dry run, would be).
     pub async fn sweep(
         &self,
-        dry_run: bool,
-        progress: &mut (dyn FnMut(usize, usize) + Send),
+        opts: SweepOptions,
+        progress: &mut (dyn FnMut(&SweepProgress<'_>) + Send),
     ) -> Result<SweepReport, VaultError> {
+        let SweepOptions {
+            dry_run,
+            records_per_page,
+        } = opts;
         let today = self.now().date_naive();
-        let due: Vec<RetentionItem> = self
-            .retention_plan()
-            .await?
-            .into_iter()
-            .filter(|i| i.expires_on <= today)
-            .collect();
-        let held = due.iter().filter(|i| i.held).count();
-        let mut by_record: BTreeMap<RecordId, Due> = BTreeMap::new();
-        for i in due.into_iter().filter(|i| !i.held) {
-            by_record
-                .entry(i.record)
-                .or_insert(Due {
-                    subject: i.subject,
-                    school: i.school,
-                    items: Vec::new(),
-                })
-                .items
-                .push((i.category, i.rule));
-        }
+        let mut planner = Planner::new(self, records_per_page).await?;
+        let records_total = record::Entity::find()
+            .filter(record::Column::State.eq("active"))
+            .count(&self.stores().data)
+            .await
+            .map_err(StoreError::data)?;
         let mut report = SweepReport {
             dry_run,
-            shredded: Vec::new(),
-            held,
+            records: 0,
+            held: 0,
         };
-        let total = by_record.len();
-        let due: Vec<(RecordId, Due)> = by_record.into_iter().collect();
-        let mut done = 0;
-        // A chunk of records shares one key-store and one data-store transaction and one audit
-        // append: per-record commits capped the sweep at the disk's fsync rate.
-        let chunk_len = (total / 10).clamp(SWEEP_CHUNK.0, SWEEP_CHUNK.1);
-        for chunk in due.chunks(chunk_len) {
-            if !dry_run {
-                self.shred_chunk(chunk).await?;
+        let mut records_checked = 0;
+        while let Some(page) = planner.next_page(self).await? {
+            records_checked += page.records;
+            let mut by_record: BTreeMap<RecordId, Due> = BTreeMap::new();
+            for i in page.items.into_iter().filter(|i| i.expires_on <= today) {
+                if i.held {
+                    report.held += 1;
+                    continue;
+                }
+                by_record
+                    .entry(i.record)
+                    .or_insert(Due {
+                        subject: i.subject,
+                        school: i.school,
+                        items: Vec::new(),
+                    })
+                    .items
+                    .push((i.category, i.rule));
             }
-            for (rid, d) in chunk {
-                let mut categories: Vec<Category> =
-                    d.items.iter().map(|(c, _)| c.clone()).collect();
-                categories.sort();
-                report.shredded.push((*rid, categories));
+            let due: Vec<(RecordId, Due)> = by_record.into_iter().collect();
+            // A chunk of records shares one key-store and one data-store transaction:
+            // per-record commits capped the sweep at the disk's fsync rate.
+            let chunk_len = (due.len() / 10).clamp(SWEEP_CHUNK.0, SWEEP_CHUNK.1);
+            for chunk in due.chunks(chunk_len) {
+                if !dry_run {
+                    self.shred_chunk(chunk).await?;
+                }
+                let shredded: Vec<(RecordId, Vec<Category>)> = chunk
+                    .iter()
+                    .map(|(rid, d)| {
+                        let mut cats: Vec<Category> =
+                            d.items.iter().map(|(c, _)| c.clone()).collect();
+                        cats.sort();
+                        (*rid, cats)
+                    })
+                    .collect();
+                report.records += chunk.len();
+                progress(&SweepProgress {
+                    shredded: &shredded,
+                    records: report.records,
+                    records_checked,
+                    records_total,
+                });
             }
-            done += chunk.len();
-            progress(done, total);
+            if due.is_empty() {
+                progress(&SweepProgress {
+                    shredded: &[],
+                    records: report.records,
+                    records_checked,
+                    records_total,
+                });
+            }
         }
         Ok(report)
     }
