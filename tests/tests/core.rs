@@ -30,6 +30,7 @@ on_both_backends!(
     subjects_found_by_iin_blind_index,
     sealed_fields_name_category_and_reason,
     migrations_go_down_and_up,
+    orphan_deks_are_collected_and_nothing_else,
 );
 
 fn all_categories(c: &Catalog) -> BTreeSet<Category> {
@@ -826,4 +827,82 @@ async fn migrations_go_down_and_up(backend: Backend) {
     assert_eq!(count(db).await, 0);
     t.stores.open().await; // migrates up again
     assert_eq!(count(t.stores.raw_data().await).await, 1);
+}
+
+async fn orphan_deks_are_collected_and_nothing_else(backend: Backend) {
+    let clock = std::sync::Arc::new(vault_core::ManualClock::new(
+        "2026-12-01T09:00:00Z".parse().unwrap(),
+    ));
+    let t = TestVault::with_clock(backend, clock.clone()).await;
+    let v = &t.vault;
+    let s = subject(&t, SubjectKind::Student, None).await;
+    let rt = RecordType::parse("student").unwrap();
+    let fields: BTreeMap<_, _> = [
+        (name("full_name"), FieldValue::text("MARKER-name")),
+        (name("health_issues"), FieldValue::text("MARKER-health")),
+    ]
+    .into_iter()
+    .collect();
+    let orphan = v.write_record(s, &rt, &fields).await.unwrap().id;
+    let kept = v.write_record(s, &rt, &fields).await.unwrap().id;
+    let shredded = v.write_record(s, &rt, &fields).await.unwrap().id;
+    v.shred_record(shredded).await.unwrap();
+    clock.set("2026-12-03T09:00:00Z".parse().unwrap());
+    let recent = v.write_record(s, &rt, &fields).await.unwrap().id;
+    // A create that died between its two commits: its DEKs are stored, its record is not.
+    let db = t.stores.raw_data().await;
+    for r in [orphan, recent] {
+        for table in ["record_fields WHERE record_id", "records WHERE id"] {
+            db.execute_raw(sql(
+                db.get_database_backend(),
+                &format!("DELETE FROM {table} = $1"),
+                vec![r.to_string().into()],
+            ))
+            .await
+            .unwrap();
+        }
+    }
+
+    assert!(matches!(
+        v.collect_orphan_deks(chrono::Duration::minutes(10), false)
+            .await
+            .unwrap_err(),
+        VaultError::Invalid(_)
+    ));
+    let day = chrono::Duration::hours(24);
+    let dry = v.collect_orphan_deks(day, true).await.unwrap();
+    assert_eq!((dry.checked, dry.orphans), (4, 2), "{dry:?}");
+    assert_eq!(
+        v.dek_count(orphan).await.unwrap(),
+        2,
+        "a dry run removes nothing"
+    );
+
+    let done = v.collect_orphan_deks(day, false).await.unwrap();
+    assert_eq!((done.checked, done.orphans), (4, 2), "{done:?}");
+    assert_eq!(v.dek_count(orphan).await.unwrap(), 0);
+    assert_eq!(v.dek_count(kept).await.unwrap(), 2);
+    assert_eq!(
+        v.dek_count(recent).await.unwrap(),
+        2,
+        "younger than a day: a create may still be in flight"
+    );
+    let view = v
+        .read_record(kept, &all_categories(v.catalog()))
+        .await
+        .unwrap();
+    assert_eq!(view.fields.len(), 2);
+    let again = v.collect_orphan_deks(day, false).await.unwrap();
+    assert_eq!((again.checked, again.orphans), (2, 0));
+    let log = v.audit_entries().await.unwrap();
+    let gc: Vec<_> = log.iter().filter(|e| e.action == "key.gc").collect();
+    assert_eq!(
+        gc.len(),
+        2,
+        "one entry per collection that was not a dry run"
+    );
+    assert_eq!(
+        gc[0].reason.as_deref(),
+        Some("2 orphan data keys removed of 4 older than 24 hours")
+    );
 }

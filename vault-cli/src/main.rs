@@ -312,6 +312,19 @@ enum KeyringCmd {
     /// Add, remove or list the custodians the keyring is sealed to (re-encrypts only the keyring).
     #[command(subcommand)]
     Recipient(RecipientCmd),
+    /// Remove orphan data keys: keys whose record the data store does not hold, left by a
+    /// create that died between its two commits. They open nothing; this only tidies.
+    ///
+    /// Example: vaultctl keyring gc --dry-run --identity custodian.txt
+    Gc {
+        /// Only keys made more than this many hours ago (at least 1), so no create in flight
+        /// is touched.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+        older_than_hours: u32,
+        /// Count the orphans, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -611,6 +624,29 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 .retire_kek(&c, version, ctx.reseal_passphrase()?)
                 .await?;
             outln!(out, "{c}: version {version} destroyed");
+        }
+        Command::Keyring(KeyringCmd::Gc {
+            older_than_hours,
+            dry_run,
+        }) => {
+            let vault = ctx.vault(policy).await?;
+            let r = vault
+                .collect_orphan_deks(
+                    chrono::Duration::hours(i64::from(older_than_hours)),
+                    dry_run,
+                )
+                .await?;
+            outln!(
+                out,
+                "{} orphan data keys {} of {} older than {older_than_hours} hours",
+                r.orphans,
+                if dry_run {
+                    "found (dry run, none removed)"
+                } else {
+                    "removed"
+                },
+                r.checked
+            );
         }
         Command::Keyring(KeyringCmd::Recipient(cmd)) => {
             let vault = ctx.vault(policy).await?;

@@ -248,8 +248,19 @@ async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
             other => panic!("{other:?}"),
         }
     }
+    drop(v);
+
+    // Nothing here is an orphan, and nothing is old enough to be looked at.
+    let gc = ctl.ok(&["keyring", "gc", "--dry-run", "--older-than-hours", "1"]);
+    assert!(
+        gc.contains("0 orphan data keys found (dry run, none removed) of 0 older than 1 hours"),
+        "{gc}"
+    );
+    let gc = ctl.ok(&["keyring", "gc"]);
+    assert!(gc.contains("0 orphan data keys removed"), "{gc}");
+    let v = ctl.vault().await;
     let log = v.audit_entries().await.unwrap();
-    for a in ["key.rotate", "key.rewrap", "key.retire"] {
+    for a in ["key.rotate", "key.rewrap", "key.retire", "key.gc"] {
         assert!(log.iter().any(|e| e.action == a), "{a}");
     }
 }

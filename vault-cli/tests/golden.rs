@@ -14,6 +14,7 @@ const COMMANDS: &[&[&str]] = &[
     &["keyring", "rotate"],
     &["keyring", "rewrap"],
     &["keyring", "retire"],
+    &["keyring", "gc"],
     &["keyring", "recipient", "add"],
     &["keyring", "recipient", "remove"],
     &["keyring", "recipient", "list"],
@@ -77,5 +78,42 @@ fn help_of_every_command_matches_its_golden_file() {
         mismatches.is_empty(),
         "help text changed (UPDATE_GOLDEN=1 to accept):\n{}",
         mismatches.join("\n")
+    );
+}
+
+/// Every command that `--help` lists, at every level, has a golden file above.
+#[test]
+fn every_command_has_a_golden_file() {
+    fn walk(path: Vec<String>, missing: &mut Vec<String>) {
+        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+            .args(&path)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        let help = String::from_utf8(o.stdout).unwrap();
+        let Some(list) = help.split("Commands:\n").nth(1) else {
+            // A leaf: it must be listed.
+            if !COMMANDS.iter().any(|c| *c == path.as_slice()) {
+                missing.push(path.join(" "));
+            }
+            return;
+        };
+        for line in list.lines().take_while(|l| l.starts_with("  ")) {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            if name != "help" {
+                let mut sub = path.clone();
+                sub.push(name.to_owned());
+                walk(sub, missing);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    walk(Vec::new(), &mut missing);
+    assert!(
+        missing.is_empty(),
+        "commands without a golden file: {missing:?}"
     );
 }

@@ -7,27 +7,39 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
 
 use crate::audit::{AuditEvent, Outcome};
-
-const MAX_REWRAP_BATCH: u64 = 5000;
 use crate::domain::{Category, DekId, RecordId};
 use crate::envelope::{WrappedDek, rewrap_dek};
 use crate::keyring::{CustodianRecipient, Keyring, Passphrase, SealTo};
 use crate::store::StoreError;
-use crate::store::entities::{dek, keyring_row};
+use crate::store::entities::{dek, keyring_row, record};
 use crate::vault::{KEYRING_ROW, Vault, VaultError};
+
+const MAX_REWRAP_BATCH: u64 = 5000;
+/// DEKs checked per page of an orphan collection: one key-store page, one data-store lookup.
+const GC_PAGE: u64 = 1000;
 
 /// Progress of a rewrap: how many DEKs moved, and how many still use an older version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RewrapProgress {
     pub moved: u64,
     pub remaining: u64,
+}
+
+/// What a collection of orphan DEKs found (and, unless it was a dry run, removed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrphanReport {
+    pub dry_run: bool,
+    /// DEKs old enough to be looked at.
+    pub checked: u64,
+    /// Of those, DEKs of records the data store does not hold.
+    pub orphans: u64,
 }
 
 impl Vault {
@@ -270,6 +282,91 @@ impl Vault {
         )
         .await?;
         Ok(RewrapProgress { moved, remaining })
+    }
+
+    /// Removes DEKs whose record the data store does not hold: left by a create that died
+    /// between its key-store and data-store commits. Only DEKs made more than `older_than` ago
+    /// are looked at, so a create still in flight is never touched; a DEK whose record exists
+    /// is always kept (an interrupted update's DEK is used again by the next update of its
+    /// category). Such DEKs open nothing, so this is tidiness, not secrecy.
+    pub async fn collect_orphan_deks(
+        &self,
+        older_than: chrono::Duration,
+        dry_run: bool,
+    ) -> Result<OrphanReport, VaultError> {
+        if older_than < chrono::Duration::hours(1) {
+            return Err(VaultError::Invalid(
+                "orphan DEKs must be at least an hour old before they are removed: a create in flight holds its DEKs for a moment before its record".into(),
+            ));
+        }
+        let cutoff = self.now() - older_than;
+        let mut report = OrphanReport {
+            dry_run,
+            ..OrphanReport::default()
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = dek::Entity::find()
+                .select_only()
+                .column(dek::Column::Id)
+                .column(dek::Column::RecordId)
+                .filter(dek::Column::CreatedAt.lt(cutoff))
+                .order_by_asc(dek::Column::Id)
+                .limit(GC_PAGE);
+            if let Some(a) = &after {
+                q = q.filter(dek::Column::Id.gt(a.clone()));
+            }
+            let page: Vec<(String, String)> = q
+                .into_tuple()
+                .all(&self.stores().keys)
+                .await
+                .map_err(StoreError::keys)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            report.checked += page.len() as u64;
+            let wanted: BTreeSet<&str> = page.iter().map(|(_, r)| r.as_str()).collect();
+            // Records in any state count: a shredded record's tombstone is not an orphan's.
+            let held: BTreeSet<String> = record::Entity::find()
+                .select_only()
+                .column(record::Column::Id)
+                .filter(record::Column::Id.is_in(wanted.iter().copied()))
+                .into_tuple()
+                .all(&self.stores().data)
+                .await
+                .map_err(StoreError::data)?
+                .into_iter()
+                .collect();
+            let orphans: Vec<String> = page
+                .iter()
+                .filter(|(_, r)| !held.contains(r))
+                .map(|(id, _)| id.clone())
+                .collect();
+            report.orphans += orphans.len() as u64;
+            if !dry_run && !orphans.is_empty() {
+                dek::Entity::delete_many()
+                    .filter(dek::Column::Id.is_in(orphans))
+                    .filter(dek::Column::CreatedAt.lt(cutoff))
+                    .exec(&self.stores().keys)
+                    .await
+                    .map_err(StoreError::keys)?;
+            }
+        }
+        if !dry_run {
+            self.key_event(
+                "key.gc",
+                Vec::new(),
+                format!(
+                    "{} orphan data keys removed of {} older than {} hours",
+                    report.orphans,
+                    report.checked,
+                    older_than.num_hours()
+                ),
+            )
+            .await?;
+        }
+        Ok(report)
     }
 
     /// Destroys an old KEK version, only when no DEK refers to it.

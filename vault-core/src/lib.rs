@@ -42,7 +42,7 @@ pub use envelope::{
 pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
-pub use keys::RewrapProgress;
+pub use keys::{OrphanReport, RewrapProgress};
 pub use policy::{
     Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope, check_policy_texts,
 };
