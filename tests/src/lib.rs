@@ -329,54 +329,39 @@ pub fn tool(name: &str) -> Option<Command> {
     }
 }
 
-/// Makes the data store refuse any new record of `subject` (a trigger), standing in for any
-/// failure of one write among many.
-pub async fn refuse_records_of(db: &DatabaseConnection, subject: vault_core::SubjectId) {
+/// Makes `db` refuse new rows of `table` whose `column` is `value` (a trigger), standing in for
+/// one write failing inside a transaction. `allow_inserts` takes the trigger away again.
+pub async fn refuse_inserts(
+    db: &DatabaseConnection,
+    table: &str,
+    column: &str,
+    value: impl std::fmt::Display,
+) {
     let sql = match db.get_database_backend() {
         sea_orm::DbBackend::Postgres => format!(
-            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
-             IF NEW.subject_id = '{subject}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+            "CREATE FUNCTION refuse_{table}() RETURNS trigger AS $$ BEGIN \
+             IF NEW.{column} = '{value}' THEN RAISE EXCEPTION 'refused by a test'; END IF; \
              RETURN NEW; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER poison BEFORE INSERT ON records \
-             FOR EACH ROW EXECUTE FUNCTION poison()"
+             CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
         ),
         _ => format!(
-            "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.subject_id = '{subject}' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+             WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'refused by a test'); END"
         ),
     };
     db.execute_unprepared(&sql).await.unwrap();
 }
 
-/// Makes the data store refuse any audit entry about `record` (a trigger), standing in for an
-/// audit write that fails after the change it records was made in the same transaction.
-/// `allow_audit_of` takes the trigger away again.
-pub async fn refuse_audit_of(db: &DatabaseConnection, record: vault_core::RecordId) {
-    let sql = match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => format!(
-            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN \
-             IF NEW.record_id = '{record}' THEN RAISE EXCEPTION 'audit refused'; END IF; \
-             RETURN NEW; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-             FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
-        ),
-        _ => format!(
-            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-             WHEN NEW.record_id = '{record}' BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
-        ),
-    };
-    db.execute_unprepared(&sql).await.unwrap();
-}
-
-/// Undoes `refuse_audit_of`.
-pub async fn allow_audit(db: &DatabaseConnection) {
+/// Undoes `refuse_inserts` on `table`.
+pub async fn allow_inserts(db: &DatabaseConnection, table: &str) {
     let sql = match db.get_database_backend() {
         sea_orm::DbBackend::Postgres => {
-            "DROP TRIGGER refuse_audit ON audit_log; DROP FUNCTION refuse_audit()"
+            format!("DROP TRIGGER refuse_{table} ON {table}; DROP FUNCTION refuse_{table}()")
         }
-        _ => "DROP TRIGGER refuse_audit",
+        _ => format!("DROP TRIGGER refuse_{table}"),
     };
-    db.execute_unprepared(sql).await.unwrap();
+    db.execute_unprepared(&sql).await.unwrap();
 }
 
 /// Runs a sweep and collects what it shredded (or, dry, would shred), chunk by chunk.

@@ -767,7 +767,7 @@ async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
     let s = school_day(backend).await;
     let v = &s.t.vault;
     let other = vault_tests::new_subject(v, SubjectKind::Student).await;
-    vault_tests::refuse_records_of(&s.t.stores.raw_data().await, other).await;
+    vault_tests::refuse_inserts(&s.t.stores.raw_data().await, "records", "subject_id", other).await;
     let before = v.audit_entries().await.unwrap().len();
     let student = RecordType::parse("student").unwrap();
     let why = purpose("legal_administrative");
@@ -818,14 +818,15 @@ async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
     )]
     .into_iter()
     .collect();
-    let entries_about = |log: &[vault_core::AuditRecord], action: &str| {
+    let about = |log: &[vault_core::AuditRecord], action: &str| -> Vec<vault_core::AuditRecord> {
         log.iter()
             .filter(|e| e.action == action && e.record.as_deref() == Some(&rec.to_string()))
-            .count()
+            .cloned()
+            .collect()
     };
 
     // The audit entry cannot be written: the update must not land either.
-    vault_tests::refuse_audit_of(&db, rec).await;
+    vault_tests::refuse_inserts(&db, "audit_log", "record_id", rec).await;
     let err = v
         .update_record_as(&s.admissions, rec, 1, &change, &why)
         .await
@@ -844,13 +845,27 @@ async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
     // ciphertext stays, until its certificate can be written.
     let err = v.shred_record_as(&s.privacy, rec, &why).await.unwrap_err();
     assert!(matches!(err, VaultError::Store(_)), "{err:?}");
+    let fields_left = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM record_fields WHERE record_id = '{rec}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(
+        fields_left, 2,
+        "the deletion rolled back with its certificate"
+    );
     let log = v.audit_entries().await.unwrap();
-    assert_eq!(entries_about(&log, "record.update"), 0);
-    assert_eq!(entries_about(&log, "record.shred"), 0);
+    assert!(about(&log, "record.update").is_empty());
+    assert!(about(&log, "record.shred").is_empty());
 
     // Once entries can be written again, reopening the vault finishes the shred and certifies
     // it in the vault's own name.
-    vault_tests::allow_audit(&db).await;
+    vault_tests::allow_inserts(&db, "audit_log").await;
     let s2 = School {
         t: s.t.reopen().await.unwrap(),
         ..s
@@ -860,11 +875,7 @@ async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
         v.read_record(rec, &BTreeSet::new()).await.unwrap_err(),
         VaultError::RecordShredded(_)
     ));
-    let log = v.audit_entries().await.unwrap();
-    let cert: Vec<_> = log
-        .iter()
-        .filter(|e| e.action == "record.shred" && e.record.as_deref() == Some(&rec.to_string()))
-        .collect();
+    let cert = about(&v.audit_entries().await.unwrap(), "record.shred");
     assert_eq!(cert.len(), 1, "one certificate for the finished shred");
     assert_eq!(cert[0].actor, "vault");
     let reason = cert[0].reason.as_deref().unwrap();

@@ -647,7 +647,7 @@ async fn concurrent_writes_land_together_and_a_bad_one_fails_alone(backend: Back
     let good = subject(&t, SubjectKind::Student, None).await;
     let bad = subject(&t, SubjectKind::Student, None).await;
     let db = t.stores.raw_data().await;
-    vault_tests::refuse_records_of(&db, bad).await;
+    vault_tests::refuse_inserts(&db, "records", "subject_id", bad).await;
     let student = RecordType::parse("student").unwrap();
     let fields = |i: usize| -> BTreeMap<FieldName, FieldValue> {
         [

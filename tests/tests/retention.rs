@@ -264,7 +264,7 @@ async fn a_sweep_deletes_nothing_it_cannot_certify(backend: Backend) {
     // The certificate cannot be written: the keys are already gone (they go first), but the
     // deletions and the shred log roll back with the certificate.
     let db = tv.stores.raw_data().await;
-    vault_tests::refuse_audit_of(&db, r).await;
+    vault_tests::refuse_inserts(&db, "audit_log", "record_id", r).await;
     assert!(
         vault_tests::sweep(v, SweepOptions::default())
             .await
@@ -276,7 +276,7 @@ async fn a_sweep_deletes_nothing_it_cannot_certify(backend: Backend) {
     assert!(!log.iter().any(|e| e.action == "retention.shred"));
 
     // The next sweep finds the record still due, finishes and certifies what it deleted.
-    vault_tests::allow_audit(&db).await;
+    vault_tests::allow_inserts(&db, "audit_log").await;
     let (done, _) = vault_tests::sweep(v, SweepOptions::default())
         .await
         .unwrap();
