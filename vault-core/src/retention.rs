@@ -23,7 +23,7 @@ use crate::store::StoreError;
 use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
 use crate::vault::{Vault, VaultError};
 
-/// Records shredded per pair of transactions in a sweep: a tenth of what a page of subjects has
+/// Records shredded per pair of transactions in a sweep: a tenth of what a page of records has
 /// due, so a small sweep reports progress about ten times, between these bounds.
 const SWEEP_CHUNK: (usize, usize) = (50, 1000);
 
@@ -52,11 +52,18 @@ pub struct LegalHold {
     pub release_reason: Option<String>,
 }
 
-/// The expired, unheld categories of one record, as a sweep collects them.
+/// The expired, unheld categories of one record, as a sweep collects them: (category, rule)
+/// in category order.
 struct Due {
     subject: SubjectId,
     school: SchoolId,
     items: Vec<(Category, String)>,
+}
+
+impl Due {
+    fn categories(&self) -> Vec<Category> {
+        self.items.iter().map(|(c, _)| c.clone()).collect()
+    }
 }
 
 /// What a sweep did (or, with `dry_run`, would do).
@@ -204,25 +211,8 @@ impl Planner {
         let rows: Vec<Row> = q.into_tuple().all(db).await.map_err(StoreError::data)?;
         self.after = Some(last);
 
-        // Each id parsed once per page.
-        let mut subjects: BTreeMap<String, (SubjectId, SchoolId)> = BTreeMap::new();
-        let mut pairs = Vec::with_capacity(rows.len());
-        for (rid, cat, subject, created_at, school, left_at) in rows {
-            if !subjects.contains_key(&subject) {
-                let sid =
-                    SubjectId::parse(&subject).map_err(|_| VaultError::CorruptRow("subject id"))?;
-                let school =
-                    SchoolId::parse(&school).map_err(|_| VaultError::CorruptRow("school id"))?;
-                subjects.insert(subject.clone(), (sid, school));
-            }
-            pairs.push((rid, cat, subject, created_at, left_at));
-        }
         let mut items = Vec::new();
-        let mut record_ids: BTreeMap<String, RecordId> = BTreeMap::new();
-        for (rid, cat, subject, created_at, left_at) in pairs {
-            let Some((subject_id, school)) = subjects.get(&subject) else {
-                continue;
-            };
+        for (rid, cat, subject, created_at, school, left_at) in rows {
             let Some((category, rule, text)) = self.rule(vault, &cat).clone() else {
                 continue;
             };
@@ -234,23 +224,19 @@ impl Planner {
             let Some(expires_on) = rule.period.after(from.date_naive()) else {
                 continue;
             };
-            let record_id = match record_ids.get(&rid) {
-                Some(r) => *r,
-                None => {
-                    let r =
-                        RecordId::parse(&rid).map_err(|_| VaultError::CorruptRow("record id"))?;
-                    record_ids.insert(rid, r);
-                    r
-                }
-            };
+            let record = RecordId::parse(&rid).map_err(|_| VaultError::CorruptRow("record id"))?;
+            let subject =
+                SubjectId::parse(&subject).map_err(|_| VaultError::CorruptRow("subject id"))?;
+            let school =
+                SchoolId::parse(&school).map_err(|_| VaultError::CorruptRow("school id"))?;
             let held = self
                 .holds
                 .iter()
-                .any(|h| h.subject == *subject_id && h.record.is_none_or(|hr| hr == record_id));
+                .any(|h| h.subject == subject && h.record.is_none_or(|hr| hr == record));
             items.push(RetentionItem {
-                record: record_id,
-                subject: *subject_id,
-                school: school.clone(),
+                record,
+                subject,
+                school,
                 rule: text,
                 category,
                 expires_on,
@@ -466,7 +452,13 @@ impl Vault {
                     .items
                     .push((i.category, i.rule));
             }
-            let due: Vec<(RecordId, Due)> = by_record.into_iter().collect();
+            let due: Vec<(RecordId, Due)> = by_record
+                .into_iter()
+                .map(|(r, mut d)| {
+                    d.items.sort();
+                    (r, d)
+                })
+                .collect();
             // A chunk of records shares one key-store and one data-store transaction:
             // per-record commits capped the sweep at the disk's fsync rate.
             let chunk_len = (due.len() / 10).clamp(SWEEP_CHUNK.0, SWEEP_CHUNK.1);
@@ -476,12 +468,7 @@ impl Vault {
                 }
                 let shredded: Vec<(RecordId, Vec<Category>)> = chunk
                     .iter()
-                    .map(|(rid, d)| {
-                        let mut cats: Vec<Category> =
-                            d.items.iter().map(|(c, _)| c.clone()).collect();
-                        cats.sort();
-                        (*rid, cats)
-                    })
+                    .map(|(rid, d)| (*rid, d.categories()))
                     .collect();
                 report.records += chunk.len();
                 progress(&SweepProgress {
@@ -597,8 +584,7 @@ impl Vault {
             let key = rid.to_string();
             let destroyed = destroyed.get(&key).map_or(0, |n| n.0);
             let (deleted, kept) = fields.get(&key).copied().unwrap_or_default();
-            let mut cats: Vec<Category> = d.items.iter().map(|(c, _)| c.clone()).collect();
-            cats.sort();
+            let cats = d.categories();
             let rule = d
                 .items
                 .iter()
