@@ -217,7 +217,7 @@ enum RetentionCmd {
         #[arg(long)]
         dry_run: bool,
         /// Records planned at a time. Memory grows with it: a sweep of 100,000 records peaks at
-        /// about 40 MiB with the default, 85 MiB with 10,000.
+        /// about 35 MiB with the default, 85 MiB with 10,000.
         #[arg(long, default_value_t = vault_core::PLAN_PAGE,
               value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         records_per_page: u64,

@@ -244,7 +244,7 @@ async fn vaultctl_killed_at_35_points_loses_nothing() {
     // Sweep: killed 10 times at random points, then finished.
     let mut interrupted = 0;
     for _ in 0..10 {
-        // The sweep reports progress once per chunk (a tenth of the sweep, at least 50 records)
+        // The sweep reports progress once per chunk (a tenth of a page's due records, at least 50)
         // and keeps working while the kill is on its way, so kills land inside later chunks.
         env.kill_after_progress(&["retention", "sweep"], 1 + rng.next(2));
         let v = env.vault().await;
