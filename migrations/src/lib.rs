@@ -13,6 +13,7 @@ mod m20261127_000002_key_store;
 mod m20261127_000003_access;
 mod m20261127_000004_retention;
 mod m20261127_000005_transfers;
+mod m20261203_000006_iin_per_school;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m20261127_000003_access::Migration),
             Box::new(m20261127_000004_retention::Migration),
             Box::new(m20261127_000005_transfers::Migration),
+            Box::new(m20261203_000006_iin_per_school::Migration),
         ]
     }
 }

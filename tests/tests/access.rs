@@ -99,21 +99,19 @@ impl School {
     async fn consent(&self, cats: &[&str]) -> vault_core::Consent {
         self.t
             .vault
-            .record_consent(
-                &self.admissions,
-                NewConsent {
-                    subject: self.student,
-                    given_by: ConsentGiver::Guardian(self.guardian),
-                    method: "paper".into(),
-                    evidence_ref: "scan 2026/118".into(),
-                    text_version: "consent-v3".into(),
-                    categories: cats.iter().map(|c| cat(c)).collect(),
-                    third_party: false,
-                    cross_border: false,
-                    publication: false,
-                    term_until: None,
-                },
-            )
+            .session(self.admissions.clone())
+            .record_consent(NewConsent {
+                subject: self.student,
+                given_by: ConsentGiver::Guardian(self.guardian),
+                method: "paper".into(),
+                evidence_ref: "scan 2026/118".into(),
+                text_version: "consent-v3".into(),
+                categories: cats.iter().map(|c| cat(c)).collect(),
+                third_party: false,
+                cross_border: false,
+                publication: false,
+                term_until: None,
+            })
             .await
             .unwrap()
     }
@@ -122,8 +120,8 @@ impl School {
         self.consent(&["health", "religion"]).await;
         self.t
             .vault
-            .write_record_as(
-                &self.admissions,
+            .session(self.admissions.clone())
+            .write_record(
                 self.student,
                 &RecordType::parse("student").unwrap(),
                 &fields(&[
@@ -141,7 +139,8 @@ impl School {
         let mut view = self
             .t
             .vault
-            .read_record_as(p, record, &purpose(why))
+            .session(p.clone())
+            .read_record(record, &purpose(why))
             .await
             .unwrap();
         view.fields
@@ -152,16 +151,14 @@ impl School {
     async fn request(&self, p: &Principal, record: RecordId) -> vault_core::AccessRequest {
         self.t
             .vault
-            .request_access(
-                p,
-                NewAccessRequest {
-                    subject: self.student,
-                    record: Some(record),
-                    categories: vec![cat("health")],
-                    purpose: purpose("education"),
-                    justification: "planning support for the new term".into(),
-                },
-            )
+            .session(p.clone())
+            .request_access(NewAccessRequest {
+                subject: self.student,
+                record: Some(record),
+                categories: vec![cat("health")],
+                purpose: purpose("education"),
+                justification: "planning support for the new term".into(),
+            })
             .await
             .unwrap()
     }
@@ -185,7 +182,8 @@ async fn approvals_gate_special_reads(backend: Backend) {
 
     // Until approved: sealed, saying what would open it. Identity opens.
     let view = v
-        .read_record_as(&s.nurse, rec, &purpose("education"))
+        .session(s.nurse.clone())
+        .read_record(rec, &purpose("education"))
         .await
         .unwrap();
     assert!(is_open(
@@ -200,33 +198,38 @@ async fn approvals_gate_special_reads(backend: Backend) {
     // Nobody approves their own request; another school's director cannot approve.
     let in_an_hour = start() + Duration::hours(1);
     assert!(matches!(
-        v.approve_request(&s.nurse, req.id, in_an_hour, 2)
+        v.session(s.nurse.clone())
+            .approve(req.id, in_an_hour, 2)
             .await
             .unwrap_err(),
         VaultError::SelfApproval | VaultError::NotApprover { .. }
     ));
     assert!(matches!(
-        v.approve_request(&s.other_director, req.id, in_an_hour, 2)
+        v.session(s.other_director.clone())
+            .approve(req.id, in_an_hour, 2)
             .await
             .unwrap_err(),
-        VaultError::NotApprover { .. }
+        VaultError::NotFound(_)
     ));
     assert!(
-        v.pending_requests(&s.director)
+        v.session(s.director.clone())
+            .pending_requests()
             .await
             .unwrap()
             .iter()
             .any(|r| r.id == req.id)
     );
     assert!(
-        v.pending_requests(&s.other_director)
+        v.session(s.other_director.clone())
+            .pending_requests()
             .await
             .unwrap()
             .is_empty()
     );
 
     // Approved for two uses: exactly two reads open it.
-    v.approve_request(&s.director, req.id, in_an_hour, 2)
+    v.session(s.director.clone())
+        .approve(req.id, in_an_hour, 2)
         .await
         .unwrap();
     assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
@@ -243,7 +246,8 @@ async fn approvals_gate_special_reads(backend: Backend) {
 
     // Expiry: approved until +1h, read at +2h.
     let req2 = s.request(&s.nurse, rec).await;
-    v.approve_request(&s.director, req2.id, start() + Duration::hours(1), 10)
+    v.session(s.director.clone())
+        .approve(req2.id, start() + Duration::hours(1), 10)
         .await
         .unwrap();
     s.clock.advance(Duration::hours(2));
@@ -255,7 +259,8 @@ async fn approvals_gate_special_reads(backend: Backend) {
 
     // Denied opens nothing.
     let req3 = s.request(&s.nurse, rec).await;
-    v.deny_request(&s.director, req3.id, "not needed for this term")
+    v.session(s.director.clone())
+        .deny(req3.id, "not needed for this term")
         .await
         .unwrap();
     assert_eq!(
@@ -264,18 +269,23 @@ async fn approvals_gate_special_reads(backend: Backend) {
     );
     // A decided request cannot be approved afterwards.
     assert!(
-        v.approve_request(&s.director2, req3.id, now + Duration::hours(1), 1)
+        v.session(s.director2.clone())
+            .approve(req3.id, now + Duration::hours(1), 1)
             .await
             .is_err()
     );
 
     // Revoked opens nothing.
     let req4 = s.request(&s.nurse, rec).await;
-    v.approve_request(&s.director2, req4.id, now + Duration::hours(1), 5)
+    v.session(s.director2.clone())
+        .approve(req4.id, now + Duration::hours(1), 5)
         .await
         .unwrap();
     assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
-    v.revoke_approval(&s.director, req4.id).await.unwrap();
+    v.session(s.director.clone())
+        .revoke_approval(req4.id)
+        .await
+        .unwrap();
     assert_eq!(
         sealed_as(&s.health_of(&s.nurse, rec, "education").await),
         Some(&SealReason::ApprovalRequired)
@@ -284,12 +294,14 @@ async fn approvals_gate_special_reads(backend: Backend) {
     // A director's own read needs another director's approval too; the general director can give it.
     let req5 = s.request(&s.director, rec).await;
     assert!(matches!(
-        v.approve_request(&s.director, req5.id, now + Duration::hours(1), 1)
+        v.session(s.director.clone())
+            .approve(req5.id, now + Duration::hours(1), 1)
             .await
             .unwrap_err(),
         VaultError::SelfApproval
     ));
-    v.approve_request(&s.general_director, req5.id, now + Duration::hours(1), 1)
+    v.session(s.general_director.clone())
+        .approve(req5.id, now + Duration::hours(1), 1)
         .await
         .unwrap();
     assert!(is_open(&s.health_of(&s.director, rec, "education").await));
@@ -324,13 +336,15 @@ async fn break_glass_opens_at_once_and_must_be_reviewed(backend: Backend) {
     let v = &s.t.vault;
 
     assert!(matches!(
-        v.open_break_glass(&s.teacher, s.student, "student collapsed in class")
+        v.session(s.teacher.clone())
+            .open_break_glass(s.student, "student collapsed in class")
             .await
             .unwrap_err(),
         VaultError::Forbidden { .. }
     ));
     let bg = v
-        .open_break_glass(&s.nurse, s.student, "anaphylaxis in the gym, need history")
+        .session(s.nurse.clone())
+        .open_break_glass(s.student, "anaphylaxis in the gym, need history")
         .await
         .unwrap();
     assert!(is_open(
@@ -343,9 +357,19 @@ async fn break_glass_opens_at_once_and_must_be_reviewed(backend: Backend) {
         && e.outcome == "allowed"
         && e.reason.as_deref().unwrap_or("").contains("break-glass")));
 
-    assert!(v.overdue_break_glass().await.unwrap().is_empty());
+    assert!(
+        v.session(s.director.clone())
+            .overdue_break_glass()
+            .await
+            .unwrap()
+            .is_empty()
+    );
     s.clock.advance(Duration::hours(25));
-    let overdue = v.overdue_break_glass().await.unwrap();
+    let overdue = v
+        .session(s.director.clone())
+        .overdue_break_glass()
+        .await
+        .unwrap();
     assert_eq!(overdue.len(), 1);
     assert_eq!(overdue[0].id, bg.id);
     // The window has closed: no more emergency reads without a new break-glass.
@@ -355,23 +379,32 @@ async fn break_glass_opens_at_once_and_must_be_reviewed(backend: Backend) {
     );
 
     assert!(matches!(
-        v.review_break_glass(&s.nurse, bg.id, "it was fine")
+        v.session(s.nurse.clone())
+            .review_break_glass(bg.id, "it was fine")
             .await
             .unwrap_err(),
         VaultError::SelfApproval
     ));
     assert!(matches!(
-        v.review_break_glass(&s.other_director, bg.id, "looks fine")
+        v.session(s.other_director.clone())
+            .review_break_glass(bg.id, "looks fine")
             .await
             .unwrap_err(),
-        VaultError::NotApprover { .. }
+        VaultError::NotFound(_)
     ));
     let reviewed = v
-        .review_break_glass(&s.director, bg.id, "justified: ambulance called")
+        .session(s.director.clone())
+        .review_break_glass(bg.id, "justified: ambulance called")
         .await
         .unwrap();
-    assert_eq!(reviewed.reviewed_by, Some(s.director.id));
-    assert!(v.overdue_break_glass().await.unwrap().is_empty());
+    assert_eq!(reviewed.reviewed_by, Some(s.director.id()));
+    assert!(
+        v.session(s.director.clone())
+            .overdue_break_glass()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backend) {
@@ -382,13 +415,8 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
 
     // No basis: refused, naming what is missing; nothing stored.
     let err = v
-        .write_record_as(
-            &s.admissions,
-            s.student,
-            &rt,
-            &religion,
-            &purpose("religious_education"),
-        )
+        .session(s.admissions.clone())
+        .write_record(s.student, &rt, &religion, &purpose("religious_education"))
         .await
         .unwrap_err();
     assert!(
@@ -399,23 +427,21 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
 
     // A student cannot consent alone.
     let err = v
-        .record_consent(
-            &s.admissions,
-            NewConsent {
-                subject: s.student,
-                given_by: ConsentGiver::Subject {
-                    confirmed_adult: false,
-                },
-                method: "paper".into(),
-                evidence_ref: "scan 1".into(),
-                text_version: "v3".into(),
-                categories: vec![cat("religion")],
-                third_party: false,
-                cross_border: false,
-                publication: false,
-                term_until: None,
+        .session(s.admissions.clone())
+        .record_consent(NewConsent {
+            subject: s.student,
+            given_by: ConsentGiver::Subject {
+                confirmed_adult: false,
             },
-        )
+            method: "paper".into(),
+            evidence_ref: "scan 1".into(),
+            text_version: "v3".into(),
+            categories: vec![cat("religion")],
+            third_party: false,
+            cross_border: false,
+            publication: false,
+            term_until: None,
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("guardian"), "{err}");
@@ -425,19 +451,15 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
     assert_eq!(consent.operator_bin.len(), 12);
     assert_eq!(consent.given_by, ConsentGiver::Guardian(s.guardian));
     let rec = v
-        .write_record_as(
-            &s.admissions,
-            s.student,
-            &rt,
-            &religion,
-            &purpose("religious_education"),
-        )
+        .session(s.admissions.clone())
+        .write_record(s.student, &rt, &religion, &purpose("religious_education"))
         .await
         .unwrap()
         .id;
     let field = FieldName::parse("religion").unwrap();
     let view = v
-        .read_record_as(&s.admissions, rec, &purpose("religious_education"))
+        .session(s.admissions.clone())
+        .read_record(rec, &purpose("religious_education"))
         .await
         .unwrap();
     assert!(matches!(
@@ -445,7 +467,8 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
         Some(SealReason::Forbidden(_))
     ));
     let view = v
-        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .session(s.class_teacher.clone())
+        .read_record(rec, &purpose("religious_education"))
         .await
         .unwrap();
     assert!(is_open(&view.fields[&field]));
@@ -453,7 +476,8 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
     // Withdrawal on Tuesday 1 December 2026: basis ends now; the deadline is 15 working days
     // later, past three weekends and Independence Day (16 December).
     let w = v
-        .withdraw_consent(&s.privacy, consent.id, None)
+        .session(s.privacy.clone())
+        .withdraw_consent(consent.id, None)
         .await
         .unwrap();
     assert_eq!(
@@ -461,7 +485,8 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
         Some(NaiveDate::from_ymd_opt(2026, 12, 23).unwrap())
     );
     let view = v
-        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .session(s.class_teacher.clone())
+        .read_record(rec, &purpose("religious_education"))
         .await
         .unwrap();
     assert_eq!(
@@ -469,7 +494,8 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
         Some(&SealReason::NoLegalBasis)
     );
     assert!(
-        v.withdraw_consent(&s.privacy, consent.id, None)
+        v.session(s.privacy.clone())
+            .withdraw_consent(consent.id, None)
             .await
             .is_err(),
         "withdrawn twice"
@@ -478,21 +504,20 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
     // A withdrawal refused with a recorded reason keeps the basis.
     let c2 = s.consent(&["religion"]).await;
     assert!(
-        v.withdraw_consent(&s.privacy, c2.id, Some("short"))
+        v.session(s.privacy.clone())
+            .withdraw_consent(c2.id, Some("short"))
             .await
             .is_err()
     );
     let w2 = v
-        .withdraw_consent(
-            &s.privacy,
-            c2.id,
-            Some("Education law requires keeping it until June"),
-        )
+        .session(s.privacy.clone())
+        .withdraw_consent(c2.id, Some("Education law requires keeping it until June"))
         .await
         .unwrap();
     assert!(w2.refusal_reason.is_some());
     let view = v
-        .read_record_as(&s.class_teacher, rec, &purpose("religious_education"))
+        .session(s.class_teacher.clone())
+        .read_record(rec, &purpose("religious_education"))
         .await
         .unwrap();
     assert!(is_open(&view.fields[&field]));
@@ -500,38 +525,29 @@ async fn consent_gates_special_categories_and_withdrawal_ends_it(backend: Backen
     // A named legal ground instead of consent.
     let eth = fields(&[("ethnic_origin", "MARKER-origin")]);
     assert!(
-        v.write_record_as(
-            &s.admissions,
+        v.session(s.admissions.clone())
+            .write_record(s.student, &rt, &eth, &purpose("legal_administrative"))
+            .await
+            .is_err()
+    );
+    v.session(s.privacy.clone())
+        .record_legal_ground(
             s.student,
-            &rt,
-            &eth,
-            &purpose("legal_administrative")
+            &cat("ethnicity"),
+            LegalGround::StateStatistics,
+            "Order on school statistics No. 12",
         )
         .await
-        .is_err()
-    );
-    v.record_legal_ground(
-        &s.privacy,
-        s.student,
-        &cat("ethnicity"),
-        LegalGround::StateStatistics,
-        "Order on school statistics No. 12",
-    )
-    .await
-    .unwrap();
+        .unwrap();
     let rec2 = v
-        .write_record_as(
-            &s.admissions,
-            s.student,
-            &rt,
-            &eth,
-            &purpose("legal_administrative"),
-        )
+        .session(s.admissions.clone())
+        .write_record(s.student, &rt, &eth, &purpose("legal_administrative"))
         .await
         .unwrap()
         .id;
     let view = v
-        .read_record_as(&s.director, rec2, &purpose("legal_administrative"))
+        .session(s.director.clone())
+        .read_record(rec2, &purpose("legal_administrative"))
         .await
         .unwrap();
     assert!(is_open(
@@ -588,7 +604,7 @@ async fn tokens_authenticate_and_revoke(backend: Backend) {
         assert_eq!(h.len(), 32);
         assert!(!contains(&h, token.expose().as_bytes()));
     }
-    v.revoke_principal(p.id).await.unwrap();
+    v.revoke_principal(p.id()).await.unwrap();
     assert!(matches!(
         v.authenticate(&token).await.unwrap_err(),
         VaultError::Unauthenticated
@@ -605,7 +621,8 @@ async fn audit_log_detects_edits_removals_and_reordering(backend: Backend) {
     let rec = s.enrol_with_health().await;
     for _ in 0..3 {
         s.t.vault
-            .read_record_as(&s.nurse, rec, &purpose("education"))
+            .session(s.nurse.clone())
+            .read_record(rec, &purpose("education"))
             .await
             .unwrap();
     }
@@ -717,23 +734,27 @@ async fn audit_never_holds_values(backend: Backend) {
     let rec = s.enrol_with_health().await;
     let v = &s.t.vault;
     let req = s.request(&s.nurse, rec).await;
-    v.approve_request(&s.director, req.id, start() + Duration::hours(1), 3)
+    v.session(s.director.clone())
+        .approve(req.id, start() + Duration::hours(1), 3)
         .await
         .unwrap();
     let view = v
-        .read_record_as(&s.nurse, rec, &purpose("education"))
+        .session(s.nurse.clone())
+        .read_record(rec, &purpose("education"))
         .await
         .unwrap();
     assert!(format!("{view:?}").contains("redacted"));
-    v.open_break_glass(&s.nurse, s.student, "seizure at lunch, need the history")
+    v.session(s.nurse.clone())
+        .open_break_glass(s.student, "seizure at lunch, need the history")
         .await
         .unwrap();
-    v.read_record_as(&s.nurse, rec, &purpose("medical_emergency"))
+    v.session(s.nurse.clone())
+        .read_record(rec, &purpose("medical_emergency"))
         .await
         .unwrap();
     let _ = v
-        .write_record_as(
-            &s.teacher,
+        .session(s.teacher.clone())
+        .write_record(
             s.student,
             &RecordType::parse("student").unwrap(),
             &fields(&[("religion", "MARKER-denied-write")]),
@@ -776,7 +797,8 @@ async fn a_create_and_its_audit_entry_commit_together(backend: Backend) {
         async move {
             let who = if i == 7 { other } else { s.student };
             let f = fields(&[("full_name", &format!("Student {i}"))]);
-            v.write_record_as(&s.admissions, who, student, &f, why)
+            v.session(s.admissions.clone())
+                .write_record(who, student, &f, why)
                 .await
         }
     });
@@ -828,7 +850,8 @@ async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
     // The audit entry cannot be written: the update must not land either.
     vault_tests::refuse_inserts(&db, "audit_log", "record_id", rec).await;
     let err = v
-        .update_record_as(&s.admissions, rec, 1, &change, &why)
+        .session(s.admissions.clone())
+        .update_record(rec, 1, &change, &why)
         .await
         .unwrap_err();
     assert!(matches!(err, VaultError::Store(_)), "{err:?}");
@@ -843,7 +866,11 @@ async fn an_update_or_a_shred_commits_with_its_audit_entry(backend: Backend) {
 
     // Likewise a shred: its keys go first, but the record is not reported shredded, and the
     // ciphertext stays, until its certificate can be written.
-    let err = v.shred_record_as(&s.privacy, rec, &why).await.unwrap_err();
+    let err = v
+        .session(s.privacy.clone())
+        .shred_record(rec, &why)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::Store(_)), "{err:?}");
     let fields_left = db
         .query_one_raw(Statement::from_string(
@@ -894,7 +921,8 @@ async fn concurrent_reads_share_audit_transactions(backend: Backend) {
     assert_eq!(before.problem, None);
     const READS: usize = 64;
     let education = purpose("education");
-    let reads = (0..READS).map(|_| v.read_record_as(&s.nurse, rec, &education));
+    let nurse = v.session(s.nurse.clone());
+    let reads = (0..READS).map(|_| nurse.read_record(rec, &education));
     for r in futures::future::join_all(reads).await {
         let view = r.unwrap();
         assert!(is_open(
@@ -921,10 +949,11 @@ async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
     let rec = s.enrol_with_health().await;
     let v = &s.t.vault;
     // Only someone who may act for every category (the privacy officer) blocks.
-    assert!(v.set_blocked(&s.nurse, s.student, true).await.is_err());
-    v.set_blocked(&s.privacy, s.student, true).await.unwrap();
+    assert!(v.session(s.nurse.clone()).block(s.student).await.is_err());
+    v.session(s.privacy.clone()).block(s.student).await.unwrap();
     let view = v
-        .read_record_as(&s.admissions, rec, &purpose("legal_administrative"))
+        .session(s.admissions.clone())
+        .read_record(rec, &purpose("legal_administrative"))
         .await
         .unwrap();
     assert!(
@@ -933,8 +962,8 @@ async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
             .all(|f| sealed_as(f) == Some(&SealReason::Blocked))
     );
     let err = v
-        .write_record_as(
-            &s.admissions,
+        .session(s.admissions.clone())
+        .write_record(
             s.student,
             &RecordType::parse("student").unwrap(),
             &fields(&[("full_name", "x")]),
@@ -944,9 +973,13 @@ async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
         .unwrap_err();
     assert!(matches!(err, VaultError::Blocked(id) if id == s.student));
     // Still stored: unblocking makes it readable again.
-    v.set_blocked(&s.privacy, s.student, false).await.unwrap();
+    v.session(s.privacy.clone())
+        .unblock(s.student)
+        .await
+        .unwrap();
     let view = v
-        .read_record_as(&s.admissions, rec, &purpose("legal_administrative"))
+        .session(s.admissions.clone())
+        .read_record(rec, &purpose("legal_administrative"))
         .await
         .unwrap();
     assert!(is_open(

@@ -759,7 +759,7 @@ async fn subjects_found_by_iin_blind_index(backend: Backend) {
     let err = t
         .vault
         .create_subject(NewSubject {
-            school: SchoolId::parse("school-2").unwrap(),
+            school: SchoolId::parse("school-1").unwrap(),
             kind: SubjectKind::Student,
             iin: Some(Iin::parse(&iin).unwrap()),
         })
@@ -767,6 +767,17 @@ async fn subjects_found_by_iin_blind_index(backend: Backend) {
         .unwrap_err();
     assert!(matches!(err, VaultError::DuplicateIin));
     assert!(!err.to_string().contains(&iin));
+    // Another school enrols the same child on its own: its answer says nothing of school 1.
+    let moved = t
+        .vault
+        .create_subject(NewSubject {
+            school: SchoolId::parse("school-2").unwrap(),
+            kind: SubjectKind::Student,
+            iin: Some(Iin::parse(&iin).unwrap()),
+        })
+        .await
+        .unwrap();
+    assert_ne!(moved.id, found.id);
 }
 
 async fn sealed_fields_name_category_and_reason(backend: Backend) {

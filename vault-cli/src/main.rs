@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use vault_core::{
-    AuditFilter, Catalog, Category, CustodianRecipient, Passphrase, Policy, PrincipalId, Role,
-    Scope, SealTo, StoreConfig, Stores, SubjectId, Unlock, Vault,
+    AuditFilter, BearerToken, Catalog, Category, CustodianRecipient, Passphrase, Policy,
+    PrincipalId, Role, Scope, SealTo, Session, StoreConfig, Stores, SubjectId, Unlock, Vault,
 };
 
 #[derive(Parser, Debug)]
@@ -37,6 +37,10 @@ struct Cli {
     /// A file whose first line is the keyring's passphrase (to seal it at init, or to unseal).
     #[arg(long, global = true, env = "VAULT_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Commands that read or export personal data (transfer, incident) act as a named
+    /// principal: a file whose first line is that person's token (or set VAULT_TOKEN).
+    #[arg(long, global = true, env = "VAULT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -480,6 +484,7 @@ struct Ctx {
     cli_stores: StoreArgs,
     identity: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -501,6 +506,25 @@ impl Ctx {
         let unlock = self.unlock()?;
         Ok(Vault::open(self.stores().await?, Arc::new(policy), unlock).await?)
     }
+    /// The person this command acts as. The custodian's identity only unseals the keyring: what
+    /// may be read or sent is decided for this principal, as for a request to the server.
+    async fn session<'v>(&self, vault: &'v Vault) -> Result<Session<'v>> {
+        let token = match (&self.token_file, std::env::var("VAULT_TOKEN")) {
+            (Some(f), _) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the token file {}", f.display()))?;
+                BearerToken::new(text.lines().next().unwrap_or(""))
+            }
+            (None, Ok(t)) if !t.trim().is_empty() => BearerToken::new(&t),
+            _ => bail!(
+                "this command reads personal data, so it acts as a named principal: give --token-file FILE (or VAULT_TOKEN) with the token `vaultctl principal add` printed for that person"
+            ),
+        };
+        vault
+            .sign_in(&token)
+            .await
+            .context("the token is unknown or revoked")
+    }
     fn reseal_passphrase(&self) -> Result<Option<Passphrase>> {
         self.passphrase_file.as_ref().map(passphrase).transpose()
     }
@@ -514,6 +538,7 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
         cli_stores: cli.stores,
         identity: cli.identity,
         passphrase_file: cli.passphrase_file,
+        token_file: cli.token_file,
     };
     match cli.command {
         Command::Catalog(CatalogCmd::Check) => {
@@ -685,7 +710,7 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                         ));
                     }
                     let (p, token) = vault.create_principal(&name, &parsed).await?;
-                    outln!(out, "principal {} created", p.id);
+                    outln!(out, "principal {} created", p.id());
                     outln!(
                         out,
                         "token (shown once; give it to its holder now): {}",
@@ -704,15 +729,15 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                     for e in vault.list_principals().await? {
                         let roles: Vec<String> = e
                             .principal
-                            .roles
+                            .roles()
                             .iter()
                             .map(|(s, r)| format!("{r}@{}", s.as_str()))
                             .collect();
                         outln!(
                             out,
                             "{:<36}  {:<30}  {:<10}  {:<10}  {}",
-                            e.principal.id,
-                            e.principal.name,
+                            e.principal.id(),
+                            e.principal.name(),
                             e.created_at.format("%Y-%m-%d"),
                             e.revoked_at
                                 .map(|t| t.format("%Y-%m-%d").to_string())
@@ -837,9 +862,10 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
         }
         Command::Transfer(cmd) => {
             let vault = ctx.vault(policy).await?;
+            let session = ctx.session(&vault).await?;
             match cmd {
                 TransferCmd::Check(t) => {
-                    match vault.check_transfer(&transfer_request(&t)?).await? {
+                    match session.check_transfer(&transfer_request(&t)?).await? {
                         vault_core::TransferDecision::Allowed { rule, notify_by } => {
                             outln!(out, "allowed: {rule}");
                             if let Some(d) = notify_by {
@@ -863,8 +889,8 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                             path.display()
                         );
                     }
-                    let (decision, package) = vault
-                        .export_transfer("privacy_officer", &transfer_request(&t)?, &key)
+                    let (decision, package) = session
+                        .export_transfer(&transfer_request(&t)?, &key)
                         .await?;
                     match decision {
                         vault_core::TransferDecision::Refused { rule } => {
@@ -902,9 +928,8 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                     ground,
                     reference,
                 } => {
-                    vault
+                    session
                         .record_transfer_ground(
-                            "privacy_officer",
                             SubjectId::parse(&subject)?,
                             &vault_core::Country::parse(&to)?,
                             &ground,
@@ -918,7 +943,7 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                     );
                 }
                 TransferCmd::Ledger { subject } => {
-                    for d in vault.disclosures(SubjectId::parse(&subject)?).await? {
+                    for d in session.disclosures(SubjectId::parse(&subject)?).await? {
                         outln!(
                             out,
                             "{}  {}  {}  {}  {}  {}  notify by {}",
@@ -1074,7 +1099,11 @@ async fn run(cli: Cli, out: &mut String) -> Result<()> {
                 .map(|u| time(u, "until"))
                 .transpose()?
                 .unwrap_or_else(Utc::now);
-            let r = vault.incident_report(p, since, until).await?;
+            let r = ctx
+                .session(&vault)
+                .await?
+                .incident_report(p, since, until)
+                .await?;
             match format.as_str() {
                 "json" => {
                     let subjects: Vec<_> = r.subjects.iter().map(|s| serde_json::json!({

@@ -26,6 +26,8 @@ on_both_backends!(
 struct Ctl {
     stores: TestStores,
     identity: PathBuf,
+    /// The privacy officer's token, for the commands that act as a named principal.
+    token_file: PathBuf,
 }
 
 impl Ctl {
@@ -43,7 +45,9 @@ impl Ctl {
             }
         }
         c.env_remove("VAULT_IDENTITY")
-            .env_remove("VAULT_PASSPHRASE_FILE");
+            .env_remove("VAULT_PASSPHRASE_FILE")
+            .env_remove("VAULT_TOKEN")
+            .env("VAULT_TOKEN_FILE", &self.token_file);
         c
     }
 
@@ -105,14 +109,38 @@ async fn setup(backend: Backend) -> Ctl {
     let recipient = Unlock::generate_identity_file(&identity)
         .unwrap()
         .to_string();
-    let ctl = Ctl { stores, identity };
+    let token_file = stores.dir.path().join("privacy-officer.token");
+    let ctl = Ctl {
+        stores,
+        identity,
+        token_file,
+    };
     let o = ctl
         .cmd()
         .args(["keyring", "init", "--recipient", &recipient])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = ctl.ok(&[
+        "principal",
+        "add",
+        "--name",
+        "Privacy officer",
+        "--role",
+        "privacy_officer@school-1",
+    ]);
+    let token = out.lines().nth(1).unwrap().rsplit(' ').next().unwrap();
+    std::fs::write(&ctl.token_file, format!("{token}\n")).unwrap();
     ctl
+}
+
+impl Ctl {
+    async fn privacy_officer(&self, v: &Vault) -> vault_core::Principal {
+        let token = std::fs::read_to_string(&self.token_file).unwrap();
+        v.authenticate(&vault_core::BearerToken::new(token.trim()))
+            .await
+            .unwrap()
+    }
 }
 
 async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
@@ -400,7 +428,8 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
         .collect();
         let r = v.write_record(s.id, &rt, &f).await.unwrap().id;
         let reader = if i < 3 { &nurse } else { &other };
-        v.read_record_as(reader, r, &Purpose::parse("education").unwrap())
+        v.session(reader.clone())
+            .read_record(r, &Purpose::parse("education").unwrap())
             .await
             .unwrap();
         if i < 3 {
@@ -434,6 +463,7 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
     // The report's Debug (what a log line or a panic would show) names fields, never values.
     let v = ctl.vault().await;
     let r = v
+        .session(ctl.privacy_officer(&v).await)
         .incident_report(
             vault_core::PrincipalId::parse(&id).unwrap(),
             "2020-01-01T00:00:00Z".parse().unwrap(),
@@ -765,9 +795,8 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
         )
         .await
         .unwrap();
-    v.record_consent(
-        &admissions,
-        vault_core::NewConsent {
+    v.session(admissions)
+        .record_consent(vault_core::NewConsent {
             subject: s.id,
             given_by: vault_core::ConsentGiver::Guardian(g.id),
             method: "paper".into(),
@@ -781,10 +810,9 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
             cross_border: true,
             publication: false,
             term_until: None,
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     drop(v);
     let (code, out, _) = check("US", "identity,academic", "education");
     assert_eq!(code, Some(0));

@@ -57,10 +57,65 @@ crate::domain::id_type!(
     "break-glass id"
 );
 
+/// A subject the acting principal holds a role for. Only `Vault::scoped_subject` builds one, so
+/// every decision, audit entry and change that takes it started from the scoped lookup: a subject
+/// of another school never gets this far and is answered as not found.
+pub(crate) struct Scoped(Subject);
+
+impl std::ops::Deref for Scoped {
+    type Target = Subject;
+    fn deref(&self) -> &Subject {
+        &self.0
+    }
+}
+
+impl Scoped {
+    pub(crate) fn into_inner(self) -> Subject {
+        self.0
+    }
+}
+
+/// Whether any of the principal's roles is held in `school` (or network-wide).
+pub(crate) fn sees(p: &Principal, school: &SchoolId) -> bool {
+    p.roles.iter().any(|(s, _)| s.covers(school))
+}
+
+// Catalog names the decisions below are made on. The catalog validates at load that each exists.
+const IDENTITY: &str = "identity";
+const HEALTH: &str = "health";
+const AUDIT: &str = "audit";
+const LEGAL_ADMINISTRATIVE: &str = "legal_administrative";
+const MEDICAL_EMERGENCY: &str = "medical_emergency";
+const SUBJECT_ACCESS: &str = "subject_access";
+
+fn category(name: &'static str) -> Result<Category, VaultError> {
+    pr(Category::parse(name), "category")
+}
+
+fn purpose(name: &'static str) -> Result<Purpose, VaultError> {
+    pr(Purpose::parse(name), "purpose")
+}
+
+/// The school a scope names; network-wide roles are asked about a placeholder school, which
+/// their grants (school `*`) cover like any other.
+fn scope_school(scope: &Scope) -> Option<SchoolId> {
+    match scope {
+        Scope::School(s) => Some(s.clone()),
+        Scope::Network => SchoolId::parse("network").ok(),
+    }
+}
+
+fn first_school(p: &Principal) -> Result<SchoolId, VaultError> {
+    p.roles
+        .iter()
+        .find_map(|(s, _)| scope_school(s))
+        .ok_or(VaultError::Unauthenticated)
+}
+
 /// The context of one request, for decisions and their audit entries.
 struct Act<'a> {
     p: &'a Principal,
-    subj: &'a Subject,
+    subj: &'a Scoped,
     record: Option<RecordId>,
     purpose: &'a Purpose,
     audit_action: &'static str,
@@ -85,13 +140,25 @@ impl BearerToken {
 
 /// An authenticated principal and the roles it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Its fields are private: a principal is made only by authenticating a token or creating one,
+/// so no caller can hand a session roles it does not hold.
 pub struct Principal {
-    pub id: PrincipalId,
-    pub name: String,
-    pub roles: Vec<(Scope, Role)>,
+    pub(crate) id: PrincipalId,
+    pub(crate) name: String,
+    pub(crate) roles: Vec<(Scope, Role)>,
 }
 
 impl Principal {
+    pub fn id(&self) -> PrincipalId {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn roles(&self) -> &[(Scope, Role)] {
+        &self.roles
+    }
+
     fn actor(&self) -> String {
         self.id.to_string()
     }
@@ -270,20 +337,34 @@ pub struct BreakGlass {
 }
 
 /// A subject's consents and open legal grounds at one instant.
-struct LegalBasis {
+pub(crate) struct LegalBasis {
     now: DateTime<Utc>,
     consents: Vec<consent::Model>,
     grounds: Vec<legal_ground::Model>,
 }
 
 impl LegalBasis {
-    fn covers(&self, category: &Category) -> bool {
+    pub(crate) fn covers(&self, category: &Category) -> bool {
         let now = self.now;
         let by_consent = self.consents.iter().any(|c| {
             c.categories.split(',').any(|x| x == category.as_str())
                 && c.given_at <= now
                 && c.term_until.is_none_or(|t| t > now)
                 // A withdrawal ends the basis, unless it was refused with a recorded reason.
+                && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
+        });
+        by_consent || self.grounds.iter().any(|g| g.category == category.as_str())
+    }
+
+    /// Whether the category may go to a third party (Art. 7(6)): a recorded ground, or a
+    /// current consent that says yes to transfer to third parties.
+    pub(crate) fn covers_third_party(&self, category: &Category) -> bool {
+        let now = self.now;
+        let by_consent = self.consents.iter().any(|c| {
+            c.third_party
+                && c.categories.split(',').any(|x| x == category.as_str())
+                && c.given_at <= now
+                && c.term_until.is_none_or(|t| t > now)
                 && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
         });
         by_consent || self.grounds.iter().any(|g| g.category == category.as_str())
@@ -538,36 +619,42 @@ impl Vault {
 
     /// A subject as seen by a principal: one of a school where it holds no role is answered as
     /// not found, the same as one that does not exist, so ids cannot be probed across schools.
-    pub async fn subject_as(&self, p: &Principal, id: SubjectId) -> Result<Subject, VaultError> {
+    pub(crate) async fn scoped_subject(
+        &self,
+        p: &Principal,
+        id: SubjectId,
+    ) -> Result<Scoped, VaultError> {
         let subj = self.subject(id).await?;
-        if !p.roles.iter().any(|(s, _)| s.covers(&subj.school)) {
+        if !sees(p, &subj.school) {
             return Err(VaultError::SubjectNotFound(id));
         }
-        Ok(subj)
+        Ok(Scoped(subj))
     }
 
-    /// Like `subject_as`, for a record.
-    async fn scoped_record(
+    /// Like `scoped_subject`, for a record. The school is checked before the record's state, so
+    /// a shredded record of another school is as unknown as a random id.
+    pub(crate) async fn scoped_record(
         &self,
         p: &Principal,
         id: RecordId,
-    ) -> Result<(RecordMeta, Subject), VaultError> {
-        let meta = self.record_meta(id).await?;
-        if !p.roles.iter().any(|(s, _)| s.covers(&meta.school)) {
+    ) -> Result<(RecordMeta, Scoped), VaultError> {
+        let meta = self.record_meta_any(id).await?;
+        if !sees(p, &meta.school) {
             return Err(VaultError::RecordNotFound(id));
         }
-        let subj = self.subject(meta.subject).await?;
+        let meta = self.record_meta(id).await?;
+        let subj = self.scoped_subject(p, meta.subject).await?;
         Ok((meta, subj))
     }
 
     /// Creates a subject, if the principal may write identity data in that school.
-    pub async fn create_subject_as(
+    pub(crate) async fn create_subject_as(
         &self,
         p: &Principal,
         new: crate::vault::NewSubject,
     ) -> Result<Subject, VaultError> {
-        let identity = pr(Category::parse("identity"), "category")?;
-        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        let identity = category(IDENTITY)?;
+        let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         match self.decide(p, &new.school, &identity, Action::Write, &purpose) {
             Decision::Allow => {}
             Decision::ApprovalRequired => {
@@ -595,12 +682,12 @@ impl Vault {
     }
 
     /// A subject's records (metadata only), for a principal of its school.
-    pub async fn subject_records_as(
+    pub(crate) async fn subject_records_as(
         &self,
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<RecordMeta>, VaultError> {
-        self.subject_as(p, subject).await?;
+        self.scoped_subject(p, subject).await?;
         let mut out = Vec::new();
         for id in self.subject_record_ids(subject).await? {
             out.push(self.record_meta(id).await?);
@@ -609,60 +696,79 @@ impl Vault {
     }
 
     /// Overdue break-glass accesses of the schools where the principal reviews them.
-    pub async fn overdue_break_glass_as(
+    pub(crate) async fn overdue_break_glass_as(
         &self,
         p: &Principal,
     ) -> Result<Vec<BreakGlass>, VaultError> {
-        let health = pr(Category::parse("health"), "category")?;
-        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        let health = category(HEALTH)?;
+        let purpose = purpose(MEDICAL_EMERGENCY)?;
         Ok(self
             .overdue_break_glass()
             .await?
             .into_iter()
             .filter(|b| {
-                self.decide(p, &b.school, &health, Action::Approve, &purpose) == Decision::Allow
+                sees(p, &b.school)
+                    && self.decide(p, &b.school, &health, Action::Approve, &purpose)
+                        == Decision::Allow
             })
             .collect())
     }
 
-    /// Whether the principal may read the audit log (the auditor role).
-    pub fn may_audit(&self, p: &Principal) -> bool {
-        let Ok(identity) = Category::parse("identity") else {
-            return false;
-        };
-        let Ok(audit) = Purpose::parse("audit") else {
-            return false;
-        };
+    /// Whether the principal holds `action` on `category` for `purpose` in any school it has a
+    /// role in; for an action whose target school is not known before the lookup (the audit
+    /// log, an IIN search).
+    pub(crate) fn may_anywhere(
+        &self,
+        p: &Principal,
+        category: &Category,
+        action: Action,
+        purpose: &Purpose,
+    ) -> bool {
         p.roles.iter().any(|(scope, role)| {
-            let school = match scope {
-                Scope::School(s) => s.clone(),
-                Scope::Network => match SchoolId::parse("network") {
-                    Ok(s) => s,
-                    Err(_) => return false,
-                },
+            let Some(school) = scope_school(scope) else {
+                return false;
             };
             self.policy().decide(
                 &[(Scope::School(school.clone()), *role)],
                 &school,
-                &identity,
-                Action::AuditRead,
-                &audit,
+                category,
+                action,
+                purpose,
             ) == Decision::Allow
         })
     }
 
-    /// A subject's access history, for the auditor.
-    pub async fn access_history_as(
+    /// Whether the principal may read the audit log (the auditor role).
+    pub(crate) fn may_audit(&self, p: &Principal) -> bool {
+        let (Ok(identity), Ok(audit)) = (category(IDENTITY), purpose(AUDIT)) else {
+            return false;
+        };
+        self.may_anywhere(p, &identity, Action::AuditRead, &audit)
+    }
+
+    /// A subject's access history, for an auditor of its school.
+    pub(crate) async fn access_history_as(
         &self,
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<crate::audit::AuditRecord>, VaultError> {
-        if !self.may_audit(p) {
-            return Err(VaultError::NotAuditor);
-        }
-        self.subject(subject).await?;
-        let mut ev = AuditEvent::new(p.actor(), "audit.read", Outcome::Done);
-        ev.subject = Some(subject);
+        let subj = self.scoped_subject(p, subject).await?;
+        let audit = purpose(AUDIT)?;
+        self.require_on_subject(p, &subj, Action::AuditRead, &audit, "audit.read")
+            .await
+            .map_err(|e| match e {
+                VaultError::Forbidden { .. } => VaultError::NotAuditor,
+                e => e,
+            })?;
+        let ev = self.event(
+            p,
+            "audit.read",
+            Outcome::Done,
+            &subj,
+            None,
+            Vec::new(),
+            Some(&audit),
+        );
         self.audit().append(vec![ev]).await?;
         self.access_history(subject).await
     }
@@ -682,15 +788,16 @@ impl Vault {
 
     /// Everything held about a subject, decrypted for the privacy officer answering the
     /// subject's access request (Art. 24): every record, consents, and who accessed it when.
-    pub async fn export_subject(
+    /// Decided on identity and every category held, so a subject with no records is no gap.
+    pub(crate) async fn export_subject(
         &self,
         p: &Principal,
         subject: SubjectId,
     ) -> Result<SubjectExport, VaultError> {
-        let subj = self.subject_as(p, subject).await?;
-        let purpose = pr(Purpose::parse("subject_access"), "purpose")?;
+        let subj = self.scoped_subject(p, subject).await?;
+        let purpose = purpose(SUBJECT_ACCESS)?;
         let ids = self.subject_record_ids(subject).await?;
-        let mut all = BTreeSet::new();
+        let mut all = BTreeSet::from([category(IDENTITY)?]);
         for id in &ids {
             all.extend(self.record_categories(*id).await?);
         }
@@ -726,15 +833,99 @@ impl Vault {
         Ok(SubjectExport {
             consents: self.consents_of(subject).await?,
             history: self.access_history(subject).await?,
-            subject: subj,
+            subject: subj.into_inner(),
             records,
         })
+    }
+
+    /// A subject's consents, for a principal granted `consent_read` in its school.
+    pub(crate) async fn consents_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Vec<Consent>, VaultError> {
+        let subj = self.scoped_subject(p, subject).await?;
+        let why = purpose(LEGAL_ADMINISTRATIVE)?;
+        self.require_on_subject(p, &subj, Action::ConsentRead, &why, "consent.list")
+            .await?;
+        let list = self.consents_of(subject).await?;
+        let mut ev = self.event(
+            p,
+            "consent.list",
+            Outcome::Allowed,
+            &subj,
+            None,
+            Vec::new(),
+            Some(&why),
+        );
+        ev.reason = Some(format!("{} consents", list.len()));
+        self.audit().append(vec![ev]).await?;
+        Ok(list)
+    }
+
+    /// Finds a subject by IIN among the schools where the principal may search; one elsewhere
+    /// is answered exactly like an IIN nobody holds.
+    pub(crate) async fn find_subject_as(
+        &self,
+        p: &Principal,
+        iin: &crate::domain::Iin,
+        why: &Purpose,
+    ) -> Result<Option<Subject>, VaultError> {
+        let identity = category(IDENTITY)?;
+        if !self.may_anywhere(p, &identity, Action::Search, why) {
+            let reason = match self.policy().decide(
+                &p.roles,
+                &first_school(p)?,
+                &identity,
+                Action::Search,
+                why,
+            ) {
+                Decision::Deny(r) => r,
+                _ => crate::policy::DenyReason::NotGranted {
+                    action: Action::Search,
+                    category: identity.clone(),
+                    purpose: why.clone(),
+                },
+            };
+            let mut ev = AuditEvent::new(p.actor(), "subject.search", Outcome::Denied);
+            ev.categories = vec![identity.clone()];
+            ev.purpose = Some(why.clone());
+            ev.reason = Some(reason.to_string());
+            self.audit().append(vec![ev]).await?;
+            return Err(VaultError::Forbidden {
+                category: identity,
+                reason,
+            });
+        }
+        let candidates = self.subjects_by_iin(iin).await?;
+        let found = candidates
+            .into_iter()
+            .find(|s| self.decide(p, &s.school, &identity, Action::Search, why) == Decision::Allow);
+        let mut ev = AuditEvent::new(
+            p.actor(),
+            "subject.search",
+            if found.is_some() {
+                Outcome::Allowed
+            } else {
+                Outcome::Done
+            },
+        );
+        ev.categories = vec![identity];
+        ev.purpose = Some(why.clone());
+        if let Some(s) = &found {
+            ev.school = Some(s.school.clone());
+            ev.subject = Some(s.id);
+        } else {
+            ev.reason = Some("no subject with this IIN".into());
+        }
+        self.audit().append(vec![ev]).await?;
+        Ok(found)
     }
 
     // ----- decisions ----------------------------------------------------------------------------
 
     /// The policy's answer for one category, without per-subject checks.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         p: &Principal,
         school: &SchoolId,
@@ -753,8 +944,19 @@ impl Vault {
         cats: &BTreeSet<Category>,
         action: Action,
     ) -> Result<(), VaultError> {
-        for c in cats {
-            let refusal = match self.decide(a.p, &a.subj.school, c, action, a.purpose) {
+        self.require_each(a, cats.iter().map(|c| (c, a.purpose)), action)
+            .await
+    }
+
+    /// `require` with a purpose per category.
+    async fn require_each<'c>(
+        &self,
+        a: &Act<'_>,
+        cats: impl Iterator<Item = (&'c Category, &'c Purpose)>,
+        action: Action,
+    ) -> Result<(), VaultError> {
+        for (c, why) in cats {
+            let refusal = match self.decide(a.p, &a.subj.school, c, action, why) {
                 Decision::Allow => None,
                 Decision::ApprovalRequired => Some(VaultError::ApprovalRequired {
                     category: c.clone(),
@@ -772,7 +974,7 @@ impl Vault {
                     a.subj,
                     a.record,
                     vec![c.clone()],
-                    Some(a.purpose),
+                    Some(why),
                 );
                 ev.reason = Some(err.to_string());
                 self.audit().append(vec![ev]).await?;
@@ -782,8 +984,32 @@ impl Vault {
         Ok(())
     }
 
+    /// Requires an action that names no field (block, history, consents, search) on a subject:
+    /// decided on its identity category, like every other action, and audited when refused.
+    async fn require_on_subject(
+        &self,
+        p: &Principal,
+        subj: &Scoped,
+        action: Action,
+        purpose: &Purpose,
+        audit_action: &'static str,
+    ) -> Result<(), VaultError> {
+        self.require(
+            &Act {
+                p,
+                subj,
+                record: None,
+                purpose,
+                audit_action,
+            },
+            &BTreeSet::from([category(IDENTITY)?]),
+            action,
+        )
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn event(
+    pub(crate) fn event(
         &self,
         p: &Principal,
         action: &'static str,
@@ -808,17 +1034,8 @@ impl Vault {
 
     // ----- legal basis ----------------------------------------------------------------------
 
-    /// Whether a current consent or recorded ground covers (subject, category) now.
-    pub async fn has_legal_basis(
-        &self,
-        subject: SubjectId,
-        category: &Category,
-    ) -> Result<bool, VaultError> {
-        Ok(self.legal_basis(subject).await?.covers(category))
-    }
-
     /// Every consent and open ground of a subject, loaded once for all of a request's categories.
-    async fn legal_basis(&self, subject: SubjectId) -> Result<LegalBasis, VaultError> {
+    pub(crate) async fn legal_basis(&self, subject: SubjectId) -> Result<LegalBasis, VaultError> {
         let consents = consent::Entity::find()
             .filter(consent::Column::SubjectId.eq(subject.to_string()))
             .all(&self.stores().data)
@@ -837,29 +1054,23 @@ impl Vault {
         })
     }
 
-    fn needs_basis(&self, c: &Category) -> bool {
+    pub(crate) fn needs_basis(&self, c: &Category) -> bool {
         self.catalog().category(c).is_some_and(|d| d.legal_basis)
     }
 
     /// Records a consent (Art. 8(4)). For a student, a guardian gives it unless the operator
     /// confirmed the student is an adult.
-    pub async fn record_consent(
+    pub(crate) async fn record_consent(
         &self,
         p: &Principal,
         new: NewConsent,
     ) -> Result<Consent, VaultError> {
-        let subj = self.subject(new.subject).await?;
-        if new.categories.is_empty() {
+        let subj = self.scoped_subject(p, new.subject).await?;
+        let cats = self.category_set(&new.categories, "a consent")?;
+        if cats.is_empty() {
             return Err(VaultError::Invalid(
                 "a consent lists the data it covers: give at least one category".into(),
             ));
-        }
-        for c in &new.categories {
-            if !self.catalog().collected_categories().any(|k| k == c) {
-                return Err(VaultError::Invalid(format!(
-                    "category '{c}' is not collected by the school"
-                )));
-            }
         }
         if !matches!(new.method.as_str(), "paper" | "e_signature" | "sms_code") {
             return Err(VaultError::Invalid(
@@ -870,7 +1081,7 @@ impl Vault {
         let version = text("text_version", &new.text_version, 1)?;
         let (given_by, guardian) = match &new.given_by {
             ConsentGiver::Guardian(g) => {
-                let gs = self.subject(*g).await?;
+                let gs = self.scoped_subject(p, *g).await?;
                 if gs.kind != SubjectKind::Guardian {
                     return Err(VaultError::Invalid(format!(
                         "subject {g} is not a guardian"
@@ -894,8 +1105,7 @@ impl Vault {
                 )
             }
         };
-        let cats: BTreeSet<Category> = new.categories.iter().cloned().collect();
-        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         self.require(
             &Act {
                 p,
@@ -921,7 +1131,7 @@ impl Vault {
             method: Set(new.method.clone()),
             evidence_ref: Set(evidence),
             text_version: Set(version),
-            categories: Set(cats_to_str(&new.categories)),
+            categories: Set(cats_to_str(&cats.iter().cloned().collect::<Vec<_>>())),
             third_party: Set(new.third_party),
             cross_border: Set(new.cross_border),
             publication: Set(new.publication),
@@ -949,7 +1159,7 @@ impl Vault {
         self.consent(id).await
     }
 
-    pub async fn consent(&self, id: ConsentId) -> Result<Consent, VaultError> {
+    pub(crate) async fn consent(&self, id: ConsentId) -> Result<Consent, VaultError> {
         consent::Entity::find_by_id(id.to_string())
             .one(&self.stores().data)
             .await
@@ -958,7 +1168,7 @@ impl Vault {
             .and_then(consent_from_row)
     }
 
-    pub async fn consents_of(&self, subject: SubjectId) -> Result<Vec<Consent>, VaultError> {
+    pub(crate) async fn consents_of(&self, subject: SubjectId) -> Result<Vec<Consent>, VaultError> {
         consent::Entity::find()
             .filter(consent::Column::SubjectId.eq(subject.to_string()))
             .order_by_asc(consent::Column::GivenAt)
@@ -973,21 +1183,25 @@ impl Vault {
     /// Withdraws a consent: the basis ends now and processing must stop within 15 working days
     /// (the deadline is recorded). With `refusal`, the operator refuses to stop because a law
     /// requires keeping the data (Art. 8(2)); the reason is recorded and the basis continues.
-    pub async fn withdraw_consent(
+    pub(crate) async fn withdraw_consent(
         &self,
         p: &Principal,
         id: ConsentId,
         refusal: Option<&str>,
     ) -> Result<Consent, VaultError> {
         let c = self.consent(id).await?;
+        // Scoped before anything else is said about it: another school's consent is unknown.
+        let subj = self
+            .scoped_subject(p, c.subject)
+            .await
+            .map_err(|_| VaultError::NotFound(format!("consent {id}")))?;
         if c.withdrawn_at.is_some() {
             return Err(VaultError::Invalid(format!(
                 "consent {id} was already withdrawn"
             )));
         }
-        let subj = self.subject(c.subject).await?;
         let cats: BTreeSet<Category> = c.categories.iter().cloned().collect();
-        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         self.require(
             &Act {
                 p,
@@ -1035,7 +1249,7 @@ impl Vault {
     }
 
     /// Records a legal ground other than consent for (subject, category).
-    pub async fn record_legal_ground(
+    pub(crate) async fn record_legal_ground(
         &self,
         p: &Principal,
         subject: SubjectId,
@@ -1043,9 +1257,9 @@ impl Vault {
         ground: LegalGround,
         reference: &str,
     ) -> Result<(), VaultError> {
-        let subj = self.subject(subject).await?;
+        let subj = self.scoped_subject(p, subject).await?;
         let reference = text("the ground's reference", reference, 3)?;
-        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
+        let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         self.require(
             &Act {
                 p,
@@ -1088,19 +1302,27 @@ impl Vault {
     // ----- approvals -----------------------------------------------------------------------------
 
     /// Asks a director to approve opening categories of a subject (or one record) for a purpose.
-    pub async fn request_access(
+    pub(crate) async fn request_access(
         &self,
         p: &Principal,
         new: NewAccessRequest,
     ) -> Result<AccessRequest, VaultError> {
-        let subj = self.subject(new.subject).await?;
+        let subj = self.scoped_subject(p, new.subject).await?;
+        if let Some(r) = new.record {
+            let (meta, _) = self.scoped_record(p, r).await?;
+            if meta.subject != subj.id {
+                return Err(VaultError::RecordNotFound(r));
+            }
+        }
         let justification = text("the justification", &new.justification, 10)?;
-        if new.categories.is_empty() {
+        let cats = self.category_set(&new.categories, "an access request")?;
+        if cats.is_empty() {
             return Err(VaultError::Invalid(
                 "name at least one category to open".into(),
             ));
         }
-        for c in &new.categories {
+        let cats: Vec<Category> = cats.into_iter().collect();
+        for c in &cats {
             if let Decision::Deny(reason) =
                 self.decide(p, &subj.school, c, Action::Read, &new.purpose)
             {
@@ -1128,7 +1350,7 @@ impl Vault {
             school_id: Set(subj.school.as_str().to_owned()),
             subject_id: Set(subj.id.to_string()),
             record_id: Set(new.record.map(|r| r.to_string())),
-            categories: Set(cats_to_str(&new.categories)),
+            categories: Set(cats_to_str(&cats)),
             purpose: Set(new.purpose.as_str().to_owned()),
             justification: Set(justification),
             status: Set(RequestStatus::Pending.as_str().into()),
@@ -1148,7 +1370,7 @@ impl Vault {
             Outcome::Done,
             &subj,
             new.record,
-            new.categories.clone(),
+            cats,
             Some(&new.purpose),
         );
         ev.reason = Some(format!("request {id}"));
@@ -1156,7 +1378,7 @@ impl Vault {
         self.access_request(id).await
     }
 
-    pub async fn access_request(&self, id: RequestId) -> Result<AccessRequest, VaultError> {
+    pub(crate) async fn access_request(&self, id: RequestId) -> Result<AccessRequest, VaultError> {
         access_request::Entity::find_by_id(id.to_string())
             .one(&self.stores().data)
             .await
@@ -1165,8 +1387,29 @@ impl Vault {
             .and_then(request_from_row)
     }
 
+    /// An access request of a school where the principal holds a role; any other is unknown.
+    async fn scoped_request(
+        &self,
+        p: &Principal,
+        id: RequestId,
+    ) -> Result<(AccessRequest, Scoped), VaultError> {
+        let unknown = || VaultError::NotFound(format!("access request {id}"));
+        let r = self.access_request(id).await?;
+        if !sees(p, &r.school) {
+            return Err(unknown());
+        }
+        let subj = self
+            .scoped_subject(p, r.subject)
+            .await
+            .map_err(|_| unknown())?;
+        Ok((r, subj))
+    }
+
     /// Pending requests a principal may decide: those of schools where it may approve.
-    pub async fn pending_requests(&self, p: &Principal) -> Result<Vec<AccessRequest>, VaultError> {
+    pub(crate) async fn pending_requests(
+        &self,
+        p: &Principal,
+    ) -> Result<Vec<AccessRequest>, VaultError> {
         let rows = access_request::Entity::find()
             .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
             .order_by_asc(access_request::Column::CreatedAt)
@@ -1176,7 +1419,7 @@ impl Vault {
         let mut out = Vec::new();
         for r in rows {
             let r = request_from_row(r)?;
-            if r.requester != p.id && self.may_approve(p, &r) {
+            if r.requester != p.id && sees(p, &r.school) && self.may_approve(p, &r) {
                 out.push(r);
             }
         }
@@ -1194,9 +1437,8 @@ impl Vault {
         p: &Principal,
         id: RequestId,
         action: &'static str,
-    ) -> Result<(AccessRequest, Subject), VaultError> {
-        let r = self.access_request(id).await?;
-        let subj = self.subject(r.subject).await?;
+    ) -> Result<(AccessRequest, Scoped), VaultError> {
+        let (r, subj) = self.scoped_request(p, id).await?;
         let refusal = if r.requester == p.id {
             Some(VaultError::SelfApproval)
         } else if !self.may_approve(p, &r) {
@@ -1229,7 +1471,7 @@ impl Vault {
     }
 
     /// Approves a pending request until `expires_at`, for `uses` reads.
-    pub async fn approve_request(
+    pub(crate) async fn approve_request(
         &self,
         p: &Principal,
         id: RequestId,
@@ -1283,7 +1525,7 @@ impl Vault {
     }
 
     /// Denies a pending request with a reason.
-    pub async fn deny_request(
+    pub(crate) async fn deny_request(
         &self,
         p: &Principal,
         id: RequestId,
@@ -1312,13 +1554,12 @@ impl Vault {
     }
 
     /// Revokes an approval: it opens nothing from now on, on every server.
-    pub async fn revoke_approval(
+    pub(crate) async fn revoke_approval(
         &self,
         p: &Principal,
         id: RequestId,
     ) -> Result<AccessRequest, VaultError> {
-        let r = self.access_request(id).await?;
-        let subj = self.subject(r.subject).await?;
+        let (r, subj) = self.scoped_request(p, id).await?;
         if r.requester != p.id && !self.may_approve(p, &r) {
             return Err(VaultError::NotApprover {
                 school: r.school.clone(),
@@ -1361,15 +1602,20 @@ impl Vault {
         self.access_request(r.id).await
     }
 
-    /// Takes one use of an approval that covers `category` of this record for this purpose.
-    async fn use_approval(
+    /// Takes approvals of this principal for this record and purpose to open `wanted`: one use of
+    /// an approval opens every wanted category it covers, so a request for health and
+    /// disciplinary approved for one use is one read of both. Returns what each use opened.
+    pub(crate) async fn use_approvals(
         &self,
         p: &Principal,
         subj: &Subject,
-        record: RecordId,
-        category: &Category,
+        record: Option<RecordId>,
+        wanted: &BTreeSet<Category>,
         purpose: &Purpose,
-    ) -> Result<Option<RequestId>, VaultError> {
+    ) -> Result<Vec<(RequestId, BTreeSet<Category>)>, VaultError> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
         let rows = access_request::Entity::find()
             .filter(access_request::Column::Requester.eq(p.id.to_string()))
@@ -1382,12 +1628,23 @@ impl Vault {
             .all(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
+        let mut left = wanted.clone();
+        let mut used = Vec::new();
         for r in rows {
-            let covers = r.categories.split(',').any(|c| c == category.as_str())
-                && r.record_id
-                    .as_deref()
-                    .is_none_or(|rid| rid == record.to_string());
-            if !covers {
+            if left.is_empty() {
+                break;
+            }
+            // An approval for one record opens only that record; one for the subject, any.
+            let for_record = match (r.record_id.as_deref(), record) {
+                (None, _) => true,
+                (Some(rid), Some(rec)) => rid == rec.to_string(),
+                (Some(_), None) => false,
+            };
+            let covered: BTreeSet<Category> = cats_from_str(&r.categories)?
+                .into_iter()
+                .filter(|c| left.contains(c))
+                .collect();
+            if !for_record || covered.is_empty() {
                 continue;
             }
             // Atomic: two servers cannot both spend the last use.
@@ -1403,26 +1660,27 @@ impl Vault {
                 .await
                 .map_err(StoreError::data)?;
             if taken.rows_affected == 1 {
-                return Ok(Some(pr(RequestId::parse(&r.id), "request id")?));
+                left.retain(|c| !covered.contains(c));
+                used.push((pr(RequestId::parse(&r.id), "request id")?, covered));
             }
         }
-        Ok(None)
+        Ok(used)
     }
 
     // ----- break-glass ------------------------------------------------------------------------
 
     /// Opens a subject's health data at once for a medical emergency. Flagged, and a director
     /// must review it.
-    pub async fn open_break_glass(
+    pub(crate) async fn open_break_glass(
         &self,
         p: &Principal,
         subject: SubjectId,
         justification: &str,
     ) -> Result<BreakGlass, VaultError> {
-        let subj = self.subject(subject).await?;
+        let subj = self.scoped_subject(p, subject).await?;
         let justification = text("the justification", justification, 10)?;
-        let health = pr(Category::parse("health"), "category")?;
-        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        let health = category(HEALTH)?;
+        let purpose = purpose(MEDICAL_EMERGENCY)?;
         self.require(
             &Act {
                 p,
@@ -1466,7 +1724,7 @@ impl Vault {
         self.break_glass(id).await
     }
 
-    pub async fn break_glass(&self, id: BreakGlassId) -> Result<BreakGlass, VaultError> {
+    pub(crate) async fn break_glass(&self, id: BreakGlassId) -> Result<BreakGlass, VaultError> {
         break_glass::Entity::find_by_id(id.to_string())
             .one(&self.stores().data)
             .await
@@ -1494,17 +1752,24 @@ impl Vault {
     }
 
     /// A director of the school (not the one who opened it) reviews a break-glass access.
-    pub async fn review_break_glass(
+    pub(crate) async fn review_break_glass(
         &self,
         p: &Principal,
         id: BreakGlassId,
         note: &str,
     ) -> Result<BreakGlass, VaultError> {
         let bg = self.break_glass(id).await?;
-        let subj = self.subject(bg.subject).await?;
+        let unknown = || VaultError::NotFound(format!("break-glass access {id}"));
+        if !sees(p, &bg.school) {
+            return Err(unknown());
+        }
+        let subj = self
+            .scoped_subject(p, bg.subject)
+            .await
+            .map_err(|_| unknown())?;
         let note = text("the review note", note, 5)?;
-        let health = pr(Category::parse("health"), "category")?;
-        let purpose = pr(Purpose::parse("medical_emergency"), "purpose")?;
+        let health = category(HEALTH)?;
+        let purpose = purpose(MEDICAL_EMERGENCY)?;
         if bg.principal == p.id {
             return Err(VaultError::SelfApproval);
         }
@@ -1544,7 +1809,7 @@ impl Vault {
     }
 
     /// Break-glass accesses left unreviewed for more than 24 hours.
-    pub async fn overdue_break_glass(&self) -> Result<Vec<BreakGlass>, VaultError> {
+    pub(crate) async fn overdue_break_glass(&self) -> Result<Vec<BreakGlass>, VaultError> {
         let cutoff = self.now() - BREAK_GLASS_REVIEW_DUE;
         break_glass::Entity::find()
             .filter(break_glass::Column::ReviewedAt.is_null())
@@ -1561,27 +1826,23 @@ impl Vault {
     // ----- blocking ----------------------------------------------------------------------------
 
     /// Blocks or unblocks a subject (Art. 25(2)(8)): blocked data is stored but not processed.
-    pub async fn set_blocked(
+    /// Block and unblock are separate grants (the privacy officer's), so whoever may record
+    /// consents cannot lift a block set for a reported violation.
+    pub(crate) async fn set_blocked(
         &self,
         p: &Principal,
         subject: SubjectId,
         blocked: bool,
     ) -> Result<(), VaultError> {
-        let subj = self.subject(subject).await?;
-        let all: BTreeSet<Category> = self.catalog().collected_categories().cloned().collect();
-        let purpose = pr(Purpose::parse("legal_administrative"), "purpose")?;
-        self.require(
-            &Act {
-                p,
-                subj: &subj,
-                record: None,
-                purpose: &purpose,
-                audit_action: "subject.block",
-            },
-            &all,
-            Action::Consent,
-        )
-        .await?;
+        let subj = self.scoped_subject(p, subject).await?;
+        let why = purpose(LEGAL_ADMINISTRATIVE)?;
+        let (action, audit_action) = if blocked {
+            (Action::Block, "subject.block")
+        } else {
+            (Action::Unblock, "subject.unblock")
+        };
+        self.require_on_subject(p, &subj, action, &why, audit_action)
+            .await?;
         subject::Entity::update_many()
             .col_expr(
                 subject::Column::BlockedAt,
@@ -1591,20 +1852,15 @@ impl Vault {
             .exec(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
-        let action = if blocked {
-            "subject.block"
-        } else {
-            "subject.unblock"
-        };
         self.audit()
             .append(vec![self.event(
                 p,
-                action,
+                audit_action,
                 Outcome::Done,
                 &subj,
                 None,
                 Vec::new(),
-                None,
+                Some(&why),
             )])
             .await?;
         Ok(())
@@ -1614,16 +1870,13 @@ impl Vault {
 
     /// Reads a record for a purpose: each category opens, or comes back sealed with the reason.
     /// The audit entries are committed before any value is returned.
-    pub async fn read_record_as(
+    pub(crate) async fn read_record_as(
         &self,
         p: &Principal,
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
-        let (meta, subj, rows) = self.record_for_read(id).await?;
-        if !p.roles.iter().any(|(s, _)| s.covers(&meta.school)) {
-            return Err(VaultError::RecordNotFound(id));
-        }
+        let (meta, subj, rows) = self.record_for_read(id, |school| sees(p, school)).await?;
         let present: BTreeSet<Category> = rows
             .iter()
             .filter_map(|f| Category::parse(&f.category).ok())
@@ -1632,49 +1885,52 @@ impl Vault {
         let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
         let mut events = Vec::new();
         let mut via = Vec::new();
-        let blocked = subj.blocked;
+        let mut needs_approval = BTreeSet::new();
         let mut basis = LazyBasis::default();
         for c in &present {
-            if blocked {
+            if subj.blocked {
                 sealed.insert(c.clone(), SealReason::Blocked);
                 continue;
             }
-            let reason = match self.decide(p, &subj.school, c, Action::Read, purpose) {
-                Decision::Deny(r) => Some(SealReason::Forbidden(r)),
-                Decision::ApprovalRequired => {
-                    let emergency =
-                        purpose.as_str() == "medical_emergency" && c.as_str() == "health";
-                    let bg = if emergency {
-                        self.active_break_glass(p, subj.id).await?
-                    } else {
-                        None
-                    };
-                    if let Some(bg) = bg {
-                        via.push(format!("break-glass {bg}"));
-                        None
-                    } else if let Some(req) = self.use_approval(p, &subj, id, c, purpose).await? {
-                        via.push(format!("approval {req}"));
-                        None
-                    } else {
-                        Some(SealReason::ApprovalRequired)
-                    }
+            let approval = match self.decide(p, &subj.school, c, Action::Read, purpose) {
+                Decision::Deny(r) => {
+                    sealed.insert(c.clone(), SealReason::Forbidden(r));
+                    continue;
                 }
-                Decision::Allow => None,
+                Decision::ApprovalRequired => true,
+                Decision::Allow => false,
             };
-            let reason = match reason {
-                None if self.needs_basis(c) && !basis.get(self, subj.id).await?.covers(c) => {
-                    Some(SealReason::NoLegalBasis)
-                }
-                r => r,
-            };
-            match reason {
-                None => {
-                    open.insert(c.clone());
-                }
-                Some(r) => {
-                    sealed.insert(c.clone(), r);
-                }
+            // The legal basis is checked before any approval use is spent on the category.
+            if self.needs_basis(c) && !basis.get(self, subj.id).await?.covers(c) {
+                sealed.insert(c.clone(), SealReason::NoLegalBasis);
+                continue;
             }
+            if approval {
+                needs_approval.insert(c.clone());
+            } else {
+                open.insert(c.clone());
+            }
+        }
+        if !needs_approval.is_empty()
+            && purpose.as_str() == MEDICAL_EMERGENCY
+            && let Ok(health) = category(HEALTH)
+            && needs_approval.contains(&health)
+            && let Some(bg) = self.active_break_glass(p, subj.id).await?
+        {
+            via.push(format!("break-glass {bg}"));
+            needs_approval.remove(&health);
+            open.insert(health);
+        }
+        for (req, cats) in self
+            .use_approvals(p, &subj, Some(id), &needs_approval, purpose)
+            .await?
+        {
+            via.push(format!("approval {req}"));
+            needs_approval.retain(|c| !cats.contains(c));
+            open.extend(cats);
+        }
+        for c in needs_approval {
+            sealed.insert(c, SealReason::ApprovalRequired);
         }
         if !open.is_empty() {
             let mut ev = self.event(
@@ -1730,10 +1986,12 @@ impl Vault {
         Ok(view)
     }
 
+    /// Refuses a write to a blocked subject, a category whose purpose or grant does not allow
+    /// it, or a special category without a legal basis; audits the refusal.
     async fn check_write(
         &self,
         a: &Act<'_>,
-        cats: &BTreeSet<Category>,
+        cats: &BTreeMap<Category, Purpose>,
         action: Action,
     ) -> Result<(), VaultError> {
         if a.subj.blocked {
@@ -1743,16 +2001,16 @@ impl Vault {
                 Outcome::Denied,
                 a.subj,
                 a.record,
-                cats.iter().cloned().collect(),
+                cats.keys().cloned().collect(),
                 Some(a.purpose),
             );
             ev.reason = Some("subject is blocked".into());
             self.audit().append(vec![ev]).await?;
             return Err(VaultError::Blocked(a.subj.id));
         }
-        self.require(a, cats, action).await?;
+        self.require_each(a, cats.iter(), action).await?;
         let mut basis = LazyBasis::default();
-        for c in cats {
+        for (c, why) in cats {
             if self.needs_basis(c) && !basis.get(self, a.subj.id).await?.covers(c) {
                 let mut ev = self.event(
                     a.p,
@@ -1761,7 +2019,7 @@ impl Vault {
                     a.subj,
                     a.record,
                     vec![c.clone()],
-                    Some(a.purpose),
+                    Some(why),
                 );
                 ev.reason = Some(format!("no legal basis for {c}"));
                 self.audit().append(vec![ev]).await?;
@@ -1773,111 +2031,139 @@ impl Vault {
         Ok(())
     }
 
-    fn categories_of(
+    /// Each category a write names, with the purpose it is written for.
+    fn purposes_of(
         &self,
         record_type: &RecordType,
         names: impl Iterator<Item = FieldName>,
-    ) -> Result<BTreeSet<Category>, VaultError> {
+        purposes: &Purposes,
+    ) -> Result<BTreeMap<Category, Purpose>, VaultError> {
         let rt = self
             .catalog()
             .record_type(record_type)
             .ok_or_else(|| VaultError::UnknownRecordType(record_type.clone()))?;
-        names
-            .map(|n| {
-                rt.field(&n)
-                    .map(|f| f.category.clone())
-                    .ok_or_else(|| VaultError::UnknownField {
-                        record_type: record_type.clone(),
-                        field: n,
-                    })
+        let mut out = BTreeMap::new();
+        for n in names {
+            let c = rt.field(&n).map(|f| f.category.clone()).ok_or_else(|| {
+                VaultError::UnknownField {
+                    record_type: record_type.clone(),
+                    field: n,
+                }
+            })?;
+            let why = purposes.of(&c).clone();
+            out.insert(c, why);
+        }
+        if let Some(c) = purposes.per_category.keys().find(|c| !out.contains_key(c)) {
+            return Err(VaultError::Invalid(format!(
+                "a purpose is given for {c}, but no field of the {record_type} record written is in that category: remove it from purposes"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// One audit entry per purpose of a write: who wrote which categories why.
+    fn write_events(
+        &self,
+        p: &Principal,
+        action: &'static str,
+        subj: &Subject,
+        record: RecordId,
+        cats: &BTreeMap<Category, Purpose>,
+    ) -> Vec<AuditEvent> {
+        let mut by_purpose: BTreeMap<&Purpose, Vec<Category>> = BTreeMap::new();
+        for (c, why) in cats {
+            by_purpose.entry(why).or_default().push(c.clone());
+        }
+        by_purpose
+            .into_iter()
+            .map(|(why, cats)| {
+                self.event(
+                    p,
+                    action,
+                    Outcome::Allowed,
+                    subj,
+                    Some(record),
+                    cats,
+                    Some(why),
+                )
             })
             .collect()
     }
 
-    /// Writes a record for a purpose, if every category may be written and special categories
+    /// Writes a record, if every category may be written for its purpose and special categories
     /// have a legal basis.
-    pub async fn write_record_as(
+    pub(crate) async fn write_record_as(
         &self,
         p: &Principal,
         subject: SubjectId,
         record_type: &RecordType,
         fields: &BTreeMap<FieldName, FieldValue>,
-        purpose: &Purpose,
+        purposes: &Purposes,
     ) -> Result<RecordMeta, VaultError> {
-        let subj = self.subject_as(p, subject).await?;
-        let cats = self.categories_of(record_type, fields.keys().cloned())?;
+        let subj = self.scoped_subject(p, subject).await?;
+        let cats = self.purposes_of(record_type, fields.keys().cloned(), purposes)?;
         self.check_write(
             &Act {
                 p,
                 subj: &subj,
                 record: None,
-                purpose,
+                purpose: &purposes.default,
                 audit_action: "record.write",
             },
             &cats,
             Action::Write,
         )
         .await?;
-        // The entry is committed with the record, in the same transaction.
+        // The entries are committed with the record, in the same transaction.
         self.write_record_for(&subj, record_type, fields, |meta| {
-            vec![self.event(
-                p,
-                "record.write",
-                Outcome::Allowed,
-                &subj,
-                Some(meta.id),
-                cats.iter().cloned().collect(),
-                Some(purpose),
-            )]
+            self.write_events(p, "record.write", &subj, meta.id, &cats)
         })
         .await
     }
 
-    /// Updates a record for a purpose, with the same checks as a write.
-    pub async fn update_record_as(
+    /// Updates a record, with the same checks as a write.
+    pub(crate) async fn update_record_as(
         &self,
         p: &Principal,
         id: RecordId,
         expected_version: u64,
         changes: &BTreeMap<FieldName, FieldChange>,
-        purpose: &Purpose,
+        purposes: &Purposes,
     ) -> Result<RecordMeta, VaultError> {
         let (meta, subj) = self.scoped_record(p, id).await?;
-        let cats = self.categories_of(&meta.record_type, changes.keys().cloned())?;
+        let cats = self.purposes_of(&meta.record_type, changes.keys().cloned(), purposes)?;
         self.check_write(
             &Act {
                 p,
                 subj: &subj,
                 record: Some(id),
-                purpose,
+                purpose: &purposes.default,
                 audit_action: "record.update",
             },
             &cats,
             Action::Update,
         )
         .await?;
-        let entry = self.event(
-            p,
-            "record.update",
-            Outcome::Allowed,
-            &subj,
-            Some(id),
-            cats.into_iter().collect(),
-            Some(purpose),
-        );
-        self.update_record_for(id, expected_version, changes, vec![entry])
+        let entries = self.write_events(p, "record.update", &subj, id, &cats);
+        self.update_record_for(id, expected_version, changes, entries)
             .await
     }
 
     /// Crypto-shreds a record on a principal's authority, leaving a shred certificate in the log.
-    pub async fn shred_record_as(
+    /// Decided on every category the record type can hold, not only those it holds now: an
+    /// empty record is no way around the shred grant.
+    pub(crate) async fn shred_record_as(
         &self,
         p: &Principal,
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<ShredReceipt, VaultError> {
-        let (_, subj) = self.scoped_record(p, id).await?;
-        let cats = self.record_categories(id).await?;
+        let (meta, subj) = self.scoped_record(p, id).await?;
+        let mut cats = self.record_categories(id).await?;
+        if let Some(rt) = self.catalog().record_type(&meta.record_type) {
+            cats.extend(rt.fields().map(|f| f.category.clone()));
+        }
+        cats.insert(category(IDENTITY)?);
         self.require(
             &Act {
                 p,
@@ -1907,5 +2193,66 @@ impl Vault {
             vec![ev]
         })
         .await
+    }
+
+    /// A set of categories named in a request: duplicates collapse, and each must be one the
+    /// school collects, so the set is never larger than the catalog.
+    pub(crate) fn category_set(
+        &self,
+        cats: &[Category],
+        what: &str,
+    ) -> Result<BTreeSet<Category>, VaultError> {
+        let mut out = BTreeSet::new();
+        for c in cats {
+            if !self.catalog().collected_categories().any(|k| k == c) {
+                return Err(VaultError::Invalid(format!(
+                    "{what} names category '{c}', which the school does not collect"
+                )));
+            }
+            out.insert(c.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// The purpose of each category a write names. One form may carry several: an enrolment
+/// records religion for religious education and ethnicity for legal requirements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purposes {
+    default: Purpose,
+    per_category: BTreeMap<Category, Purpose>,
+}
+
+impl Purposes {
+    /// Every category for the same purpose.
+    pub fn one(purpose: Purpose) -> Self {
+        Purposes {
+            default: purpose,
+            per_category: BTreeMap::new(),
+        }
+    }
+
+    /// `default` for every category not named in `per_category`.
+    pub fn with(default: Purpose, per_category: BTreeMap<Category, Purpose>) -> Self {
+        Purposes {
+            default,
+            per_category,
+        }
+    }
+
+    pub fn of(&self, c: &Category) -> &Purpose {
+        self.per_category.get(c).unwrap_or(&self.default)
+    }
+}
+
+impl From<&Purpose> for Purposes {
+    fn from(p: &Purpose) -> Self {
+        Purposes::one(p.clone())
+    }
+}
+
+impl From<&Purposes> for Purposes {
+    fn from(p: &Purposes) -> Self {
+        p.clone()
     }
 }

@@ -2,6 +2,27 @@
 //! and the services the HTTP server and `vaultctl` call. It knows nothing of HTTP or argv.
 #![forbid(unsafe_code)]
 
+/// Public to the end-to-end tests and the bench's fixtures (feature `test-hooks`), crate-private
+/// otherwise: the unscoped building blocks under the sessions. A build without the feature has
+/// no public way to read or change personal data except through a `Session`.
+macro_rules! unscoped {
+    ($(#[$m:meta])* async fn $($rest:tt)*) => {
+        #[cfg(feature = "test-hooks")]
+        $(#[$m])* pub async fn $($rest)*
+        #[cfg(not(feature = "test-hooks"))]
+        #[allow(dead_code)]
+        $(#[$m])* pub(crate) async fn $($rest)*
+    };
+    ($(#[$m:meta])* fn $($rest:tt)*) => {
+        #[cfg(feature = "test-hooks")]
+        $(#[$m])* pub fn $($rest)*
+        #[cfg(not(feature = "test-hooks"))]
+        #[allow(dead_code)]
+        $(#[$m])* pub(crate) fn $($rest)*
+    };
+}
+pub(crate) use unscoped;
+
 mod access;
 mod audit;
 mod backup;
@@ -14,6 +35,7 @@ mod keys;
 mod policy;
 mod reports;
 mod retention;
+mod session;
 mod store;
 mod transfer;
 mod value;
@@ -23,7 +45,8 @@ mod writer;
 pub use access::{
     AccessRequest, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, BreakGlass,
     BreakGlassId, Consent, ConsentGiver, ConsentId, LegalGround, NewAccessRequest, NewConsent,
-    Principal, PrincipalId, RequestId, RequestStatus, SubjectExport, WITHDRAWAL_WORKING_DAYS,
+    Principal, PrincipalId, Purposes, RequestId, RequestStatus, SubjectExport,
+    WITHDRAWAL_WORKING_DAYS,
 };
 pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
 pub use backup::{BackupManifest, RestoreReport, backup, restore};
@@ -50,6 +73,7 @@ pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use retention::{
     LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,
 };
+pub use session::Session;
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
 pub use transfer::{
     Country, Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision,

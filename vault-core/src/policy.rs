@@ -107,6 +107,11 @@ str_enum!(
         Consent = "consent",
         KeyAdmin = "key_admin",
         AuditRead = "audit_read",
+        Search = "search",
+        ConsentRead = "consent_read",
+        Block = "block",
+        Unblock = "unblock",
+        Transfer = "transfer",
     }
 );
 
@@ -115,7 +120,12 @@ impl Action {
     fn processes_data(self) -> bool {
         matches!(
             self,
-            Action::Write | Action::Read | Action::Update | Action::Export
+            Action::Write
+                | Action::Read
+                | Action::Update
+                | Action::Export
+                | Action::Search
+                | Action::Transfer
         )
     }
 }
@@ -425,7 +435,7 @@ impl Policy {
         // for it needs no approval. Everything else in an approval category does.
         let statutory_export = action == Action::Export && purpose.as_str() == "subject_access";
         if def.director_approval
-            && matches!(action, Action::Read | Action::Export)
+            && matches!(action, Action::Read | Action::Export | Action::Transfer)
             && !statutory_export
         {
             return Decision::ApprovalRequired;

@@ -9,8 +9,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::access::{Principal, PrincipalId};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::domain::Purpose;
 use crate::domain::{Category, SubjectId};
-use crate::policy::{Role, Scope};
+use crate::policy::{Action, Decision, Role, Scope};
 use crate::store::StoreError;
 use crate::store::entities::{audit_entry, principal, principal_role};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
@@ -147,14 +148,31 @@ impl Vault {
 
     /// Every subject whose data `principal` touched in [since, until), with categories, times and
     /// the identity and contact data needed to notify them; and the authority's deadline.
-    pub async fn incident_report(
+    /// Which subjects a principal (or its leaked token) touched in a window, with the contacts
+    /// to notify them (Art. 25(2)(8)). Made by `by`, who needs the export grant for legal
+    /// requirements in each subject's school; subjects of other schools are left out, blocked
+    /// subjects are listed without contacts, and each subject's history shows the report.
+    pub(crate) async fn incident_report(
         &self,
+        by: &Principal,
         principal: PrincipalId,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<IncidentReport, VaultError> {
         if until <= since {
             return Err(VaultError::Invalid("--until must be after --since".into()));
+        }
+        let identity = Category::parse("identity")?;
+        let why = Purpose::parse("legal_administrative")?;
+        if !self.may_anywhere(by, &identity, Action::Export, &why) {
+            return Err(VaultError::Forbidden {
+                category: identity.clone(),
+                reason: crate::policy::DenyReason::NotGranted {
+                    action: Action::Export,
+                    category: identity,
+                    purpose: why,
+                },
+            });
         }
         let detected_at = self.now();
         let entries = self
@@ -187,11 +205,41 @@ impl Vault {
             .filter_map(|c| Category::parse(c).ok())
             .collect();
         let mut subjects = Vec::new();
+        let mut events = Vec::new();
         for (sid, t) in by_subject {
             let id = SubjectId::parse(&sid).map_err(|_| VaultError::CorruptRow("subject id"))?;
-            let subject = self.subject(id).await?;
+            let Ok(subject) = self.scoped_subject(by, id).await else {
+                continue;
+            };
+            let allowed = contact_cats.iter().all(|c| {
+                self.decide(by, &subject.school, c, Action::Export, &why) == Decision::Allow
+            });
+            if !allowed {
+                continue;
+            }
+            let mut ev = self.event(
+                by,
+                "incident.report",
+                Outcome::Allowed,
+                &subject,
+                None,
+                contact_cats.iter().cloned().collect(),
+                Some(&why),
+            );
+            ev.reason = Some(format!(
+                "incident report on principal {principal}, {} to {}",
+                since.to_rfc3339(),
+                until.to_rfc3339()
+            ));
+            events.push(ev);
             let mut contacts = BTreeMap::new();
-            for rid in self.subject_record_ids(id).await? {
+            let ids = if subject.blocked {
+                Vec::new()
+            } else {
+                self.subject_record_ids(id).await?
+            };
+            let subject = subject.into_inner();
+            for rid in ids {
                 let view = self.read_record(rid, &contact_cats).await?;
                 for (name, f) in view.fields {
                     if let FieldView::Open { value, .. } = f
@@ -220,7 +268,7 @@ impl Vault {
             });
         }
         let notify_authority_by = self.policy().add_working_days(detected_at.date_naive(), 1);
-        let mut ev = AuditEvent::new("privacy_officer", "incident.report", Outcome::Done);
+        let mut ev = AuditEvent::new(by.id().to_string(), "incident.report", Outcome::Done);
         ev.categories = contact_cats.into_iter().collect();
         ev.reason = Some(format!(
             "principal {principal}, {} subjects, {} to {}; notify the authority by {notify_authority_by}",
@@ -228,7 +276,9 @@ impl Vault {
             since.to_rfc3339(),
             until.to_rfc3339()
         ));
-        self.audit().append(vec![ev]).await?;
+        events.push(ev);
+        // Durable before any contact leaves.
+        self.audit().append(events).await?;
         Ok(IncidentReport {
             principal,
             since,

@@ -9,12 +9,14 @@ use std::io::Write;
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
+use crate::access::Principal;
 use crate::audit::{AuditEvent, Outcome};
 use crate::domain::{Category, Purpose, SubjectId};
 use crate::keyring::CustodianRecipient;
+use crate::policy::{Action, Decision};
 use crate::store::StoreError;
 use crate::store::entities::{disclosure, transfer_ground};
-use crate::vault::{FieldView, Vault, VaultError};
+use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// Working days within which the subject is told of a transfer, where the consent promised it.
 pub const TRANSFER_NOTICE_WORKING_DAYS: u32 = 10;
@@ -93,15 +95,27 @@ pub struct Disclosure {
 
 impl Vault {
     /// Records an Art. 16(3) ground for transfers of a subject's data to a country.
-    pub async fn record_transfer_ground(
+    pub(crate) async fn record_transfer_ground(
         &self,
-        actor: &str,
+        p: &Principal,
         subject: SubjectId,
         to: &Country,
         ground: &str,
         reference: &str,
     ) -> Result<(), VaultError> {
-        self.subject(subject).await?;
+        let subj = self.scoped_subject(p, subject).await?;
+        let identity = Category::parse("identity")?;
+        let why = Purpose::parse("legal_administrative")?;
+        if self.decide(p, &subj.school, &identity, Action::Consent, &why) != Decision::Allow {
+            return Err(VaultError::Forbidden {
+                category: identity.clone(),
+                reason: crate::policy::DenyReason::NotGranted {
+                    action: Action::Consent,
+                    category: identity,
+                    purpose: why,
+                },
+            });
+        }
         if !TRANSFER_GROUNDS.contains(&ground) {
             return Err(VaultError::Invalid(format!(
                 "unknown transfer ground '{ground}': expected one of {}",
@@ -124,7 +138,8 @@ impl Vault {
         .exec_without_returning(&self.stores().data)
         .await
         .map_err(StoreError::data)?;
-        let mut ev = AuditEvent::new(actor, "transfer.ground", Outcome::Done);
+        let mut ev = AuditEvent::new(p.id().to_string(), "transfer.ground", Outcome::Done);
+        ev.school = Some(subj.school.clone());
         ev.subject = Some(subject);
         ev.reason = Some(format!("{ground} for {to}"));
         self.audit().append(vec![ev]).await?;
@@ -133,11 +148,55 @@ impl Vault {
 
     /// Decides a transfer: never-leaving categories, purposes, protecting states, the subject's
     /// cross-border consent, a recorded ground, in that order.
-    pub async fn check_transfer(
+    /// Whether a transfer may go ahead, by the rules of the destination. The caller's own right
+    /// to send the data (grant, approval, block, legal basis) is decided by `export_transfer`.
+    pub(crate) async fn check_transfer(
+        &self,
+        p: &Principal,
+        r: &TransferRequest,
+    ) -> Result<TransferDecision, VaultError> {
+        let subj = self.scoped_subject(p, r.subject).await?;
+        let cats = self.category_set(&r.categories, "a transfer")?;
+        self.transfer_grants(p, &subj, &cats, &r.purpose)?;
+        self.check_transfer_rules(r).await
+    }
+
+    /// The principal's grant to send each category: refused outright, or the categories that
+    /// still need a director's approval.
+    fn transfer_grants(
+        &self,
+        p: &Principal,
+        subj: &Subject,
+        cats: &BTreeSet<Category>,
+        purpose: &Purpose,
+    ) -> Result<BTreeSet<Category>, VaultError> {
+        let mut needs_approval = BTreeSet::new();
+        for c in cats {
+            match self.decide(p, &subj.school, c, Action::Transfer, purpose) {
+                Decision::Allow => {}
+                Decision::ApprovalRequired => {
+                    needs_approval.insert(c.clone());
+                }
+                // The catalog's own refusals are the destination rules' to name.
+                Decision::Deny(
+                    crate::policy::DenyReason::PurposeNotAllowed { .. }
+                    | crate::policy::DenyReason::NotCollected(_),
+                ) => {}
+                Decision::Deny(reason) => {
+                    return Err(VaultError::Forbidden {
+                        category: c.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(needs_approval)
+    }
+
+    async fn check_transfer_rules(
         &self,
         r: &TransferRequest,
     ) -> Result<TransferDecision, VaultError> {
-        self.subject(r.subject).await?;
         if r.categories.is_empty() {
             return Err(VaultError::Invalid(
                 "name the categories to transfer".into(),
@@ -217,19 +276,35 @@ impl Vault {
 
     /// Checks, then writes the allowed categories of every record of the subject as one JSON
     /// package encrypted to the recipient's age key, and records the disclosure.
-    pub async fn export_transfer(
+    /// Exports a subject's data in the named categories to a recipient, as an age file only the
+    /// recipient opens. Passes every decision a read does, as the principal who asked: the
+    /// transfer grant, a director's approval for approval categories (one use for the whole
+    /// package), the block, and for special categories a legal basis that allows transfer to a
+    /// third party (Art. 7(6)); then the destination's rules.
+    pub(crate) async fn export_transfer(
         &self,
-        actor: &str,
+        p: &Principal,
         r: &TransferRequest,
         recipient_key: &CustodianRecipient,
     ) -> Result<(TransferDecision, Vec<u8>), VaultError> {
-        let subj = self.subject(r.subject).await?;
-        let decision = self.check_transfer(r).await?;
-        let mut ev = AuditEvent::new(actor, "transfer.export", Outcome::Refused);
+        let subj = self.scoped_subject(p, r.subject).await?;
+        let cats = self.category_set(&r.categories, "a transfer")?;
+        let mut ev = AuditEvent::new(p.id().to_string(), "transfer.export", Outcome::Refused);
         ev.school = Some(subj.school.clone());
         ev.subject = Some(r.subject);
-        ev.categories = r.categories.clone();
+        ev.categories = cats.iter().cloned().collect();
         ev.purpose = Some(r.purpose.clone());
+        let refuse = |mut ev: AuditEvent, err: VaultError| async move {
+            ev.outcome = Outcome::Denied;
+            ev.reason = Some(format!("to {} ({}): {err}", r.recipient, r.to));
+            self.audit().append(vec![ev]).await?;
+            Err::<(TransferDecision, Vec<u8>), VaultError>(err)
+        };
+        let mut needs_approval = match self.transfer_grants(p, &subj, &cats, &r.purpose) {
+            Ok(n) => n,
+            Err(e) => return refuse(ev, e).await,
+        };
+        let decision = self.check_transfer_rules(r).await?;
         let (rule, notify_by) = match &decision {
             TransferDecision::Refused { rule } => {
                 ev.reason = Some(format!("to {} ({}): {rule}", r.recipient, r.to));
@@ -238,7 +313,32 @@ impl Vault {
             }
             TransferDecision::Allowed { rule, notify_by } => (rule.clone(), *notify_by),
         };
-        let allowed: BTreeSet<Category> = r.categories.iter().cloned().collect();
+        if subj.blocked {
+            return refuse(ev, VaultError::Blocked(subj.id)).await;
+        }
+        let basis = self.legal_basis(subj.id).await?;
+        if let Some(c) = cats
+            .iter()
+            .find(|c| self.needs_basis(c) && !basis.covers_third_party(c))
+        {
+            let err = VaultError::NoLegalBasis {
+                category: c.clone(),
+            };
+            return refuse(ev, err).await;
+        }
+        // Spent last, once nothing else can refuse: one use opens every category it covers.
+        let mut via = Vec::new();
+        for (req, opened) in self
+            .use_approvals(p, &subj, None, &needs_approval, &r.purpose)
+            .await?
+        {
+            via.push(format!("approval {req}"));
+            needs_approval.retain(|c| !opened.contains(c));
+        }
+        if let Some(c) = needs_approval.into_iter().next() {
+            return refuse(ev, VaultError::ApprovalRequired { category: c }).await;
+        }
+        let allowed = cats;
         let mut records = Vec::new();
         for id in self.subject_record_ids(r.subject).await? {
             let view = self.read_record(id, &allowed).await?;
@@ -297,12 +397,33 @@ impl Vault {
         .map_err(StoreError::data)?;
         ev.outcome = Outcome::Allowed;
         ev.reason = Some(format!("to {} ({}): {rule}", r.recipient, r.to));
+        if !via.is_empty() {
+            ev.reason = ev.reason.map(|x| format!("{x}; {}", via.join("; ")));
+        }
         self.audit().append(vec![ev]).await?;
         Ok((decision, sealed))
     }
 
     /// The subject's disclosure ledger: to whom, where, what, why, on which basis, when.
-    pub async fn disclosures(&self, subject: SubjectId) -> Result<Vec<Disclosure>, VaultError> {
+    /// A subject's disclosure ledger, for a principal who may read its consents.
+    pub(crate) async fn disclosures(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Vec<Disclosure>, VaultError> {
+        let subj = self.scoped_subject(p, subject).await?;
+        let identity = Category::parse("identity")?;
+        let why = Purpose::parse("legal_administrative")?;
+        if self.decide(p, &subj.school, &identity, Action::ConsentRead, &why) != Decision::Allow {
+            return Err(VaultError::Forbidden {
+                category: identity.clone(),
+                reason: crate::policy::DenyReason::NotGranted {
+                    action: Action::ConsentRead,
+                    category: identity,
+                    purpose: why,
+                },
+            });
+        }
         Ok(disclosure::Entity::find()
             .filter(disclosure::Column::SubjectId.eq(subject.to_string()))
             .order_by_asc(disclosure::Column::At)

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport, Outcome};
@@ -439,14 +439,18 @@ impl Vault {
         Ok(self.audit.verify(&self.stores.data).await?)
     }
 
-    /// Every audit entry about a subject: who touched its data, when, why, with what outcome.
-    pub async fn access_history(&self, subject: SubjectId) -> Result<Vec<AuditRecord>, VaultError> {
-        Ok(AuditLog::for_subject(&self.stores.data, subject).await?)
+    crate::unscoped! {
+        /// Every audit entry about a subject: who touched its data, when, why, with what outcome.
+        async fn access_history(&self, subject: SubjectId) -> Result<Vec<AuditRecord>, VaultError> {
+            Ok(AuditLog::for_subject(&self.stores.data, subject).await?)
+        }
     }
 
-    /// The whole audit log, oldest first.
-    pub async fn audit_entries(&self) -> Result<Vec<AuditRecord>, VaultError> {
-        Ok(AuditLog::all(&self.stores.data).await?)
+    crate::unscoped! {
+        /// The whole audit log, oldest first.
+        async fn audit_entries(&self) -> Result<Vec<AuditRecord>, VaultError> {
+            Ok(AuditLog::all(&self.stores.data).await?)
+        }
     }
 
     /// A record's metadata, shredded or not.
@@ -459,82 +463,107 @@ impl Vault {
         meta_from_row(&row)
     }
 
-    /// A record's metadata (no values).
-    pub async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
-        meta_from_row(&self.record_row(id).await?)
+    crate::unscoped! {
+        /// A record's metadata (no values).
+        async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
+            meta_from_row(&self.record_row(id).await?)
+        }
     }
 
-    /// The ids of a subject's records that still hold data (not shredded).
-    pub async fn subject_record_ids(
-        &self,
-        subject: SubjectId,
-    ) -> Result<Vec<RecordId>, VaultError> {
-        record::Entity::find()
-            .filter(record::Column::SubjectId.eq(subject.to_string()))
-            .filter(record::Column::State.eq(STATE_ACTIVE))
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
-            .iter()
-            .map(|r| parse_row(RecordId::parse(&r.id), "record id"))
-            .collect()
+    crate::unscoped! {
+        /// The ids of a subject's records that still hold data (not shredded).
+        async fn subject_record_ids(
+            &self,
+            subject: SubjectId,
+        ) -> Result<Vec<RecordId>, VaultError> {
+            record::Entity::find()
+                .filter(record::Column::SubjectId.eq(subject.to_string()))
+                .filter(record::Column::State.eq(STATE_ACTIVE))
+                .all(&self.stores.data)
+                .await
+                .map_err(StoreError::data)?
+                .iter()
+                .map(|r| parse_row(RecordId::parse(&r.id), "record id"))
+                .collect()
+        }
     }
 
-    /// The categories a record holds fields in.
-    pub async fn record_categories(&self, id: RecordId) -> Result<BTreeSet<Category>, VaultError> {
-        Ok(record_field::Entity::find()
-            .filter(record_field::Column::RecordId.eq(id.to_string()))
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
-            .iter()
-            .filter_map(|f| Category::parse(&f.category).ok())
-            .collect())
+    crate::unscoped! {
+        /// The categories a record holds fields in.
+        async fn record_categories(&self, id: RecordId) -> Result<BTreeSet<Category>, VaultError> {
+            Ok(record_field::Entity::find()
+                .filter(record_field::Column::RecordId.eq(id.to_string()))
+                .all(&self.stores.data)
+                .await
+                .map_err(StoreError::data)?
+                .iter()
+                .filter_map(|f| Category::parse(&f.category).ok())
+                .collect())
+        }
     }
 
-    pub fn stores(&self) -> &Stores {
-        &self.stores
+    crate::unscoped! {
+        fn stores(&self) -> &Stores {
+            &self.stores
+        }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
-    /// Creates a subject; the IIN is kept only as a blind index.
-    pub async fn create_subject(&self, new: NewSubject) -> Result<Subject, VaultError> {
-        let id = SubjectId::new_random();
-        let now = self.clock.now();
-        let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
-        if let Some(ix) = &iin_index
-            && subject::Entity::find()
-                .filter(subject::Column::IinIndex.eq(ix.clone()))
-                .one(&self.stores.data)
-                .await
-                .map_err(StoreError::data)?
-                .is_some()
-        {
-            return Err(VaultError::DuplicateIin);
+    crate::unscoped! {
+        /// Creates a subject; the IIN is kept only as a blind index.
+        async fn create_subject(&self, new: NewSubject) -> Result<Subject, VaultError> {
+            let id = SubjectId::new_random();
+            let now = self.clock.now();
+            let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
+            if let Some(ix) = &iin_index
+                && subject::Entity::find()
+                    .filter(subject::Column::IinIndex.eq(ix.clone()))
+                    .filter(subject::Column::SchoolId.eq(new.school.as_str()))
+                    .one(&self.stores.data)
+                    .await
+                    .map_err(StoreError::data)?
+                    .is_some()
+            {
+                return Err(VaultError::DuplicateIin);
+            }
+            subject::Entity::insert(subject::ActiveModel {
+                id: Set(id.to_string()),
+                school_id: Set(new.school.as_str().to_owned()),
+                kind: Set(new.kind.as_str().to_owned()),
+                iin_index: Set(iin_index),
+                created_at: Set(now),
+                left_at: Set(None),
+                blocked_at: Set(None),
+            })
+            .exec_without_returning(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?;
+            Ok(Subject {
+                id,
+                school: new.school,
+                kind: new.kind,
+                created_at: now,
+                left_at: None,
+                blocked: false,
+            })
         }
-        subject::Entity::insert(subject::ActiveModel {
-            id: Set(id.to_string()),
-            school_id: Set(new.school.as_str().to_owned()),
-            kind: Set(new.kind.as_str().to_owned()),
-            iin_index: Set(iin_index),
-            created_at: Set(now),
-            left_at: Set(None),
-            blocked_at: Set(None),
-        })
-        .exec_without_returning(&self.stores.data)
-        .await
-        .map_err(StoreError::data)?;
-        Ok(Subject {
-            id,
-            school: new.school,
-            kind: new.kind,
-            created_at: now,
-            left_at: None,
-            blocked: false,
-        })
+    }
+
+    /// Every subject with this IIN, oldest first: one per school at most, since a student who
+    /// moves school is enrolled again there, and a school must not learn of another's enrolment.
+    pub(crate) async fn subjects_by_iin(&self, iin: &Iin) -> Result<Vec<Subject>, VaultError> {
+        subject::Entity::find()
+            .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
+            .order_by_asc(subject::Column::CreatedAt)
+            .all(&self.stores.data)
+            .await
+            .map_err(StoreError::data)?
+            .into_iter()
+            .map(subject_from_row)
+            .collect()
     }
 
     fn iin_index(&self, iin: &Iin) -> Vec<u8> {
@@ -544,24 +573,28 @@ impl Vault {
             .to_vec()
     }
 
-    pub async fn subject(&self, id: SubjectId) -> Result<Subject, VaultError> {
-        let row = subject::Entity::find_by_id(id.to_string())
-            .one(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
-            .ok_or(VaultError::SubjectNotFound(id))?;
-        subject_from_row(row)
+    crate::unscoped! {
+        async fn subject(&self, id: SubjectId) -> Result<Subject, VaultError> {
+            let row = subject::Entity::find_by_id(id.to_string())
+                .one(&self.stores.data)
+                .await
+                .map_err(StoreError::data)?
+                .ok_or(VaultError::SubjectNotFound(id))?;
+            subject_from_row(row)
+        }
     }
 
-    /// Finds a subject by IIN through the blind index, without the IIN ever being stored.
-    pub async fn find_subject_by_iin(&self, iin: &Iin) -> Result<Option<Subject>, VaultError> {
-        subject::Entity::find()
-            .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
-            .one(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
-            .map(subject_from_row)
-            .transpose()
+    crate::unscoped! {
+        /// Finds a subject by IIN through the blind index, without the IIN ever being stored.
+        async fn find_subject_by_iin(&self, iin: &Iin) -> Result<Option<Subject>, VaultError> {
+            subject::Entity::find()
+                .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
+                .one(&self.stores.data)
+                .await
+                .map_err(StoreError::data)?
+                .map(subject_from_row)
+                .transpose()
+        }
     }
 
     /// Checks fields against the catalog and returns each with its category.
@@ -645,16 +678,18 @@ impl Vault {
         }
     }
 
-    /// Writes a new record for a subject: every field validated against the catalog and sealed.
-    pub async fn write_record(
-        &self,
-        subject_id: SubjectId,
-        record_type: &RecordType,
-        fields: &BTreeMap<FieldName, FieldValue>,
-    ) -> Result<RecordMeta, VaultError> {
-        let subj = self.subject(subject_id).await?;
-        self.write_record_for(&subj, record_type, fields, |_| Vec::new())
-            .await
+    crate::unscoped! {
+        /// Writes a new record for a subject: every field validated against the catalog and sealed.
+        async fn write_record(
+            &self,
+            subject_id: SubjectId,
+            record_type: &RecordType,
+            fields: &BTreeMap<FieldName, FieldValue>,
+        ) -> Result<RecordMeta, VaultError> {
+            let subj = self.subject(subject_id).await?;
+            self.write_record_for(&subj, record_type, fields, |_| Vec::new())
+                .await
+        }
     }
 
     /// `write_record` for a subject already loaded; `audit` gives the entries to commit with
@@ -795,22 +830,27 @@ impl Vault {
         Ok(keys)
     }
 
-    /// Reads a record, opening only the categories in `allowed`; the others come back sealed.
-    pub async fn read_record(
-        &self,
-        id: RecordId,
-        allowed: &BTreeSet<Category>,
-    ) -> Result<RecordView, VaultError> {
-        let meta = meta_from_row(&self.record_row(id).await?)?;
-        let fields = self.record_fields(id).await?;
-        self.open_fields(meta, fields, allowed).await
+    crate::unscoped! {
+        /// Reads a record, opening only the categories in `allowed`; the others come back sealed.
+        async fn read_record(
+            &self,
+            id: RecordId,
+            allowed: &BTreeSet<Category>,
+        ) -> Result<RecordView, VaultError> {
+            let meta = meta_from_row(&self.record_row(id).await?)?;
+            let fields = self.record_fields(id).await?;
+            self.open_fields(meta, fields, allowed).await
+        }
     }
 
     /// A live record, its subject and its sealed field rows in one query: reads run on every
     /// page that shows a student, and each round trip to the store costs more than the crypto.
+    /// `visible` says whether the reader may know of records of a school; it is asked before the
+    /// record's state, so a shredded record of another school is as unknown as a random id.
     pub(crate) async fn record_for_read(
         &self,
         id: RecordId,
+        visible: impl Fn(&SchoolId) -> bool,
     ) -> Result<(RecordMeta, Subject, Vec<record_field::Model>), VaultError> {
         let rows = record_field::Entity::find()
             .filter(record_field::Column::RecordId.eq(id.to_string()))
@@ -825,10 +865,16 @@ impl Vault {
         };
         let Some((r, s)) = head else {
             // Not found, shredded or without fields: the plain queries give the right answer.
+            if !visible(&self.record_meta_any(id).await?.school) {
+                return Err(VaultError::RecordNotFound(id));
+            }
             let meta = self.record_meta(id).await?;
             let subj = self.subject(meta.subject).await?;
             return Ok((meta, subj, Vec::new()));
         };
+        if !visible(&parse_row(SchoolId::parse(&r.school_id), "school id")?) {
+            return Err(VaultError::RecordNotFound(id));
+        }
         let fields = rows.into_iter().map(|(f, _, _)| f).collect();
         Ok((meta_from_row(&r)?, subject_from_row(s)?, fields))
     }
@@ -898,16 +944,18 @@ impl Vault {
         Ok(RecordView { meta, fields: out })
     }
 
-    /// Updates fields of a record if it is still at `expected_version`; a stale version is
-    /// refused and nothing changes.
-    pub async fn update_record(
-        &self,
-        id: RecordId,
-        expected_version: u64,
-        changes: &BTreeMap<FieldName, FieldChange>,
-    ) -> Result<RecordMeta, VaultError> {
-        self.update_record_for(id, expected_version, changes, Vec::new())
-            .await
+    crate::unscoped! {
+        /// Updates fields of a record if it is still at `expected_version`; a stale version is
+        /// refused and nothing changes.
+        async fn update_record(
+            &self,
+            id: RecordId,
+            expected_version: u64,
+            changes: &BTreeMap<FieldName, FieldChange>,
+        ) -> Result<RecordMeta, VaultError> {
+            self.update_record_for(id, expected_version, changes, Vec::new())
+                .await
+        }
     }
 
     /// `update_record` with the audit entries to commit in the update's own transaction: an
@@ -1012,10 +1060,12 @@ impl Vault {
         Ok(meta)
     }
 
-    /// Crypto-shreds a record: its DEKs are destroyed, so its fields can never be opened again,
-    /// and the ciphertext is deleted too. The record row stays as a tombstone.
-    pub async fn shred_record(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
-        self.shred_record_for(id, |_| Vec::new()).await
+    crate::unscoped! {
+        /// Crypto-shreds a record: its DEKs are destroyed, so its fields can never be opened again,
+        /// and the ciphertext is deleted too. The record row stays as a tombstone.
+        async fn shred_record(&self, id: RecordId) -> Result<ShredReceipt, VaultError> {
+            self.shred_record_for(id, |_| Vec::new()).await
+        }
     }
 
     /// `shred_record` with the certificate to commit in the transaction that deletes the
@@ -1155,13 +1205,15 @@ impl Vault {
         Ok(())
     }
 
-    /// Counts the DEKs the key store holds for a record (for status and tests).
-    pub async fn dek_count(&self, id: RecordId) -> Result<u64, VaultError> {
-        Ok(dek::Entity::find()
-            .filter(dek::Column::RecordId.eq(id.to_string()))
-            .count(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?)
+    crate::unscoped! {
+        /// Counts the DEKs the key store holds for a record (for status and tests).
+        async fn dek_count(&self, id: RecordId) -> Result<u64, VaultError> {
+            Ok(dek::Entity::find()
+                .filter(dek::Column::RecordId.eq(id.to_string()))
+                .count(&self.stores.keys)
+                .await
+                .map_err(StoreError::keys)?)
+        }
     }
 
     /// Every KEK and DEK the vault holds, in clear. Only for tests that scan stores for leaked

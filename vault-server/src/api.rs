@@ -3,20 +3,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use actix_web::FromRequest;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use vault_core::{
     AccessRequest, AuditRecord, BearerToken, BreakGlass, BreakGlassId, Category, Consent,
     ConsentGiver, ConsentId, FieldChange, FieldName, FieldValue, FieldView, Iin, LegalGround,
-    NewAccessRequest, NewConsent, NewSubject, Principal, Purpose, RecordId, RecordMeta, RecordType,
-    RecordView, RequestId, SchoolId, Subject, SubjectId, SubjectKind, Vault,
+    NewAccessRequest, NewConsent, NewSubject, Principal, Purpose, Purposes, RecordId, RecordMeta,
+    RecordType, RecordView, RequestId, SchoolId, Session, Subject, SubjectId, SubjectKind, Vault,
 };
 
 use crate::problem::ApiError;
@@ -213,16 +215,49 @@ async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> 
     result
 }
 
+fn state(req: &HttpRequest) -> Result<State, ApiError> {
+    req.app_data::<State>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the app state is not configured")))
+}
+
+/// The authenticated caller, from `Authorization: Bearer`. Every `/v1` handler takes one and
+/// does its work through `Caller::session`, the core's one door to personal data.
+pub struct Caller(Principal);
+
+impl Caller {
+    fn session<'v>(&self, s: &'v State) -> Session<'v> {
+        s.vault.session(self.0.clone())
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let s = state(&req)?;
+            principal(&s, &req).await.map(Caller)
+        })
+    }
+}
+
+/// The purpose a read or write names, from `X-Vault-Purpose`.
+pub struct Why(Purpose);
+
+impl FromRequest for Why {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(state(req).and_then(|s| purpose(&s, req)).map(Why))
+    }
+}
+
 /// The purpose every read and write must name, from `X-Vault-Purpose`.
 fn purpose(s: &State, req: &HttpRequest) -> Result<Purpose, ApiError> {
-    let allowed = || {
-        s.vault
-            .catalog()
-            .purposes()
-            .map(|p| p.name.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let raw = req
         .headers()
         .get("x-vault-purpose")
@@ -232,21 +267,57 @@ fn purpose(s: &State, req: &HttpRequest) -> Result<Purpose, ApiError> {
                 "purpose_required",
                 format!(
                     "name the purpose in the X-Vault-Purpose header, one of: {}",
-                    allowed()
+                    allowed_purposes(s)
                 ),
             )
             .with_field("X-Vault-Purpose")
         })?;
-    Purpose::parse(raw.trim())
+    known_purpose(s, raw.trim()).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_purpose",
+            format!("unknown purpose; use one of: {}", allowed_purposes(s)),
+        )
+        .with_field("X-Vault-Purpose")
+    })
+}
+
+fn allowed_purposes(s: &State) -> String {
+    s.vault
+        .catalog()
+        .purposes()
+        .map(|p| p.name.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn known_purpose(s: &State, raw: &str) -> Option<Purpose> {
+    Purpose::parse(raw)
         .ok()
         .filter(|p| s.vault.catalog().purpose(p).is_some())
-        .ok_or_else(|| {
+}
+
+/// The header's purpose, with the body's purpose per category on top of it.
+fn purposes(
+    s: &State,
+    default: Purpose,
+    per: &BTreeMap<String, String>,
+) -> Result<Purposes, ApiError> {
+    let mut out = BTreeMap::new();
+    for (c, p) in per {
+        let c = parse(Category::parse(c), "purposes")?;
+        let p = known_purpose(s, p).ok_or_else(|| {
             ApiError::bad_request(
                 "unknown_purpose",
-                format!("unknown purpose; use one of: {}", allowed()),
+                format!(
+                    "purposes.{c}: unknown purpose; use one of: {}",
+                    allowed_purposes(s)
+                ),
             )
-            .with_field("X-Vault-Purpose")
-        })
+            .with_field("purposes")
+        })?;
+        out.insert(c, p);
+    }
+    Ok(Purposes::with(default, out))
 }
 
 fn parse<T, E: std::fmt::Display>(r: Result<T, E>, field: &str) -> Result<T, ApiError> {
@@ -379,10 +450,10 @@ fn created(v: Value) -> HttpResponse {
 
 // ----- handlers ---------------------------------------------------------------------------------
 
-pub async fn me(s: State, req: HttpRequest) -> Res {
-    let p = principal(&s, &req).await?;
-    Ok(ok(json!({ "id": p.id.to_string(), "name": p.name,
-        "roles": p.roles.iter().map(|(sc, r)| json!({ "school": sc.as_str(), "role": r.as_str() })).collect::<Vec<_>>() })))
+pub async fn me(who: Caller) -> Res {
+    let p = &who.0;
+    Ok(ok(json!({ "id": p.id().to_string(), "name": p.name(),
+        "roles": p.roles().iter().map(|(sc, r)| json!({ "school": sc.as_str(), "role": r.as_str() })).collect::<Vec<_>>() })))
 }
 
 #[derive(Deserialize)]
@@ -393,8 +464,7 @@ struct CreateSubject {
     iin: Option<String>,
 }
 
-pub async fn create_subject(s: State, req: HttpRequest, payload: web::Payload) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn create_subject(s: State, who: Caller, req: HttpRequest, payload: web::Payload) -> Res {
     let b: CreateSubject = json(&req, payload).await?;
     let school = parse(SchoolId::parse(&b.school), "school")?;
     let kind = parse(SubjectKind::parse(&b.kind), "kind")?;
@@ -403,17 +473,16 @@ pub async fn create_subject(s: State, req: HttpRequest, payload: web::Payload) -
         .as_deref()
         .map(|i| parse(Iin::parse(i), "iin"))
         .transpose()?;
-    let subj = s
-        .vault
-        .create_subject_as(&p, NewSubject { school, kind, iin })
+    let subj = who
+        .session(&s)
+        .create_subject(NewSubject { school, kind, iin })
         .await?;
     Ok(created(subject_json(&subj)))
 }
 
-pub async fn get_subject(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn get_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
     let id = parse(SubjectId::parse(&id), "id")?;
-    Ok(ok(subject_json(&s.vault.subject_as(&p, id).await?)))
+    Ok(ok(subject_json(&who.session(&s).subject(id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -423,13 +492,17 @@ struct FindSubject {
 }
 
 /// Lookup by IIN goes in a POST body, never a URL, so the IIN stays out of access logs.
-pub async fn find_subject(s: State, req: HttpRequest, payload: web::Payload) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn find_subject(
+    s: State,
+    who: Caller,
+    why: Why,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Res {
     let b: FindSubject = json(&req, payload).await?;
     let iin = parse(Iin::parse(&b.iin), "iin")?;
-    let found = s.vault.find_subject_by_iin(&iin).await?;
-    match found {
-        Some(subj) => Ok(ok(subject_json(&s.vault.subject_as(&p, subj.id).await?))),
+    match who.session(&s).find_subject(&iin, &why.0).await? {
+        Some(subj) => Ok(ok(subject_json(&subj))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -443,6 +516,8 @@ pub async fn find_subject(s: State, req: HttpRequest, payload: web::Payload) -> 
 struct CreateRecord {
     record_type: String,
     fields: BTreeMap<String, Value>,
+    #[serde(default)]
+    purposes: BTreeMap<String, String>,
 }
 
 fn field_name(n: &str) -> Result<FieldName, ApiError> {
@@ -452,12 +527,12 @@ fn field_name(n: &str) -> Result<FieldName, ApiError> {
 
 pub async fn create_record(
     s: State,
+    who: Caller,
+    why: Why,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
-    let why = purpose(&s, &req)?;
     let subject = parse(SubjectId::parse(&id), "id")?;
     let b: CreateRecord = json(&req, payload).await?;
     let rt = parse(RecordType::parse(&b.record_type), "record_type")?;
@@ -465,9 +540,10 @@ pub async fn create_record(
     for (k, v) in &b.fields {
         fields.insert(field_name(k)?, FieldValue::from_json(v));
     }
-    let meta = s
-        .vault
-        .write_record_as(&p, subject, &rt, &fields, &why)
+    let purposes = purposes(&s, why.0, &b.purposes)?;
+    let meta = who
+        .session(&s)
+        .write_record(subject, &rt, &fields, &purposes)
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(meta.version)))
@@ -475,20 +551,17 @@ pub async fn create_record(
         .json(meta_json(&meta)))
 }
 
-pub async fn list_records(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn list_records(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    let ids = s.vault.subject_records_as(&p, subject).await?;
+    let ids = who.session(&s).records(subject).await?;
     Ok(ok(
         json!({ "records": ids.iter().map(meta_json).collect::<Vec<_>>() }),
     ))
 }
 
-pub async fn get_record(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
-    let why = purpose(&s, &req)?;
+pub async fn get_record(s: State, who: Caller, why: Why, id: web::Path<String>) -> Res {
     let id = parse(RecordId::parse(&id), "id")?;
-    let view = s.vault.read_record_as(&p, id, &why).await?;
+    let view = who.session(&s).read_record(id, &why.0).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(view.meta.version)))
         .json(record_json(&s.metrics, &view)))
@@ -499,16 +572,18 @@ pub async fn get_record(s: State, req: HttpRequest, id: web::Path<String>) -> Re
 struct UpdateRecord {
     /// A value sets the field; `null` removes it.
     fields: BTreeMap<String, Value>,
+    #[serde(default)]
+    purposes: BTreeMap<String, String>,
 }
 
 pub async fn update_record(
     s: State,
+    who: Caller,
+    why: Why,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
-    let why = purpose(&s, &req)?;
     let id = parse(RecordId::parse(&id), "id")?;
     let raw = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).ok_or_else(|| {
         ApiError::new(StatusCode::PRECONDITION_REQUIRED, "if_match_required",
@@ -538,20 +613,19 @@ pub async fn update_record(
         };
         changes.insert(field_name(k)?, change);
     }
-    let meta = s
-        .vault
-        .update_record_as(&p, id, version, &changes, &why)
+    let purposes = purposes(&s, why.0, &b.purposes)?;
+    let meta = who
+        .session(&s)
+        .update_record(id, version, &changes, &purposes)
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(meta.version)))
         .json(meta_json(&meta)))
 }
 
-pub async fn shred_record(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
-    let why = purpose(&s, &req)?;
+pub async fn shred_record(s: State, who: Caller, why: Why, id: web::Path<String>) -> Res {
     let id = parse(RecordId::parse(&id), "id")?;
-    let r = s.vault.shred_record_as(&p, id, &why).await?;
+    let r = who.session(&s).shred_record(id, &why.0).await?;
     Ok(ok(json!({ "record": r.record.to_string(),
         "categories": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "keys_destroyed": r.deks_destroyed, "fields_deleted": r.fields_deleted })))
@@ -567,8 +641,12 @@ struct CreateAccessRequest {
     justification: String,
 }
 
-pub async fn create_access_request(s: State, req: HttpRequest, payload: web::Payload) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn create_access_request(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Res {
     let b: CreateAccessRequest = json(&req, payload).await?;
     let new = NewAccessRequest {
         subject: parse(SubjectId::parse(&b.subject), "subject")?,
@@ -582,13 +660,12 @@ pub async fn create_access_request(s: State, req: HttpRequest, payload: web::Pay
         justification: b.justification,
     };
     Ok(created(request_json(
-        &s.vault.request_access(&p, new).await?,
+        &who.session(&s).request_access(new).await?,
     )))
 }
 
-pub async fn pending_requests(s: State, req: HttpRequest) -> Res {
-    let p = principal(&s, &req).await?;
-    let list = s.vault.pending_requests(&p).await?;
+pub async fn pending_requests(s: State, who: Caller) -> Res {
+    let list = who.session(&s).pending_requests().await?;
     Ok(ok(
         json!({ "requests": list.iter().map(request_json).collect::<Vec<_>>() }),
     ))
@@ -603,17 +680,15 @@ struct Approve {
 
 pub async fn approve(
     s: State,
+    who: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
     let id = parse(RequestId::parse(&id), "id")?;
     let b: Approve = json(&req, payload).await?;
     Ok(ok(request_json(
-        &s.vault
-            .approve_request(&p, id, b.expires_at, b.uses)
-            .await?,
+        &who.session(&s).approve(id, b.expires_at, b.uses).await?,
     )))
 }
 
@@ -623,19 +698,25 @@ struct Deny {
     reason: String,
 }
 
-pub async fn deny(s: State, req: HttpRequest, id: web::Path<String>, payload: web::Payload) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn deny(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
     let id = parse(RequestId::parse(&id), "id")?;
     let b: Deny = json(&req, payload).await?;
     Ok(ok(request_json(
-        &s.vault.deny_request(&p, id, &b.reason).await?,
+        &who.session(&s).deny(id, &b.reason).await?,
     )))
 }
 
-pub async fn revoke(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn revoke(s: State, who: Caller, id: web::Path<String>) -> Res {
     let id = parse(RequestId::parse(&id), "id")?;
-    Ok(ok(request_json(&s.vault.revoke_approval(&p, id).await?)))
+    Ok(ok(request_json(
+        &who.session(&s).revoke_approval(id).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -645,13 +726,17 @@ struct OpenBreakGlass {
     justification: String,
 }
 
-pub async fn open_break_glass(s: State, req: HttpRequest, payload: web::Payload) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn open_break_glass(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Res {
     let b: OpenBreakGlass = json(&req, payload).await?;
     let subject = parse(SubjectId::parse(&b.subject), "subject")?;
     Ok(created(break_glass_json(
-        &s.vault
-            .open_break_glass(&p, subject, &b.justification)
+        &who.session(&s)
+            .open_break_glass(subject, &b.justification)
             .await?,
     )))
 }
@@ -664,21 +749,20 @@ struct Review {
 
 pub async fn review_break_glass(
     s: State,
+    who: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
     let id = parse(BreakGlassId::parse(&id), "id")?;
     let b: Review = json(&req, payload).await?;
     Ok(ok(break_glass_json(
-        &s.vault.review_break_glass(&p, id, &b.note).await?,
+        &who.session(&s).review_break_glass(id, &b.note).await?,
     )))
 }
 
-pub async fn overdue_break_glass(s: State, req: HttpRequest) -> Res {
-    let p = principal(&s, &req).await?;
-    let list = s.vault.overdue_break_glass_as(&p).await?;
+pub async fn overdue_break_glass(s: State, who: Caller) -> Res {
+    let list = who.session(&s).overdue_break_glass().await?;
     Ok(ok(
         json!({ "overdue": list.iter().map(break_glass_json).collect::<Vec<_>>() }),
     ))
@@ -703,11 +787,11 @@ struct RecordConsent {
 
 pub async fn record_consent(
     s: State,
+    who: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
     let subject = parse(SubjectId::parse(&id), "id")?;
     let b: RecordConsent = json(&req, payload).await?;
     let given_by = match (b.given_by.as_str(), b.guardian.as_deref()) {
@@ -723,32 +807,27 @@ pub async fn record_consent(
             .with_field("given_by"));
         }
     };
-    let c = s
-        .vault
-        .record_consent(
-            &p,
-            NewConsent {
-                subject,
-                given_by,
-                method: b.method,
-                evidence_ref: b.evidence_ref,
-                text_version: b.text_version,
-                categories: categories(&b.categories)?,
-                third_party: b.third_party,
-                cross_border: b.cross_border,
-                publication: b.publication,
-                term_until: b.term_until,
-            },
-        )
+    let c = who
+        .session(&s)
+        .record_consent(NewConsent {
+            subject,
+            given_by,
+            method: b.method,
+            evidence_ref: b.evidence_ref,
+            text_version: b.text_version,
+            categories: categories(&b.categories)?,
+            third_party: b.third_party,
+            cross_border: b.cross_border,
+            publication: b.publication,
+            term_until: b.term_until,
+        })
         .await?;
     Ok(created(consent_json(&c)))
 }
 
-pub async fn list_consents(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn list_consents(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    s.vault.subject_as(&p, subject).await?;
-    let list = s.vault.consents_of(subject).await?;
+    let list = who.session(&s).consents(subject).await?;
     Ok(ok(
         json!({ "consents": list.iter().map(consent_json).collect::<Vec<_>>() }),
     ))
@@ -762,16 +841,16 @@ struct Withdraw {
 
 pub async fn withdraw_consent(
     s: State,
+    who: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
     let id = parse(ConsentId::parse(&id), "id")?;
     let b: Withdraw = json(&req, payload).await?;
     Ok(ok(consent_json(
-        &s.vault
-            .withdraw_consent(&p, id, b.refusal_reason.as_deref())
+        &who.session(&s)
+            .withdraw_consent(id, b.refusal_reason.as_deref())
             .await?,
     )))
 }
@@ -786,27 +865,26 @@ struct RecordGround {
 
 pub async fn record_ground(
     s: State,
+    who: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let p = principal(&s, &req).await?;
     let subject = parse(SubjectId::parse(&id), "id")?;
     let b: RecordGround = json(&req, payload).await?;
     let category = parse(Category::parse(&b.category), "category")?;
     let ground = LegalGround::parse(&b.ground)?;
-    s.vault
-        .record_legal_ground(&p, subject, &category, ground, &b.reference)
+    who.session(&s)
+        .record_legal_ground(subject, &category, ground, &b.reference)
         .await?;
     Ok(created(
         json!({ "subject": subject.to_string(), "category": category.as_str(), "ground": ground.as_str() }),
     ))
 }
 
-pub async fn export_subject(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn export_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    let e = s.vault.export_subject(&p, subject).await?;
+    let e = who.session(&s).export_subject(subject).await?;
     Ok(ok(json!({
         "subject": subject_json(&e.subject),
         "records": e.records.iter().map(|r| record_json(&s.metrics, r)).collect::<Vec<_>>(),
@@ -815,43 +893,75 @@ pub async fn export_subject(s: State, req: HttpRequest, id: web::Path<String>) -
     })))
 }
 
-async fn set_blocked(s: State, req: HttpRequest, id: web::Path<String>, blocked: bool) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn block(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    s.vault.subject_as(&p, subject).await?;
-    s.vault.set_blocked(&p, subject, blocked).await?;
+    who.session(&s).block(subject).await?;
     Ok(ok(
-        json!({ "subject": subject.to_string(), "blocked": blocked }),
+        json!({ "subject": subject.to_string(), "blocked": true }),
     ))
 }
 
-pub async fn block(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    set_blocked(s, req, id, true).await
-}
-
-pub async fn unblock(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    set_blocked(s, req, id, false).await
-}
-
-pub async fn access_history(s: State, req: HttpRequest, id: web::Path<String>) -> Res {
-    let p = principal(&s, &req).await?;
+pub async fn unblock(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    let list = s.vault.access_history_as(&p, subject).await?;
+    who.session(&s).unblock(subject).await?;
+    Ok(ok(
+        json!({ "subject": subject.to_string(), "blocked": false }),
+    ))
+}
+
+pub async fn access_history(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let list = who.session(&s).access_history(subject).await?;
     Ok(ok(
         json!({ "entries": list.iter().map(audit_json).collect::<Vec<_>>() }),
     ))
 }
 
-pub async fn verify_audit(s: State, req: HttpRequest) -> Res {
-    let p = principal(&s, &req).await?;
-    if !s.vault.may_audit(&p) {
-        return Err(vault_core::VaultError::NotAuditor.into());
-    }
-    let r = s.vault.verify_audit().await?;
+pub async fn verify_audit(s: State, who: Caller) -> Res {
+    let r = who.session(&s).verify_audit().await?;
     Ok(ok(
         json!({ "entries": r.entries, "checkpoints": r.checkpoints, "intact": r.problem.is_none(),
                   "problem": r.problem.map(|p| p.to_string()) }),
     ))
+}
+
+/// The `/v1` route table, for the server and for any test that builds the app in process.
+pub fn v1(cfg: &mut web::ServiceConfig) {
+    cfg.route("/me", web::get().to(me))
+        .route("/subjects", web::post().to(create_subject))
+        .route("/subjects/search", web::post().to(find_subject))
+        .route("/subjects/{id}", web::get().to(get_subject))
+        .route("/subjects/{id}/records", web::post().to(create_record))
+        .route("/subjects/{id}/records", web::get().to(list_records))
+        .route("/subjects/{id}/consents", web::post().to(record_consent))
+        .route("/subjects/{id}/consents", web::get().to(list_consents))
+        .route(
+            "/subjects/{id}/legal-grounds",
+            web::post().to(record_ground),
+        )
+        .route("/subjects/{id}/export", web::get().to(export_subject))
+        .route("/subjects/{id}/block", web::post().to(block))
+        .route("/subjects/{id}/unblock", web::post().to(unblock))
+        .route(
+            "/subjects/{id}/access-history",
+            web::get().to(access_history),
+        )
+        .route("/records/{id}", web::get().to(get_record))
+        .route("/records/{id}", web::patch().to(update_record))
+        .route("/records/{id}", web::delete().to(shred_record))
+        .route("/access-requests", web::post().to(create_access_request))
+        .route("/access-requests/pending", web::get().to(pending_requests))
+        .route("/access-requests/{id}/approve", web::post().to(approve))
+        .route("/access-requests/{id}/deny", web::post().to(deny))
+        .route("/access-requests/{id}/revoke", web::post().to(revoke))
+        .route("/break-glass", web::post().to(open_break_glass))
+        .route("/break-glass/overdue", web::get().to(overdue_break_glass))
+        .route(
+            "/break-glass/{id}/review",
+            web::post().to(review_break_glass),
+        )
+        .route("/consents/{id}/withdraw", web::post().to(withdraw_consent))
+        .route("/audit/verify", web::get().to(verify_audit));
 }
 
 pub async fn not_found() -> Res {

@@ -141,7 +141,7 @@ async fn school_day_over_http(backend: Backend) {
     let found = s.post(
         "/v1/subjects/search",
         "admissions",
-        None,
+        Some("legal_administrative"),
         json!({"iin": iin}),
     );
     assert_eq!(found.json()["id"], sid.as_str());
@@ -318,7 +318,7 @@ async fn clients_get_clear_errors(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(s.get("/v1/me", token.expose(), None).status, 200);
-    core.revoke_principal(p.id).await.unwrap();
+    core.revoke_principal(p.id()).await.unwrap();
     let r = s.get("/v1/me", token.expose(), None);
     r.problem(401, "unauthenticated");
     assert_eq!(r.headers["www-authenticate"], "Bearer");

@@ -128,7 +128,7 @@ async fn two_servers_share_one_postgresql() {
         .unwrap();
     assert_eq!(a.get("/v1/me", token.expose(), None).status, 200);
     assert_eq!(b.get("/v1/me", token.expose(), None).status, 200);
-    core.revoke_principal(p.id).await.unwrap();
+    core.revoke_principal(p.id()).await.unwrap();
     assert_eq!(a.get("/v1/me", token.expose(), None).status, 401);
     assert_eq!(b.get("/v1/me", token.expose(), None).status, 401);
 
