@@ -1973,6 +1973,44 @@ impl Vault {
             ev.reason = Some(reason);
             events.push(ev);
         }
+        // A read that no role of the principal may make at all (every category forbidden, or,
+        // for a record without fields, identity) is refused, not answered with a record of
+        // sealed markers: the caller learns it holds no grant, and nothing else.
+        let refusal = if present.is_empty() {
+            match self.decide(p, &subj.school, &category(IDENTITY)?, Action::Read, purpose) {
+                Decision::Deny(r) => Some((category(IDENTITY)?, r)),
+                _ => None,
+            }
+        } else if open.is_empty() {
+            let mut all = sealed.iter().map(|(c, r)| match r {
+                SealReason::Forbidden(d) => Some((c.clone(), d.clone())),
+                _ => None,
+            });
+            let first = all.next().flatten();
+            if all.all(|x| x.is_some()) { first } else { None }
+        } else {
+            None
+        };
+        if let Some((c, reason)) = refusal {
+            if events.is_empty() {
+                let mut ev = self.event(
+                    p,
+                    "record.read",
+                    Outcome::Denied,
+                    &subj,
+                    Some(id),
+                    vec![c.clone()],
+                    Some(purpose),
+                );
+                ev.reason = Some(reason.to_string());
+                events.push(ev);
+            }
+            self.audit().append(events).await?;
+            return Err(VaultError::Forbidden {
+                category: c,
+                reason,
+            });
+        }
         // Durable before any value leaves.
         self.audit().append(events).await?;
         let mut view = self.open_fields(meta, rows, &open).await?;
