@@ -20,6 +20,7 @@ on_both_backends!(
     recipients_principals_audit_and_incidents,
     retention_from_the_command_line,
     transfers_abroad_follow_the_rules,
+    a_transfer_export_acts_as_someone_and_passes_a_reads_decisions,
     restore_of_an_older_backup_keeps_shredded_data_shredded,
 );
 
@@ -1035,4 +1036,162 @@ async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backen
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not open with this identity"));
+}
+
+/// Before, `vaultctl transfer export` wrote a blocked subject's health data into a package for
+/// any age key, with the custodian's identity alone, and audited a fixed actor.
+async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend: Backend) {
+    let ctl = setup(backend).await;
+    let v = ctl.vault().await;
+    let school = SchoolId::parse("school-1").unwrap();
+    let s = v
+        .create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let g = v
+        .create_subject(NewSubject {
+            school: school.clone(),
+            kind: SubjectKind::Guardian,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let f: BTreeMap<_, _> = [
+        (
+            FieldName::parse("full_name").unwrap(),
+            FieldValue::text("MARKER-Dana"),
+        ),
+        (
+            FieldName::parse("health_issues").unwrap(),
+            FieldValue::text("MARKER-asthma"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    v.write_record(s.id, &RecordType::parse("student").unwrap(), &f)
+        .await
+        .unwrap();
+    let (admissions, _) = v
+        .create_principal(
+            "Admissions",
+            &[(Scope::School(school.clone()), Role::Admissions)],
+        )
+        .await
+        .unwrap();
+    let (_, teacher) = v
+        .create_principal("Teacher", &[(Scope::School(school.clone()), Role::Teacher)])
+        .await
+        .unwrap();
+    let teacher_file = ctl.stores.dir.path().join("teacher.token");
+    std::fs::write(&teacher_file, teacher.expose()).unwrap();
+    v.session(admissions.clone())
+        .record_consent(vault_core::NewConsent {
+            subject: s.id,
+            given_by: vault_core::ConsentGiver::Guardian(g.id),
+            method: "paper".into(),
+            evidence_ref: "scan 10".into(),
+            text_version: "v3".into(),
+            categories: vec![Category::parse("health").unwrap()],
+            third_party: false,
+            cross_border: false,
+            publication: false,
+            term_until: None,
+        })
+        .await
+        .unwrap();
+    let privacy = ctl.privacy_officer(&v).await;
+    drop(v);
+    let sid = s.id.to_string();
+    let n = std::cell::Cell::new(0);
+    let export = |cats: &str, token: Option<&Path>| {
+        n.set(n.get() + 1);
+        let out = ctl
+            .stores
+            .dir
+            .path()
+            .join(format!("export-{}.age", n.get()));
+        let mut c = ctl.cmd();
+        match token {
+            Some(t) => c.env("VAULT_TOKEN_FILE", t),
+            None => c.env_remove("VAULT_TOKEN_FILE"),
+        };
+        let o = c
+            .args([
+                "transfer",
+                "export",
+                "--subject",
+                &sid,
+                "--to",
+                "KZ",
+                "--categories",
+                cats,
+                "--recipient",
+                "District office",
+                "--purpose",
+                "legal_administrative",
+                "--recipient-key",
+                "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--identity")
+            .arg(&ctl.identity)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        if o.status.code() != Some(0) {
+            assert!(!out.exists(), "a refused export writes nothing");
+        }
+        (o.status.code(), err)
+    };
+    // The custodian's identity alone reads nothing.
+    let (code, err) = export("identity", None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("acts as a named principal"), "{err}");
+    // A teacher holds no transfer grant.
+    let (code, err) = export("identity", Some(&teacher_file));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("none of your roles may transfer identity"),
+        "{err}"
+    );
+    // Health goes to a third party only on a consent that says so (this one does not) ...
+    let (code, err) = export("health", Some(&ctl.token_file));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no consent or legal ground"), "{err}");
+    // ... and identity is fine until the subject is blocked.
+    let (code, err) = export("identity", Some(&ctl.token_file));
+    assert_eq!(code, Some(0), "{err}");
+    let v = ctl.vault().await;
+    v.session(privacy.clone()).block(s.id).await.unwrap();
+    drop(v);
+    let (code, err) = export("identity", Some(&ctl.token_file));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is blocked"), "{err}");
+    // Every attempt is in the log under the person who made it.
+    let log = ctl.ok(&["audit", "log", "--subject", &sid, "--format", "json"]);
+    let exports: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == "transfer.export")
+        .collect();
+    assert_eq!(exports.len(), 4, "{log}");
+    assert!(
+        exports.iter().all(|e| e["actor"] != "privacy_officer"),
+        "{log}"
+    );
+    assert_eq!(
+        exports
+            .iter()
+            .filter(|e| e["actor"] == privacy.id().to_string().as_str())
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("MARKER"));
 }
