@@ -1987,7 +1987,11 @@ impl Vault {
                 _ => None,
             });
             let first = all.next().flatten();
-            if all.all(|x| x.is_some()) { first } else { None }
+            if all.all(|x| x.is_some()) {
+                first
+            } else {
+                None
+            }
         } else {
             None
         };
