@@ -213,12 +213,18 @@ fn open_file(dir: &Path, name: &str, unlock: &Unlock) -> Result<Vec<u8>, VaultEr
     Ok(out)
 }
 
-/// The live shred log, if the data store still has one.
-async fn live_shreds(stores: &Stores) -> Vec<shred_log::Model> {
+/// The live shred log. Stores are migrated when opened, so the table is always there: a read
+/// that fails is a failure, never "nothing to replay", or a restore would silently bring back
+/// data that was destroyed after the backup.
+async fn live_shreds(stores: &Stores) -> Result<Vec<shred_log::Model>, VaultError> {
     shred_log::Entity::find()
         .all(&stores.data)
         .await
-        .unwrap_or_default()
+        .map_err(|e| {
+            io(format!(
+                "cannot read the live shred log, so the shreds made after the backup could not be re-applied; nothing was restored: {e}"
+            ))
+        })
 }
 
 async fn load(txn: &DatabaseTransaction, plain: &[u8], keys: bool) -> Result<u64, VaultError> {
@@ -307,7 +313,7 @@ pub async fn restore(
             "the backup holds {lines} rows but its manifest says {expected}: it is damaged"
         )));
     }
-    let live = live_shreds(stores).await;
+    let live = live_shreds(stores).await?;
     // Which live shreds the backup already knows of.
     let backed_up: BTreeSet<(String, String)> = data
         .lines()
