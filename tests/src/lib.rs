@@ -1,8 +1,10 @@
 //! Helpers for the end-to-end tests: a fresh vault on SQLite (a temp folder) or on PostgreSQL
 //! (two fresh databases on the server named by `VAULT_TEST_PG_URL`).
 //!
-//! Without `VAULT_TEST_PG_URL` the PostgreSQL variants are skipped with a note, unless `CI` is
-//! set: then a missing or unreachable PostgreSQL fails the run.
+//! No variant ever skips: without `VAULT_TEST_PG_URL` the harness runs `scripts/pg-up` once
+//! (it installs and starts this machine's PostgreSQL and prints its URL), and a PostgreSQL that
+//! still cannot be had fails every PostgreSQL variant. External tools (`age`, `age-keygen`) are
+//! installed with apt-get when missing and the tests run as root, and fail the test otherwise.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,25 +36,42 @@ macro_rules! on_both_backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if $crate::pg_admin_url().is_some() {
-                    super::$name($crate::Backend::Postgres).await
-                }
+                super::$name($crate::Backend::Postgres).await
             }
         }
     )*};
 }
 
-/// The PostgreSQL admin URL, or `None` (skip) outside CI. Panics in CI when it is not set.
-pub fn pg_admin_url() -> Option<String> {
-    match std::env::var("VAULT_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but VAULT_TEST_PG_URL is not: the PostgreSQL tests must run in CI")
+/// The PostgreSQL admin URL: `VAULT_TEST_PG_URL`, or the one `scripts/pg-up` prints after
+/// starting this machine's PostgreSQL. Panics, saying how to fix it, when neither gives one: a
+/// PostgreSQL variant never passes without running.
+pub fn pg_admin_url() -> String {
+    static URL: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let got = URL.get_or_init(|| {
+        if let Ok(u) = std::env::var("VAULT_TEST_PG_URL")
+            && !u.is_empty()
+        {
+            return Ok(u);
         }
-        _ => {
-            eprintln!("note: VAULT_TEST_PG_URL not set; skipping the PostgreSQL variant");
-            None
+        let script = repo_root().join("scripts/pg-up");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !url.is_empty() {
+            Ok(url)
+        } else {
+            Err(format!(
+                "scripts/pg-up could not start PostgreSQL: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
+    });
+    match got {
+        Ok(u) => u.clone(),
+        Err(e) => panic!(
+            "the PostgreSQL variants need a server: set VAULT_TEST_PG_URL, or let scripts/pg-up start one ({e})"
+        ),
     }
 }
 
@@ -103,7 +122,7 @@ impl TestStores {
                 pg_dbs: None,
             },
             Backend::Postgres => {
-                let admin = pg_admin_url().expect("PostgreSQL variant needs VAULT_TEST_PG_URL");
+                let admin = pg_admin_url();
                 let conn = Database::connect(&admin).await.unwrap_or_else(|e| {
                     panic!("cannot reach PostgreSQL at VAULT_TEST_PG_URL: {e}")
                 });
@@ -311,22 +330,31 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs an external tool, or returns `None` (skip) when it is missing outside CI.
-pub fn tool(name: &str) -> Option<Command> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if found {
-        Some(Command::new(name))
-    } else if std::env::var_os("CI").is_some() {
-        panic!("CI is set but `{name}` is not installed")
-    } else {
-        eprintln!("note: `{name}` not installed; skipping this check");
-        None
+/// An external tool (`age`, `age-keygen`). When it is missing it is installed from Debian's
+/// `age` package if the tests run as root; otherwise the test fails, naming what to install.
+pub fn tool(name: &str) -> Command {
+    let found = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !found() {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg("[ \"$(id -u)\" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null 2>&1; }")
+                .status();
+        });
     }
+    assert!(
+        found(),
+        "`{name}` is not installed and could not be installed: apt-get install age"
+    );
+    Command::new(name)
 }
 
 /// Makes `db` refuse new rows of `table` whose `column` is `value` (a trigger), standing in for

@@ -7,8 +7,8 @@ use vault_tests::{Backend, TestStores, catalog, on_both_backends, tool};
 
 on_both_backends!(keyring_opens_with_real_age_tools);
 
-fn age_keygen(path: &std::path::Path) -> Option<CustodianRecipient> {
-    let out = tool("age-keygen")?.arg("-o").arg(path).output().unwrap();
+fn age_keygen(path: &std::path::Path) -> CustodianRecipient {
+    let out = tool("age-keygen").arg("-o").arg(path).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -20,17 +20,15 @@ fn age_keygen(path: &std::path::Path) -> Option<CustodianRecipient> {
         .lines()
         .find_map(|l| l.strip_prefix("Public key: "))
         .expect("age-keygen printed the public key");
-    Some(CustodianRecipient::parse(public).unwrap())
+    CustodianRecipient::parse(public).unwrap()
 }
 
 async fn keyring_opens_with_real_age_tools(backend: Backend) {
     let stores = TestStores::new(backend).await;
     let dir = stores.dir.path();
     let (key, other) = (dir.join("custodian.txt"), dir.join("stranger.txt"));
-    let Some(recipient) = age_keygen(&key) else {
-        return;
-    };
-    let Some(_) = age_keygen(&other) else { return };
+    let recipient = age_keygen(&key);
+    age_keygen(&other);
 
     let s = stores.open().await;
     Vault::init_keyring(
@@ -79,7 +77,6 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
     let file = dir.join("keyring.age");
     std::fs::write(&file, &sealed).unwrap();
     let out = tool("age")
-        .unwrap()
         .arg("-d")
         .arg("-i")
         .arg(&key)
@@ -93,7 +90,6 @@ async fn keyring_opens_with_real_age_tools(backend: Backend) {
     );
     assert!(out.stdout.starts_with(b"SCHOOL-VAULT-KEYRING\0"));
     let out = tool("age")
-        .unwrap()
         .arg("-d")
         .arg("-i")
         .arg(&other)
