@@ -1,7 +1,9 @@
 //! The `/v1` routes. Each handler parses input, calls one core service, maps the result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::FromRequest;
 use actix_web::http::StatusCode;
@@ -33,45 +35,136 @@ pub struct AppState {
     pub vault: Vault,
     pub metrics: Arc<Metrics>,
     pub auth_failures: AuthFailures,
+    /// Reverse proxies (the school's TLS terminator) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
-/// Failed authentications per client address, in fixed one-minute windows. A client over the
-/// limit is refused before its token is even looked at, so guessing tokens is slow.
-#[derive(Default)]
-pub struct AuthFailures(
-    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
-);
+/// Failed authentications, in fixed one-minute windows, counted per (client address, token
+/// prefix) and per client address. Behind a proxy every app arrives from the proxy's address,
+/// so the client is taken from `X-Forwarded-For` when, and only when, the peer is a trusted
+/// proxy; and one app presenting a stale token locks out only that token, not every other app
+/// from the same address, while a client guessing many tokens is stopped by its address total.
+pub struct AuthFailures {
+    counts: std::sync::Mutex<HashMap<FailureKey, (Instant, u32)>>,
+    hasher: std::hash::RandomState,
+    capacity: usize,
+}
 
-/// Failed authentications a client may make per minute.
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Self::with_capacity(MAX_TRACKED)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Client(IpAddr),
+    /// A keyed hash of the token's first characters: no token material is kept.
+    Token(IpAddr, u64),
+}
+
+/// Failed authentications one token (by prefix) may make per minute from one client.
 pub const AUTH_FAILURES_PER_MINUTE: u32 = 20;
-const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-/// Addresses remembered at most; expired windows are dropped first.
+/// Failed authentications one client address may make per minute, whatever the tokens.
+pub const AUTH_FAILURES_PER_CLIENT: u32 = 200;
+const WINDOW: Duration = Duration::from_secs(60);
+/// Keys remembered at most. When full, expired windows go first, then keys not over their
+/// limit: a client cycling addresses can never clear the count of one that is over it.
 const MAX_TRACKED: usize = 100_000;
+/// Characters of a token that identify which one it is (`vt_` and 9 more).
+const TOKEN_PREFIX: usize = 12;
 
 impl AuthFailures {
-    /// Seconds to wait, if this client is over the limit.
-    fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
-        let m = self.0.lock().ok()?;
-        let (start, n) = m.get(&ip)?;
-        let elapsed = start.elapsed();
-        (elapsed < WINDOW && *n >= AUTH_FAILURES_PER_MINUTE)
-            .then(|| (WINDOW - elapsed).as_secs().max(1))
+    /// A limiter that remembers at most `capacity` keys.
+    pub fn with_capacity(capacity: usize) -> Self {
+        AuthFailures {
+            counts: std::sync::Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+            capacity,
+        }
     }
 
-    fn failed(&self, ip: std::net::IpAddr) {
-        let Ok(mut m) = self.0.lock() else { return };
-        if m.len() >= MAX_TRACKED {
-            m.retain(|_, (start, _)| start.elapsed() < WINDOW);
-            if m.len() >= MAX_TRACKED {
-                m.clear();
-            }
-        }
-        let e = m.entry(ip).or_insert((std::time::Instant::now(), 0));
-        if e.0.elapsed() >= WINDOW {
-            *e = (std::time::Instant::now(), 0);
-        }
-        e.1 += 1;
+    fn keys(&self, client: IpAddr, token: Option<&str>) -> [(FailureKey, u32); 2] {
+        let prefix = token.map(|t| t.chars().take(TOKEN_PREFIX).collect::<String>());
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, prefix.unwrap_or_default());
+        [
+            (FailureKey::Token(client, h), AUTH_FAILURES_PER_MINUTE),
+            (FailureKey::Client(client), AUTH_FAILURES_PER_CLIENT),
+        ]
     }
+
+    /// Seconds to wait, if this client (or this token from it) is over its limit.
+    fn blocked(&self, client: IpAddr, token: Option<&str>) -> Option<u64> {
+        let m = self.counts.lock().ok()?;
+        self.keys(client, token)
+            .iter()
+            .filter_map(|(k, limit)| {
+                let (start, n) = m.get(k)?;
+                let elapsed = start.elapsed();
+                (elapsed < WINDOW && *n >= *limit).then(|| (WINDOW - elapsed).as_secs().max(1))
+            })
+            .max()
+    }
+
+    fn failed(&self, client: IpAddr, token: Option<&str>) {
+        let Ok(mut m) = self.counts.lock() else {
+            return;
+        };
+        let keys = self.keys(client, token);
+        if m.len() + keys.len() > self.capacity {
+            m.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        }
+        if m.len() + keys.len() > self.capacity {
+            m.retain(|k, (_, n)| {
+                let limit = match k {
+                    FailureKey::Client(_) => AUTH_FAILURES_PER_CLIENT,
+                    FailureKey::Token(..) => AUTH_FAILURES_PER_MINUTE,
+                };
+                *n >= limit
+            });
+        }
+        for (k, _) in keys {
+            if !m.contains_key(&k) && m.len() >= self.capacity {
+                continue;
+            }
+            let e = m.entry(k).or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= WINDOW {
+                *e = (Instant::now(), 0);
+            }
+            e.1 += 1;
+        }
+    }
+
+    /// How many keys are tracked (for the memory-bound test).
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. A client can put anything in that
+/// header, so only the part the trusted proxies appended is believed.
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let mut hops = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    while let Some(hop) = hops.pop() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            // A malformed hop: trust nothing further left than the proxy itself.
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
 }
 
 type Res = Result<HttpResponse, ApiError>;
@@ -189,18 +282,20 @@ fn bearer(h: &HeaderMap) -> Option<BearerToken> {
 }
 
 async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> {
-    let ip = req.peer_addr().map(|a| a.ip());
-    if let Some(wait) = ip.and_then(|ip| s.auth_failures.blocked(ip)) {
+    let ip = client_ip(req, &s.trusted_proxies);
+    let token = bearer(req.headers());
+    let shown = token.as_ref().map(BearerToken::expose);
+    if let Some(wait) = ip.and_then(|ip| s.auth_failures.blocked(ip, shown)) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_failures",
-            format!("too many failed authentications from this address: try again in {wait} s"),
+            format!("too many failed authentications from this client: try again in {wait} s"),
         );
         e.retry_after = Some(wait);
         return Err(e);
     }
-    let result = match bearer(req.headers()) {
-        Some(token) => s.vault.authenticate(&token).await.map_err(ApiError::from),
+    let result = match &token {
+        Some(token) => s.vault.authenticate(token).await.map_err(ApiError::from),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -210,7 +305,7 @@ async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> 
     if let (Err(e), Some(ip)) = (&result, ip)
         && e.status == StatusCode::UNAUTHORIZED
     {
-        s.auth_failures.failed(ip);
+        s.auth_failures.failed(ip, shown);
     }
     result
 }
@@ -975,6 +1070,26 @@ pub async fn not_found() -> Res {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_cycling_addresses_never_clear_one_over_its_limit() {
+        let f = AuthFailures::with_capacity(100);
+        let over: IpAddr = [127, 0, 0, 1].into();
+        for _ in 0..AUTH_FAILURES_PER_MINUTE {
+            f.failed(over, Some("vt_stale"));
+        }
+        assert!(f.blocked(over, Some("vt_stale")).is_some());
+        for i in 0..10_000u32 {
+            let [_, a, b, c] = i.to_be_bytes();
+            f.failed([127, a, b, c.wrapping_add(2)].into(), Some("vt_guess"));
+            assert!(f.tracked() <= 100, "memory stays bounded");
+        }
+        assert!(
+            f.blocked(over, Some("vt_stale")).is_some(),
+            "still over its limit"
+        );
+        assert!(f.blocked(over, Some("vt_other")).is_none());
+    }
 
     #[test]
     fn depth_counts_outside_strings() {

@@ -35,7 +35,7 @@ struct Args {
     #[arg(long)]
     dev: bool,
     /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, passphrase_file,
-    /// policies, store_country, allow_store_outside_kz.
+    /// policies, store_country, allow_store_outside_kz, trusted_proxies.
     #[arg(long, env = "VAULT_CONFIG")]
     config: Option<PathBuf>,
     /// Folder of the embedded SQLite stores (data.db, keys.db). Default: vault-data.
@@ -65,6 +65,10 @@ struct Args {
     /// Start even though the stores are declared outside Kazakhstan (logged and audited).
     #[arg(long, env = "VAULT_ALLOW_STORE_OUTSIDE_KZ")]
     allow_store_outside_kz: bool,
+    /// Address of a reverse proxy (the school's TLS terminator) whose X-Forwarded-For names the
+    /// real client, for limiting failed sign-ins per client. Repeat, or comma-separate.
+    #[arg(long, env = "VAULT_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -79,6 +83,7 @@ struct FileConfig {
     policies: Option<PathBuf>,
     store_country: Option<String>,
     allow_store_outside_kz: Option<bool>,
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
 }
 
 /// The settings after merging flags, environment and the config file.
@@ -92,6 +97,7 @@ struct Settings {
     policies: PathBuf,
     store_country: String,
     allow_outside: bool,
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn settings(a: Args) -> Result<Settings> {
@@ -140,6 +146,11 @@ fn settings(a: Args) -> Result<Settings> {
             .unwrap_or_else(|| "policies".into()),
         store_country,
         allow_outside: a.allow_store_outside_kz || f.allow_store_outside_kz.unwrap_or(false),
+        trusted_proxies: if a.trusted_proxy.is_empty() {
+            f.trusted_proxies.unwrap_or_default()
+        } else {
+            a.trusted_proxy
+        },
     })
 }
 
@@ -306,6 +317,7 @@ async fn run(args: Args) -> Result<()> {
         vault,
         metrics: metrics.clone(),
         auth_failures: api::AuthFailures::default(),
+        trusted_proxies: s.trusted_proxies.clone(),
     });
     tracing::info!(%addr, "vault-server listening");
     println!("listening on http://{addr}");

@@ -248,10 +248,61 @@ async fn bad_tokens_are_rate_limited_per_client() {
     }
     assert!(statuses[..20].iter().all(|c| *c == 401), "{statuses:?}");
     assert!(statuses[20..].iter().all(|c| *c == 429), "{statuses:?}");
-    let r = s.get("/v1/me", "admissions", None);
+    let r = s.get("/v1/me", &format!("vt_{:064}", 7), None);
     let p = r.problem(429, "too_many_failures");
     assert!(r.headers.contains_key("retry-after"), "{p}");
+    // Before, the limit was per address only: behind one address, another app's valid token
+    // was refused with 429 too. Now it is served.
+    assert_eq!(s.get("/v1/me", "admissions", None).status, 200);
+    // A client guessing many different tokens is stopped by its address total.
+    let mut last = 0;
+    for i in 0..220 {
+        last = s
+            .get("/v1/me", &format!("vt_{:09x}{:055}", i + 1, 0), None)
+            .status;
+    }
+    assert_eq!(last, 429, "the client total stops token cycling");
+    assert_eq!(s.get("/v1/me", "admissions", None).status, 429);
     // Unauthenticated endpoints still answer.
     assert_eq!(s.call("GET", "/healthz", None, &[], None).status, 200);
     s.stop(&[]);
+}
+
+/// Behind the school's TLS terminator every app arrives from one address. With the proxy
+/// trusted, each client is the address the proxy names; without, the header is ignored, so a
+/// client cannot escape its limit by writing the header itself.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_limit_is_per_real_client() {
+    let bad = |s: &common::Server, client: &str| {
+        s.call(
+            "GET",
+            "/v1/me",
+            Some(&format!("vt_{:064}", 3)),
+            &[("X-Forwarded-For", client)],
+            None,
+        )
+        .status
+    };
+    let proxied =
+        common::start_full(Backend::Sqlite, None, &["--trusted-proxy", "127.0.0.1"]).await;
+    for _ in 0..20 {
+        assert_eq!(bad(&proxied, "127.0.0.2"), 401);
+    }
+    assert_eq!(bad(&proxied, "127.0.0.2"), 429);
+    // A client claiming to be a proxy hop gains nothing: the last untrusted hop counts.
+    assert_eq!(bad(&proxied, "127.0.0.3, 127.0.0.2"), 429);
+    assert_eq!(
+        bad(&proxied, "127.0.0.3"),
+        401,
+        "another client behind the proxy"
+    );
+    proxied.stop(&[]);
+
+    let direct = start(Backend::Sqlite).await;
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        statuses.push(bad(&direct, &format!("127.0.1.{i}")));
+    }
+    assert!(statuses[20..].iter().all(|c| *c == 429), "{statuses:?}");
+    direct.stop(&[]);
 }

@@ -93,12 +93,17 @@ pub async fn start(backend: Backend) -> Server {
 
 /// Starts a server; with `shared`, on the same stores as another (a second instance).
 pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
+    start_full(backend, shared, &[]).await
+}
+
+/// `start_with`, with more command-line flags for the server.
+pub async fn start_full(backend: Backend, shared: Option<&Server>, extra: &[&str]) -> Server {
     let stores = match shared {
         Some(other) => other.stores.clone(),
         None => std::sync::Arc::new(TestStores::new(backend).await),
     };
     let data = stores.dir.path().join("vault-data");
-    let urls: Vec<&str> = match backend {
+    let mut urls: Vec<&str> = match backend {
         Backend::Postgres => vec![
             "--data-url",
             &stores.config.data_url,
@@ -107,6 +112,7 @@ pub async fn start_with(backend: Backend, shared: Option<&Server>) -> Server {
         ],
         Backend::Sqlite => Vec::new(),
     };
+    urls.extend_from_slice(extra);
     let (child, addr, log) = spawn_server(&data, &urls, "debug");
     let env = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
     let tokens: HashMap<String, String> = env
