@@ -26,6 +26,7 @@ on_both_backends!(
     a_create_and_its_audit_entry_commit_together,
     an_update_or_a_shred_commits_with_its_audit_entry,
     blocked_subjects_are_stored_not_processed,
+    a_consent_keeps_every_field_it_was_given,
 );
 
 fn start() -> DateTime<Utc> {
@@ -228,19 +229,31 @@ async fn approvals_gate_special_reads(backend: Backend) {
     );
 
     // Approved for two uses: exactly two reads open it.
-    v.session(s.director.clone())
+    let approved = v
+        .session(s.director.clone())
         .approve(req.id, in_an_hour, 2)
         .await
         .unwrap();
+    assert_eq!(approved.uses_left, Some(2));
+    // While both uses are left, the approval opens nothing for anyone else or for another
+    // purpose, and those reads spend no use. (Before, this was checked only after both uses were
+    // spent, when the field was sealed whatever the check did.)
+    assert_eq!(
+        sealed_as(&s.health_of(&s.teacher, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "legal_administrative").await),
+        Some(&SealReason::ApprovalRequired)
+    );
+    assert_eq!(
+        sealed_as(&s.health_of(&s.director2, rec, "education").await),
+        Some(&SealReason::ApprovalRequired)
+    );
     assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
     assert!(is_open(&s.health_of(&s.nurse, rec, "education").await));
     assert_eq!(
         sealed_as(&s.health_of(&s.nurse, rec, "education").await),
-        Some(&SealReason::ApprovalRequired)
-    );
-    // The approval does not open the data for anyone else, or for another purpose.
-    assert_eq!(
-        sealed_as(&s.health_of(&s.teacher, rec, "education").await),
         Some(&SealReason::ApprovalRequired)
     );
 
@@ -988,4 +1001,51 @@ async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
     let log = v.access_history(s.student).await.unwrap();
     assert!(log.iter().any(|e| e.action == "subject.block"));
     assert!(log.iter().any(|e| e.action == "subject.unblock"));
+}
+
+/// Art. 7(6) and 8(4): the three separate flags, the evidence and the text version are what the
+/// operator must be able to prove, so each is read back, in both settings of every flag.
+async fn a_consent_keeps_every_field_it_was_given(backend: Backend) {
+    let s = school_day(backend).await;
+    let v = &s.t.vault;
+    for (third_party, cross_border, publication) in [
+        (true, false, true),
+        (false, true, false),
+        (true, true, false),
+    ] {
+        let evidence = format!("scan {third_party}-{cross_border}-{publication}");
+        let given = v
+            .session(s.admissions.clone())
+            .record_consent(NewConsent {
+                subject: s.student,
+                given_by: ConsentGiver::Guardian(s.guardian),
+                method: "e_signature".into(),
+                evidence_ref: evidence.clone(),
+                text_version: "consent-v4".into(),
+                categories: vec![cat("health"), cat("religion")],
+                third_party,
+                cross_border,
+                publication,
+                term_until: Some(start() + Duration::days(365)),
+            })
+            .await
+            .unwrap();
+        let listed = v
+            .session(s.privacy.clone())
+            .consents(s.student)
+            .await
+            .unwrap();
+        let c = listed.iter().find(|c| c.id == given.id).unwrap();
+        assert_eq!(
+            (c.third_party, c.cross_border, c.publication),
+            (third_party, cross_border, publication)
+        );
+        assert_eq!(c.evidence_ref, evidence);
+        assert_eq!(c.text_version, "consent-v4");
+        assert_eq!(c.method, "e_signature");
+        assert_eq!(c.given_by, ConsentGiver::Guardian(s.guardian));
+        assert_eq!(c.categories, vec![cat("health"), cat("religion")]);
+        assert_eq!(c.term_until, Some(start() + Duration::days(365)));
+        assert_eq!(c.operator_bin, v.catalog().policy().operator_bin);
+    }
 }
