@@ -320,6 +320,17 @@ pub fn make_iin(yymmdd: &str, century_sex: u8) -> String {
     panic!("no valid IIN for {yymmdd}")
 }
 
+/// True if the record read back with every field open. A record whose keys were destroyed
+/// still reads `Ok`, with each field sealed as shredded: a check that must tell a surviving
+/// record from a shredded one looks at every field, never at `is_ok()` or a count.
+pub fn every_field_opens(view: &vault_core::RecordView) -> bool {
+    !view.fields.is_empty()
+        && view
+            .fields
+            .values()
+            .all(|f| matches!(f, vault_core::FieldView::Open { .. }))
+}
+
 /// True if `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)

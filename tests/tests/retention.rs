@@ -174,7 +174,9 @@ async fn sweep_shreds_exactly_what_expired(backend: Backend) {
         "only the identity key is left"
     );
     for r in [rb, rc, rd] {
-        assert_eq!(v.read_record(r, &all).await.unwrap().fields.len(), 4);
+        let view = v.read_record(r, &all).await.unwrap();
+        assert_eq!(view.fields.len(), 4);
+        assert!(vault_tests::every_field_opens(&view), "{r} keeps its data");
     }
     let ve = v.read_record(re, &all).await.unwrap();
     assert!(matches!(

@@ -665,6 +665,10 @@ async fn retention_from_the_command_line(backend: Backend) {
         1,
         "the address is gone, the name is kept"
     );
+    assert!(
+        vault_tests::every_field_opens(&view),
+        "the kept name still opens"
+    );
     ctl.fails(
         &["retention", "left", "--subject", &sid, "--on", "last june"],
         "is not a time",
@@ -994,17 +998,16 @@ async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backen
         1,
         "A's address stays shredded after the restore"
     );
+    assert!(vault_tests::every_field_opens(&va), "A's name still opens");
     assert_eq!(v.dek_count(ra).await.unwrap(), 1);
     assert!(matches!(
         v.read_record(rc, &all).await.unwrap_err(),
         vault_core::VaultError::RecordShredded(_)
     ));
     assert_eq!(v.dek_count(rc).await.unwrap(), 0);
-    assert_eq!(
-        v.read_record(rb, &all).await.unwrap().fields.len(),
-        2,
-        "B is as backed up"
-    );
+    let vb = v.read_record(rb, &all).await.unwrap();
+    assert_eq!(vb.fields.len(), 2, "B is as backed up");
+    assert!(vault_tests::every_field_opens(&vb), "B's fields open");
     assert_eq!(v.verify_audit().await.unwrap().problem, None);
     assert!(
         v.audit_entries()
