@@ -337,6 +337,38 @@ async fn clients_get_clear_errors(backend: Backend) {
         Some(&big),
     )
     .problem(413, "payload_too_large");
+    // At the edge: exactly 4 MiB is read, one byte more is not (before, only 10 MiB was tried).
+    let at_limit = |extra: usize| {
+        let mut b = br#"{"school": "school-1", "kind": "guardian"}"#.to_vec();
+        b.resize(vault_server::api::MAX_BODY + extra, b' ');
+        s.call(
+            "POST",
+            "/v1/subjects",
+            Some("admissions"),
+            &[("Content-Type", "application/json")],
+            Some(&b),
+        )
+    };
+    assert_eq!(at_limit(0).status, 201, "{}", at_limit(0).text());
+    at_limit(1).problem(413, "payload_too_large");
+    // And nesting: 32 levels are parsed (and fail as the wrong type), 33 are refused unread.
+    let nested = |levels: usize| {
+        let body = format!(
+            "{{\"school\": {}{}}}",
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        );
+        s.call(
+            "POST",
+            "/v1/subjects",
+            Some("admissions"),
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(vault_server::api::MAX_DEPTH, 32);
+    nested(32).problem(400, "invalid_json");
+    nested(33).problem(400, "too_deep");
     s.call(
         "POST",
         "/v1/subjects",
