@@ -1,0 +1,72 @@
+//! The command tree: the global options and one subcommand per command group.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::ctx::{Ctx, GlobalArgs};
+use crate::{audit, backup, catalog, incident, keyring, principal, retention, transfer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vaultctl",
+    version,
+    about = "Custodian and privacy-officer tool of the school records vault"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the catalog of approved data and the access policy.
+    #[command(subcommand)]
+    Catalog(catalog::Cmd),
+    /// Manage the keyring: init, status, rotation, recipients.
+    #[command(subcommand)]
+    Keyring(keyring::Cmd),
+    /// Manage principals (staff and school apps) and their tokens.
+    #[command(subcommand)]
+    Principal(principal::Cmd),
+    /// Verify and query the audit log.
+    #[command(subcommand)]
+    Audit(audit::Cmd),
+    /// Breach response.
+    #[command(subcommand)]
+    Incident(incident::Cmd),
+    /// Retention: what expires when, legal holds, and the crypto-shredding sweep.
+    #[command(subcommand)]
+    Retention(retention::Cmd),
+    /// Cross-border transfers: check, export, grounds, the disclosure ledger.
+    #[command(subcommand)]
+    Transfer(transfer::Cmd),
+    /// Back up both stores, consistently and online, encrypted to the custodians' age keys.
+    ///
+    /// Example: vaultctl backup --out /backups/vault-2026-11-27
+    Backup(backup::BackupArgs),
+    /// Replace both stores with a backup, then re-apply every shred made after it. Stop the
+    /// servers first.
+    ///
+    /// Example: vaultctl restore --from /backups/vault-2026-11-27 --identity custodian.txt --force
+    Restore(backup::RestoreArgs),
+}
+
+impl Cli {
+    /// Runs the command; what it prints goes to `out`, written out by `main` when it ends.
+    pub async fn run(self, out: &mut String) -> Result<()> {
+        let ctx = Ctx::new(self.global).await?;
+        match self.command {
+            Command::Catalog(cmd) => catalog::run(cmd, &ctx, out),
+            Command::Keyring(cmd) => keyring::run(cmd, &ctx, out).await,
+            Command::Principal(cmd) => principal::run(cmd, &ctx, out).await,
+            Command::Audit(cmd) => audit::run(cmd, &ctx, out).await,
+            Command::Incident(cmd) => incident::run(cmd, &ctx, out).await,
+            Command::Retention(cmd) => retention::run(cmd, &ctx, out).await,
+            Command::Transfer(cmd) => transfer::run(cmd, &ctx, out).await,
+            Command::Backup(args) => backup::backup(args, &ctx, out).await,
+            Command::Restore(args) => backup::restore(args, &ctx, out).await,
+        }
+    }
+}

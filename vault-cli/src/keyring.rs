@@ -1,0 +1,241 @@
+//! `vaultctl keyring`: create, export, rotate, rewrap and retire keys, and the custodians the
+//! keyring is sealed to.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use clap::Subcommand;
+use vault_core::{Category, CustodianRecipient, SealTo, Vault};
+
+use crate::ctx::{Ctx, passphrase};
+use crate::output::{outln, review_line};
+use crate::parse;
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create the keyring, sealed to custodian age recipients or to --passphrase-file. Refuses to
+    /// overwrite an existing keyring.
+    ///
+    /// Example: vaultctl keyring init --recipient age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    Init {
+        /// A custodian's public key (from `age-keygen`); repeat for several custodians.
+        #[arg(long = "recipient")]
+        recipients: Vec<String>,
+    },
+    /// Write the sealed keyring (an age file) for an off-site emergency copy. It stays sealed:
+    /// only a custodian's identity opens it, e.g. with `age -d -i custodian.txt keyring.age`.
+    ///
+    /// Example: vaultctl keyring export --out /media/usb/keyring-2026-11.age
+    Export {
+        /// Where to write it; an existing file is not overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show categories, KEK versions, DEK counts per version and the policy review date.
+    ///
+    /// Example: vaultctl keyring status --identity custodian.txt
+    Status,
+    /// Add a new version of a category's key; new data keys use it at once.
+    ///
+    /// Example: vaultctl keyring rotate --category health --identity custodian.txt
+    Rotate {
+        #[arg(long, value_parser = parse::category)]
+        category: Category,
+    },
+    /// Move data keys of older versions onto the newest, in batches. Field data is never
+    /// decrypted. Safe to stop (Ctrl-C, a crash) and run again: it continues where it stopped.
+    ///
+    /// Example: vaultctl keyring rewrap --category health --identity custodian.txt
+    Rewrap {
+        /// Only this category (default: all).
+        #[arg(long, value_parser = parse::category)]
+        category: Option<Category>,
+        /// Data keys per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
+    /// Destroy an old key version. Refused while any data key still uses it.
+    ///
+    /// Example: vaultctl keyring retire --category health --version 1 --identity custodian.txt
+    Retire {
+        #[arg(long, value_parser = parse::category)]
+        category: Category,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Add, remove or list the custodians the keyring is sealed to (re-encrypts only the keyring).
+    #[command(subcommand)]
+    Recipient(RecipientCmd),
+    /// Remove orphan data keys: keys whose record the data store does not hold, left by a
+    /// create that died between its two commits. They open nothing; this only tidies.
+    ///
+    /// Example: vaultctl keyring gc --dry-run --identity custodian.txt
+    Gc {
+        /// Only keys made more than this many hours ago (at least 1), so no create in flight
+        /// is touched.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+        older_than_hours: u32,
+        /// Count the orphans, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecipientCmd {
+    /// Example: vaultctl keyring recipient add age1... --identity custodian.txt
+    Add { recipient: String },
+    /// Example: vaultctl keyring recipient remove age1... --identity custodian.txt
+    Remove { recipient: String },
+    /// Example: vaultctl keyring recipient list --identity custodian.txt
+    List,
+}
+
+pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
+    match cmd {
+        Cmd::Init { recipients } => {
+            let seal_to = match (ctx.passphrase_file(), recipients.is_empty()) {
+                (Some(f), true) => SealTo::Passphrase(passphrase(f)?, None),
+                (None, false) => SealTo::Recipients(
+                    recipients
+                        .iter()
+                        .map(|r| CustodianRecipient::parse(r))
+                        .collect::<Result<_, _>>()?,
+                ),
+                (Some(_), false) => bail!("seal to recipients or to a passphrase, not both"),
+                (None, true) => {
+                    bail!("name at least one --recipient age1... (or --passphrase-file)")
+                }
+            };
+            let stores = ctx.stores().await?;
+            let catalog = ctx.policy().catalog();
+            Vault::init_keyring(&stores, catalog, &seal_to, Utc::now()).await?;
+            outln!(
+                out,
+                "keyring created with a key for each of {} categories",
+                catalog.collected_categories().count()
+            );
+        }
+        Cmd::Export { out: path } => {
+            let stores = ctx.stores().await?;
+            let sealed = Vault::sealed_keyring(&stores).await?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", path.display())
+                })?;
+            std::io::Write::write_all(&mut f, &sealed)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            outln!(
+                out,
+                "wrote the sealed keyring to {} ({} bytes)",
+                path.display(),
+                sealed.len()
+            );
+        }
+        Cmd::Status => {
+            let vault = ctx.vault().await?;
+            outln!(
+                out,
+                "{:<20} {:>7} {:<20} {:>8}",
+                "CATEGORY",
+                "VERSION",
+                "CREATED",
+                "DEKS"
+            );
+            for s in vault.key_status().await? {
+                outln!(
+                    out,
+                    "{:<20} {:>7} {:<20} {:>8}",
+                    s.kek.category,
+                    s.kek.version,
+                    s.kek.created.format("%Y-%m-%d %H:%M"),
+                    s.deks
+                );
+            }
+            outln!(out, "{}", review_line(vault.catalog()));
+        }
+        Cmd::Rotate { category: c } => {
+            let vault = ctx.vault().await?;
+            let v = vault.rotate_kek(&c, ctx.reseal_passphrase()?).await?;
+            outln!(
+                out,
+                "{c}: version {v} is now used for new data keys; run `vaultctl keyring rewrap --category {c}` to move the old ones"
+            );
+        }
+        Cmd::Rewrap { category, batch } => {
+            let vault = ctx.vault().await?;
+            let mut report = |p: vault_core::RewrapProgress| {
+                eprint!("\rrewrapped {} data keys, {} left   ", p.moved, p.remaining);
+            };
+            let done = vault.rewrap(category.as_ref(), batch, &mut report).await?;
+            eprintln!();
+            outln!(
+                out,
+                "rewrapped {} data keys; {} left on older versions",
+                done.moved,
+                done.remaining
+            );
+        }
+        Cmd::Retire {
+            category: c,
+            version,
+        } => {
+            let vault = ctx.vault().await?;
+            vault
+                .retire_kek(&c, version, ctx.reseal_passphrase()?)
+                .await?;
+            outln!(out, "{c}: version {version} destroyed");
+        }
+        Cmd::Gc {
+            older_than_hours,
+            dry_run,
+        } => {
+            let vault = ctx.vault().await?;
+            let r = vault
+                .collect_orphan_deks(
+                    chrono::Duration::hours(i64::from(older_than_hours)),
+                    dry_run,
+                )
+                .await?;
+            outln!(
+                out,
+                "{} orphan data keys {} of {} older than {older_than_hours} hours",
+                r.orphans,
+                if dry_run {
+                    "found (dry run, none removed)"
+                } else {
+                    "removed"
+                },
+                r.checked
+            );
+        }
+        Cmd::Recipient(cmd) => {
+            let vault = ctx.vault().await?;
+            match cmd {
+                RecipientCmd::Add { recipient } => {
+                    vault
+                        .add_recipient(CustodianRecipient::parse(&recipient)?)
+                        .await?;
+                    outln!(out, "the keyring is now also sealed to {recipient}");
+                }
+                RecipientCmd::Remove { recipient } => {
+                    vault
+                        .remove_recipient(&CustodianRecipient::parse(&recipient)?)
+                        .await?;
+                    outln!(out, "the keyring is no longer sealed to {recipient}");
+                }
+                RecipientCmd::List => {
+                    for r in vault.recipients().await? {
+                        outln!(out, "{r}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `vaultctl retention`: what expires when, legal holds, and the crypto-shredding sweep.
+
+use anyhow::Result;
+use clap::Subcommand;
+use vault_core::{RecordId, SubjectId};
+
+use crate::ctx::Ctx;
+use crate::output::outln;
+use crate::parse::{self, Time};
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Record that a subject left the school: most retention periods run from this date.
+    ///
+    /// Example: vaultctl retention left --subject 67e55044-... --on 2026-06-30 --identity custodian.txt
+    Left {
+        #[arg(long, value_parser = parse::subject_id)]
+        subject: SubjectId,
+        #[arg(long, value_parser = parse::time("on"))]
+        on: Time,
+    },
+    /// List what expires when, per record and category, with the rule and any legal hold.
+    ///
+    /// Example: vaultctl retention plan --until 2027-12-31 --identity custodian.txt
+    Plan {
+        /// Only what expires by this date.
+        #[arg(long, value_parser = parse::time("until"))]
+        until: Option<Time>,
+    },
+    /// Crypto-shred everything expired and not held: keys destroyed, ciphertext deleted, a shred
+    /// certificate per record in the audit log. Safe to stop and run again.
+    ///
+    /// Example: vaultctl retention sweep --dry-run --identity custodian.txt
+    Sweep {
+        /// Show what would be shredded, shred nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Records planned at a time. Memory grows with it: a sweep of 100,000 records peaks at
+        /// about 35 MiB with the default, 85 MiB with 10,000.
+        #[arg(long, default_value_t = vault_core::PLAN_PAGE,
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        records_per_page: u64,
+    },
+    /// Legal holds: exempt a subject or a record from sweeps.
+    #[command(subcommand)]
+    Hold(HoldCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HoldCmd {
+    /// Example: vaultctl retention hold add --subject 67e55044-... --reason "court case 2-118/2026"
+    Add {
+        #[arg(long, value_parser = parse::subject_id)]
+        subject: SubjectId,
+        /// Only this record of the subject.
+        #[arg(long, value_parser = parse::record_id)]
+        record: Option<RecordId>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Example: vaultctl retention hold list --identity custodian.txt
+    List,
+    /// Example: vaultctl retention hold release 3f2a... --reason "case closed"
+    Release {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
+    let vault = ctx.vault().await?;
+    match cmd {
+        Cmd::Left { subject: s, on } => {
+            vault.mark_left("custodian", s, on.at).await?;
+            outln!(out, "subject {s} left on {}", on.given);
+        }
+        Cmd::Plan { until } => {
+            let until = until.map(|t| t.at.date_naive());
+            outln!(
+                out,
+                "{:<10}  {:<36}  {:<18}  {:<6}  RULE",
+                "EXPIRES",
+                "RECORD",
+                "CATEGORY",
+                "HELD"
+            );
+            for i in vault.retention_plan().await? {
+                if until.is_some_and(|u| i.expires_on > u) {
+                    continue;
+                }
+                outln!(
+                    out,
+                    "{:<10}  {:<36}  {:<18}  {:<6}  {}",
+                    i.expires_on,
+                    i.record,
+                    i.category,
+                    if i.held { "held" } else { "-" },
+                    i.rule
+                );
+            }
+        }
+        Cmd::Sweep {
+            dry_run,
+            records_per_page,
+        } => {
+            // Each chunk's records go to stdout as soon as the chunk is committed: the
+            // list can be long, and if the sweep is stopped it tells what was done.
+            let verb = if dry_run { "would shred" } else { "shredded" };
+            let stdout = std::io::stdout();
+            let mut reported = false;
+            let mut report = |p: &vault_core::SweepProgress<'_>| {
+                use std::io::Write as _;
+                let mut lines = String::new();
+                for (rid, cats) in p.shredded {
+                    let cats: Vec<&str> = cats.iter().map(|c| c.as_str()).collect();
+                    outln!(lines, "{verb} {rid}: {}", cats.join(","));
+                }
+                let mut o = stdout.lock();
+                let _ = o.write_all(lines.as_bytes()).and_then(|_| o.flush());
+                eprint!(
+                    "\rchecked {}/{} records; {verb} {}   ",
+                    p.records_checked, p.records_total, p.records
+                );
+                reported = true;
+            };
+            let opts = vault_core::SweepOptions {
+                dry_run,
+                records_per_page,
+            };
+            let r = vault.sweep(opts, &mut report).await?;
+            if reported {
+                eprintln!();
+            }
+            outln!(
+                out,
+                "{} records {}; {} expired items kept under legal hold",
+                r.records,
+                if dry_run {
+                    "would be shredded (dry run)"
+                } else {
+                    "shredded"
+                },
+                r.held
+            );
+        }
+        Cmd::Hold(HoldCmd::Add {
+            subject,
+            record,
+            reason,
+        }) => {
+            let h = vault
+                .place_hold("custodian", subject, record, &reason)
+                .await?;
+            outln!(out, "hold {} placed", h.id);
+        }
+        Cmd::Hold(HoldCmd::List) => {
+            for h in vault.holds().await? {
+                outln!(
+                    out,
+                    "{}  subject {}  record {}  {}  {}",
+                    h.id,
+                    h.subject,
+                    h.record
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "(all)".into()),
+                    if h.released_at.is_some() {
+                        "released"
+                    } else {
+                        "active"
+                    },
+                    h.reason
+                );
+            }
+        }
+        Cmd::Hold(HoldCmd::Release { id, reason }) => {
+            vault.release_hold("custodian", &id, &reason).await?;
+            outln!(out, "hold {id} released");
+        }
+    }
+    Ok(())
+}
