@@ -969,11 +969,16 @@ async fn blocked_subjects_are_stored_not_processed(backend: Backend) {
         .read_record(rec, &purpose("legal_administrative"))
         .await
         .unwrap();
-    assert!(
-        view.fields
-            .values()
-            .all(|f| sealed_as(f) == Some(&SealReason::Blocked))
+    // What admissions may read is sealed as blocked; what it may not read at all stays
+    // forbidden, so the block is told only to those it keeps from the data.
+    assert_eq!(
+        sealed_as(&view.fields[&FieldName::parse("full_name").unwrap()]),
+        Some(&SealReason::Blocked)
     );
+    assert!(view.fields.values().all(|f| matches!(
+        sealed_as(f),
+        Some(SealReason::Blocked | SealReason::Forbidden(_))
+    )));
     let err = v
         .session(s.admissions.clone())
         .write_record(

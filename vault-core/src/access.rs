@@ -631,9 +631,22 @@ impl Vault {
         Ok(Scoped(subj))
     }
 
-    /// Like `scoped_subject`, for a record. The school is checked before the record's state, so
-    /// a shredded record of another school is as unknown as a random id.
+    /// Like `scoped_subject`, for a live record. The school is checked before the record's
+    /// state, so a shredded record of another school is as unknown as a random id.
     pub(crate) async fn scoped_record(
+        &self,
+        p: &Principal,
+        id: RecordId,
+    ) -> Result<(RecordMeta, Scoped), VaultError> {
+        self.scoped_record_any(p, id).await?;
+        let meta = self.record_meta(id).await?;
+        let subj = self.scoped_subject(p, meta.subject).await?;
+        Ok((meta, subj))
+    }
+
+    /// `scoped_record` for a record in any state, for the callers that decide before they say
+    /// whether it was shredded.
+    pub(crate) async fn scoped_record_any(
         &self,
         p: &Principal,
         id: RecordId,
@@ -642,7 +655,6 @@ impl Vault {
         if !sees(p, &meta.school) {
             return Err(VaultError::RecordNotFound(id));
         }
-        let meta = self.record_meta(id).await?;
         let subj = self.scoped_subject(p, meta.subject).await?;
         Ok((meta, subj))
     }
@@ -1195,11 +1207,6 @@ impl Vault {
             .scoped_subject(p, c.subject)
             .await
             .map_err(|_| VaultError::NotFound(format!("consent {id}")))?;
-        if c.withdrawn_at.is_some() {
-            return Err(VaultError::Invalid(format!(
-                "consent {id} was already withdrawn"
-            )));
-        }
         let cats: BTreeSet<Category> = c.categories.iter().cloned().collect();
         let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         self.require(
@@ -1214,6 +1221,11 @@ impl Vault {
             Action::Consent,
         )
         .await?;
+        if c.withdrawn_at.is_some() {
+            return Err(VaultError::Invalid(format!(
+                "consent {id} was already withdrawn"
+            )));
+        }
         let refusal = refusal
             .map(|r| text("the refusal reason", r, 10))
             .transpose()?;
@@ -1309,7 +1321,7 @@ impl Vault {
     ) -> Result<AccessRequest, VaultError> {
         let subj = self.scoped_subject(p, new.subject).await?;
         if let Some(r) = new.record {
-            let (meta, _) = self.scoped_record(p, r).await?;
+            let (meta, _) = self.scoped_record_any(p, r).await?;
             if meta.subject != subj.id {
                 return Err(VaultError::RecordNotFound(r));
             }
@@ -1342,6 +1354,10 @@ impl Vault {
                     reason,
                 });
             }
+        }
+        if let Some(r) = new.record {
+            // Said only to a principal who may read these categories at all.
+            self.record_meta(r).await?;
         }
         let id = RequestId::new_random();
         access_request::Entity::insert(access_request::ActiveModel {
@@ -1565,7 +1581,7 @@ impl Vault {
                 school: r.school.clone(),
             });
         }
-        access_request::Entity::update_many()
+        let done = access_request::Entity::update_many()
             .col_expr(
                 access_request::Column::Status,
                 Expr::value(RequestStatus::Revoked.as_str()),
@@ -1575,6 +1591,12 @@ impl Vault {
             .exec(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
+        if done.rows_affected != 1 {
+            return Err(VaultError::Invalid(format!(
+                "request {id} is {}, not approved: only an approval can be revoked",
+                r.status.as_str()
+            )));
+        }
         self.request_decided(p, &r, &subj, "access.revoke", format!("request {id}"))
             .await
     }
@@ -1888,10 +1910,7 @@ impl Vault {
         let mut needs_approval = BTreeSet::new();
         let mut basis = LazyBasis::default();
         for c in &present {
-            if subj.blocked {
-                sealed.insert(c.clone(), SealReason::Blocked);
-                continue;
-            }
+            // The decision first: a role without the grant learns nothing, not even the block.
             let approval = match self.decide(p, &subj.school, c, Action::Read, purpose) {
                 Decision::Deny(r) => {
                     sealed.insert(c.clone(), SealReason::Forbidden(r));
@@ -1900,6 +1919,10 @@ impl Vault {
                 Decision::ApprovalRequired => true,
                 Decision::Allow => false,
             };
+            if subj.blocked {
+                sealed.insert(c.clone(), SealReason::Blocked);
+                continue;
+            }
             // The legal basis is checked before any approval use is spent on the category.
             if self.needs_basis(c) && !basis.get(self, subj.id).await?.covers(c) {
                 sealed.insert(c.clone(), SealReason::NoLegalBasis);
@@ -2036,6 +2059,8 @@ impl Vault {
         cats: &BTreeMap<Category, Purpose>,
         action: Action,
     ) -> Result<(), VaultError> {
+        // The grants first: a role that may not write learns nothing of the subject's state.
+        self.require_each(a, cats.iter(), action).await?;
         if a.subj.blocked {
             let mut ev = self.event(
                 a.p,
@@ -2050,7 +2075,6 @@ impl Vault {
             self.audit().append(vec![ev]).await?;
             return Err(VaultError::Blocked(a.subj.id));
         }
-        self.require_each(a, cats.iter(), action).await?;
         let mut basis = LazyBasis::default();
         for (c, why) in cats {
             if self.needs_basis(c) && !basis.get(self, a.subj.id).await?.covers(c) {
@@ -2200,7 +2224,7 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<ShredReceipt, VaultError> {
-        let (meta, subj) = self.scoped_record(p, id).await?;
+        let (meta, subj) = self.scoped_record_any(p, id).await?;
         let mut cats = self.record_categories(id).await?;
         if let Some(rt) = self.catalog().record_type(&meta.record_type) {
             cats.extend(rt.fields().map(|f| f.category.clone()));
