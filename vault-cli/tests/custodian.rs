@@ -21,6 +21,7 @@ on_both_backends!(
     retention_from_the_command_line,
     transfers_abroad_follow_the_rules,
     a_transfer_export_acts_as_someone_and_passes_a_reads_decisions,
+    vaultctl_on_another_schools_subject_answers_as_for_a_random_id,
     restore_of_an_older_backup_keeps_shredded_data_shredded,
 );
 
@@ -1195,4 +1196,168 @@ async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend:
         "{log}"
     );
     assert!(!log.contains("MARKER"));
+}
+
+/// The vaultctl rows of the boundary matrix: every command that reads or exports personal data,
+/// as a privacy officer of another school (the same answer as for a random id) and as a role of
+/// the same school without the grant (refused, naming the grant).
+async fn vaultctl_on_another_schools_subject_answers_as_for_a_random_id(backend: Backend) {
+    let ctl = setup(backend).await;
+    let v = ctl.vault().await;
+    let s = v
+        .create_subject(NewSubject {
+            school: SchoolId::parse("school-1").unwrap(),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let f: BTreeMap<_, _> = [(
+        FieldName::parse("full_name").unwrap(),
+        FieldValue::text("MARKER-Dana"),
+    )]
+    .into_iter()
+    .collect();
+    let rec = v
+        .write_record(s.id, &RecordType::parse("student").unwrap(), &f)
+        .await
+        .unwrap();
+    let dir = ctl.stores.dir.path().to_path_buf();
+    let token_of = |role: Role, school: &str, name: &str| {
+        let v = &v;
+        let school = school.to_owned();
+        let file = dir.join(format!("{name}.token"));
+        let name = name.to_owned();
+        async move {
+            let (p, t) = v
+                .create_principal(
+                    &name,
+                    &[(Scope::School(SchoolId::parse(&school).unwrap()), role)],
+                )
+                .await
+                .unwrap();
+            std::fs::write(&file, t.expose()).unwrap();
+            (p, file)
+        }
+    };
+    let (_, privacy2) = token_of(Role::PrivacyOfficer, "school-2", "privacy2").await;
+    let (_, teacher) = token_of(Role::Teacher, "school-1", "teacher1").await;
+    let (nurse, _) = token_of(Role::Nurse, "school-1", "nurse1").await;
+    v.session(nurse.clone())
+        .read_record(rec.id, &Purpose::parse("education").unwrap())
+        .await
+        .unwrap();
+    drop(v);
+    let run = |token: &Path, args: &[&str]| {
+        let o = ctl
+            .cmd()
+            .env("VAULT_TOKEN_FILE", token)
+            .args(args)
+            .arg("--identity")
+            .arg(&ctl.identity)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            err,
+        )
+    };
+    let victim = s.id.to_string();
+    let random = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b";
+    let out = ctl.stores.dir.path().join("never.age");
+    let out = out.to_str().unwrap();
+    let commands = |sid: &str| -> Vec<Vec<String>> {
+        let t = |to: &str| -> Vec<String> {
+            [
+                "--subject",
+                sid,
+                "--to",
+                to,
+                "--categories",
+                "identity",
+                "--recipient",
+                "District office",
+                "--purpose",
+                "legal_administrative",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect()
+        };
+        let mut check = vec!["transfer".to_string(), "check".to_string()];
+        check.extend(t("KZ"));
+        let mut export = vec!["transfer".to_string(), "export".to_string()];
+        export.extend(t("KZ"));
+        export.extend([
+            "--recipient-key".to_string(),
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".to_string(),
+            "--out".to_string(),
+            out.to_string(),
+        ]);
+        let ground = [
+            "transfer",
+            "ground",
+            "--subject",
+            sid,
+            "--to",
+            "RU",
+            "--ground",
+            "ratified_treaty",
+            "--reference",
+            "Treaty No. 12",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        let ledger = ["transfer", "ledger", "--subject", sid]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        vec![check, export, ground, ledger]
+    };
+    for (a, b) in commands(&victim).iter().zip(commands(random)) {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let b: Vec<&str> = b.iter().map(String::as_str).collect();
+        let (ca, oa, ea) = run(&privacy2, &a);
+        let (cb, ob, eb) = run(&privacy2, &b);
+        assert_eq!(ca, Some(1), "{a:?}: {ea}");
+        assert_eq!(
+            (ca, oa, ea.replace(&victim, "<id>")),
+            (cb, ob, eb.replace(random, "<id>")),
+            "{a:?}"
+        );
+        // A teacher of the school holds none of these grants.
+        let (ct, _, et) = run(&teacher, &a);
+        assert_eq!(ct, Some(1), "{a:?}");
+        assert!(et.contains("none of your roles may"), "{a:?}: {et}");
+    }
+    assert!(!Path::new(out).exists());
+    // The incident report of another school lists none of school-1's subjects.
+    let nurse_id = nurse.id().to_string();
+    let args = [
+        "incident",
+        "report",
+        "--principal",
+        &nurse_id,
+        "--since",
+        "2020-01-01",
+    ];
+    let (code, report, err) = run(&privacy2, &args);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(report.contains("\"subjects\": []"), "{report}");
+    let (code, report, _) = run(&ctl.token_file, &args);
+    assert_eq!(code, Some(0));
+    assert!(
+        report.contains(&victim),
+        "the school's own privacy officer sees it"
+    );
+    let (code, _, err) = run(&teacher, &args);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("none of your roles may export identity"),
+        "{err}"
+    );
 }
