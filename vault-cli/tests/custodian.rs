@@ -482,7 +482,11 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
         "{debug}"
     );
     drop(v);
-    assert!(j["notify_authority_by"].is_string());
+    // One working day after detection (Art. 25(2)(8)), by the holidays file: the exact date.
+    let detected: chrono::DateTime<chrono::Utc> =
+        j["detected_at"].as_str().unwrap().parse().unwrap();
+    let due = policy().await.add_working_days(detected.date_naive(), 1);
+    assert_eq!(j["notify_authority_by"], due.to_string(), "{j}");
     let csv = ctl.ok(&[
         "incident",
         "report",
@@ -827,7 +831,14 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
         out.starts_with("allowed: consent: cross-border consent"),
         "{out}"
     );
-    assert!(out.contains("must be told of the transfer by"), "{out}");
+    // Ten working days (Art. 19), by the holidays file: the exact date.
+    let due = policy()
+        .await
+        .add_working_days(chrono::Utc::now().date_naive(), 10);
+    assert!(
+        out.contains(&format!("must be told of the transfer by {due}")),
+        "{out}"
+    );
 
     // A recorded Art. 16(3) ground opens another destination.
     let (code, _, err) = run(&[
@@ -1090,6 +1101,15 @@ async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend:
         .unwrap();
     let teacher_file = ctl.stores.dir.path().join("teacher.token");
     std::fs::write(&teacher_file, teacher.expose()).unwrap();
+    let (_, custodian) = v
+        .create_principal(
+            "Key custodian",
+            &[(Scope::School(school.clone()), Role::KeyCustodian)],
+        )
+        .await
+        .unwrap();
+    let custodian_file = ctl.stores.dir.path().join("custodian.token");
+    std::fs::write(&custodian_file, custodian.expose()).unwrap();
     v.session(admissions.clone())
         .record_consent(vault_core::NewConsent {
             subject: s.id,
@@ -1155,13 +1175,15 @@ async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend:
     let (code, err) = export("identity", None);
     assert_eq!(code, Some(1));
     assert!(err.contains("acts as a named principal"), "{err}");
-    // A teacher holds no transfer grant.
-    let (code, err) = export("identity", Some(&teacher_file));
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("none of your roles may transfer identity"),
-        "{err}"
-    );
+    // A teacher holds no transfer grant; nor does the key custodian, acting as themself.
+    for who in [&teacher_file, &custodian_file] {
+        let (code, err) = export("identity", Some(who));
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("none of your roles may transfer identity"),
+            "{err}"
+        );
+    }
     // Health goes to a third party only on a consent that says so (this one does not) ...
     let (code, err) = export("health", Some(&ctl.token_file));
     assert_eq!(code, Some(1));
@@ -1182,7 +1204,7 @@ async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend:
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|e| e["action"] == "transfer.export")
         .collect();
-    assert_eq!(exports.len(), 4, "{log}");
+    assert_eq!(exports.len(), 5, "{log}");
     assert!(
         exports.iter().all(|e| e["actor"] != "privacy_officer"),
         "{log}"

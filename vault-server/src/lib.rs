@@ -1,8 +1,10 @@
-//! The HTTP front of the school records vault: handlers, problem+json errors, telemetry. The
-//! binary (`main.rs`) wires them into an actix-web server; the library exists so that fuzz
-//! targets and tests can reach the request parsers.
+//! The HTTP front of the school records vault: handlers, problem+json errors, telemetry, and
+//! the app that puts them together (`startup`). The binary (`main.rs`) opens the vault and runs
+//! that app in an actix-web server; the library exists so that fuzz targets and tests can reach
+//! the request parsers.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod problem;
+pub mod startup;
 pub mod telemetry;

@@ -4,26 +4,21 @@
 //! identity, keyring and principals made on first start. Never use `--dev` for real data.
 #![forbid(unsafe_code)]
 
-use vault_server::{api, problem, telemetry};
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix_web::dev::Service;
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
+use actix_web::{HttpServer, web};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Deserialize;
-use tracing::Instrument;
 use vault_core::{
     Catalog, Passphrase, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock, Vault,
     VaultError,
 };
 
-use vault_server::api::AppState;
+use vault_server::api::{AppState, AuthFailures};
+use vault_server::startup;
 use vault_server::telemetry::Metrics;
 
 /// The school records vault's HTTP server. Every option can also come from a `VAULT_`
@@ -315,75 +310,22 @@ async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let state = web::Data::new(AppState {
         vault,
-        metrics: metrics.clone(),
-        auth_failures: api::AuthFailures::default(),
+        metrics,
+        auth_failures: AuthFailures::default(),
         trusted_proxies: s.trusted_proxies.clone(),
     });
     tracing::info!(%addr, "vault-server listening");
     println!("listening on http://{addr}");
-    HttpServer::new(move || {
-        let metrics = metrics.clone();
-        App::new()
-            .app_data(state.clone())
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let rid = telemetry::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
-                let method = req.method().to_string();
-                let span = tracing::info_span!("request", id = %rid);
-                req.extensions_mut().insert(rid.clone());
-                let fut = srv.call(req);
-                let metrics = metrics.clone();
-                async move {
-                    let mut res = fut.await?;
-                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-                    let status = res.status().as_u16();
-                    metrics.observe(&route, &method, status, started.elapsed());
-                    tracing::info!(%method, %route, status, ms = started.elapsed().as_millis() as u64, "request");
-                    if let Ok(v) = HeaderValue::from_str(&rid) {
-                        res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
-                    }
-                    Ok(res)
-                }
-                .instrument(span)
-            })
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics_text))
-            .route("/openapi.json", web::get().to(|| async {
-                HttpResponse::Ok().content_type("application/json").body(OPENAPI)
-            }))
-            .service(web::scope("/v1").configure(api::v1))
-            .default_service(web::to(api::not_found))
-    })
-    .shutdown_timeout(30)
-    // A client that has not sent its request head within 5 s, or whose connection idles, is cut.
-    .client_request_timeout(std::time::Duration::from_secs(5))
-    .client_disconnect_timeout(std::time::Duration::from_secs(2))
-    .keep_alive(std::time::Duration::from_secs(15))
-    .listen(listener)?
-    .run()
-    .await?;
+    HttpServer::new(move || startup::app(state.clone()))
+        .shutdown_timeout(30)
+        // A client that has not sent its request head within 5 s, or whose connection idles, is cut.
+        .client_request_timeout(std::time::Duration::from_secs(5))
+        .client_disconnect_timeout(std::time::Duration::from_secs(2))
+        .keep_alive(std::time::Duration::from_secs(15))
+        .listen(listener)?
+        .run()
+        .await?;
     Ok(())
-}
-
-/// The OpenAPI document, checked into `docs/` and served as is.
-const OPENAPI: &str = include_str!("../../docs/openapi.json");
-
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, problem::ApiError> {
-    state.vault.check_ready().await.map_err(|e| {
-        let mut err = problem::ApiError::internal(e);
-        err.status = actix_web::http::StatusCode::SERVICE_UNAVAILABLE;
-        err.code = "not_ready";
-        err.detail = "a store is unreachable; see the server log".into();
-        err
-    })?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
-}
-
-async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
 }
 
 #[actix_web::main]

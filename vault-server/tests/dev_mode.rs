@@ -55,6 +55,11 @@ fn dev_server_starts_and_answers() {
     assert_eq!(server.get("/readyz"), (200, r#"{"status":"ready"}"#.into()));
     let log = server.stop();
     assert!(log.contains("DEV MODE: made a new keyring"), "{log}");
+    // The shipped policy was due for review in July 2025: the server says so at every start.
+    assert!(
+        log.contains("review is overdue") && log.contains("2025-07"),
+        "{log}"
+    );
     assert!(data.join("dev-custodian.txt").exists());
     let tokens = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
     assert_eq!(tokens.matches("export VAULT_").count(), 7, "{tokens}");
@@ -65,6 +70,52 @@ fn dev_server_starts_and_answers() {
     let log = server.stop();
     assert!(log.contains("DEV MODE: dev keyring and tokens in"), "{log}");
     assert!(!log.contains("made a new keyring"), "{log}");
+}
+
+/// With the last review moved forward, the warning goes away: it follows the catalog.
+#[test]
+fn no_review_warning_when_the_policy_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), pol.join(e.file_name())).unwrap();
+    }
+    let catalog = std::fs::read_to_string(pol.join("catalog.toml")).unwrap();
+    assert!(catalog.contains("reviewed = \"2022-07\""));
+    std::fs::write(
+        pol.join("catalog.toml"),
+        catalog.replace("reviewed = \"2022-07\"", "reviewed = \"2026-07\""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
+        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("vault-data"))
+        .arg("--policies")
+        .arg(&pol)
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("DEV MODE"), "the log was read: {log}");
+    assert!(!log.contains("review is overdue"), "{log}");
 }
 
 #[test]

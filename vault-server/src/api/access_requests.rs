@@ -1,0 +1,101 @@
+//! `/v1/access-requests`: ask to open sealed categories; approve, deny, revoke; the pending list.
+
+use actix_web::HttpRequest;
+use actix_web::web;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use vault_core::{NewAccessRequest, Purpose, RecordId, RequestId, SubjectId};
+
+use super::auth::Caller;
+use super::input::{categories, json, parse};
+use super::output::{created, ok, request_json};
+use super::{Res, State};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateAccessRequest {
+    subject: String,
+    record: Option<String>,
+    categories: Vec<String>,
+    purpose: String,
+    justification: String,
+}
+
+pub async fn create_access_request(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Res {
+    let b: CreateAccessRequest = json(&req, payload).await?;
+    let new = NewAccessRequest {
+        subject: parse(SubjectId::parse(&b.subject), "subject")?,
+        record: b
+            .record
+            .as_deref()
+            .map(|r| parse(RecordId::parse(r), "record"))
+            .transpose()?,
+        categories: categories(&b.categories)?,
+        purpose: parse(Purpose::parse(&b.purpose), "purpose")?,
+        justification: b.justification,
+    };
+    Ok(created(request_json(
+        &who.session(&s).request_access(new).await?,
+    )))
+}
+
+pub async fn pending_requests(s: State, who: Caller) -> Res {
+    let list = who.session(&s).pending_requests().await?;
+    Ok(ok(
+        json!({ "requests": list.iter().map(request_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Approve {
+    expires_at: DateTime<Utc>,
+    uses: u32,
+}
+
+pub async fn approve(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let id = parse(RequestId::parse(&id), "id")?;
+    let b: Approve = json(&req, payload).await?;
+    Ok(ok(request_json(
+        &who.session(&s).approve(id, b.expires_at, b.uses).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Deny {
+    reason: String,
+}
+
+pub async fn deny(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let id = parse(RequestId::parse(&id), "id")?;
+    let b: Deny = json(&req, payload).await?;
+    Ok(ok(request_json(
+        &who.session(&s).deny(id, &b.reason).await?,
+    )))
+}
+
+pub async fn revoke(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let id = parse(RequestId::parse(&id), "id")?;
+    Ok(ok(request_json(
+        &who.session(&s).revoke_approval(id).await?,
+    )))
+}

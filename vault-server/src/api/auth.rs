@@ -1,0 +1,311 @@
+//! Who is calling and why: the `Caller` (from `Authorization: Bearer`) and `Why` (from
+//! `X-Vault-Purpose`) extractors, the failed-authentication limiter and the client address.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use vault_core::{BearerToken, Category, Principal, Purpose, Purposes, Session};
+
+use super::State;
+use super::input::parse;
+use crate::problem::ApiError;
+
+/// Failed authentications, in fixed one-minute windows, counted per (client address, token
+/// prefix) and per client address. Behind a proxy every app arrives from the proxy's address,
+/// so the client is taken from `X-Forwarded-For` when, and only when, the peer is a trusted
+/// proxy; and one app presenting a stale token locks out only that token, not every other app
+/// from the same address, while a client guessing many tokens is stopped by its address total.
+pub struct AuthFailures {
+    counts: std::sync::Mutex<HashMap<FailureKey, (Instant, u32)>>,
+    hasher: std::hash::RandomState,
+    capacity: usize,
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Self::with_capacity(MAX_TRACKED)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Client(IpAddr),
+    /// A keyed hash of the token's first characters: no token material is kept.
+    Token(IpAddr, u64),
+}
+
+/// Failed authentications one token (by prefix) may make per minute from one client.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+/// Failed authentications one client address may make per minute, whatever the tokens.
+pub const AUTH_FAILURES_PER_CLIENT: u32 = 200;
+const WINDOW: Duration = Duration::from_secs(60);
+/// Keys remembered at most. When full, expired windows go first, then keys not over their
+/// limit: a client cycling addresses can never clear the count of one that is over it.
+const MAX_TRACKED: usize = 100_000;
+/// Characters of a token that identify which one it is (`vt_` and 9 more).
+const TOKEN_PREFIX: usize = 12;
+
+impl AuthFailures {
+    /// A limiter that remembers at most `capacity` keys.
+    pub fn with_capacity(capacity: usize) -> Self {
+        AuthFailures {
+            counts: std::sync::Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+            capacity,
+        }
+    }
+
+    fn keys(&self, client: IpAddr, token: Option<&str>) -> [(FailureKey, u32); 2] {
+        let prefix = token.map(|t| t.chars().take(TOKEN_PREFIX).collect::<String>());
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, prefix.unwrap_or_default());
+        [
+            (FailureKey::Token(client, h), AUTH_FAILURES_PER_MINUTE),
+            (FailureKey::Client(client), AUTH_FAILURES_PER_CLIENT),
+        ]
+    }
+
+    /// Seconds to wait, if this client (or this token from it) is over its limit.
+    fn blocked(&self, client: IpAddr, token: Option<&str>) -> Option<u64> {
+        let m = self.counts.lock().ok()?;
+        self.keys(client, token)
+            .iter()
+            .filter_map(|(k, limit)| {
+                let (start, n) = m.get(k)?;
+                let elapsed = start.elapsed();
+                (elapsed < WINDOW && *n >= *limit).then(|| (WINDOW - elapsed).as_secs().max(1))
+            })
+            .max()
+    }
+
+    fn failed(&self, client: IpAddr, token: Option<&str>) {
+        let Ok(mut m) = self.counts.lock() else {
+            return;
+        };
+        let keys = self.keys(client, token);
+        if m.len() + keys.len() > self.capacity {
+            m.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        }
+        if m.len() + keys.len() > self.capacity {
+            m.retain(|k, (_, n)| {
+                let limit = match k {
+                    FailureKey::Client(_) => AUTH_FAILURES_PER_CLIENT,
+                    FailureKey::Token(..) => AUTH_FAILURES_PER_MINUTE,
+                };
+                *n >= limit
+            });
+        }
+        for (k, _) in keys {
+            if !m.contains_key(&k) && m.len() >= self.capacity {
+                continue;
+            }
+            let e = m.entry(k).or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= WINDOW {
+                *e = (Instant::now(), 0);
+            }
+            e.1 += 1;
+        }
+    }
+
+    /// How many keys are tracked (for the memory-bound test).
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. A client can put anything in that
+/// header, so only the part the trusted proxies appended is believed.
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let mut hops = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    while let Some(hop) = hops.pop() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            // A malformed hop: trust nothing further left than the proxy itself.
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
+}
+
+fn bearer(h: &HeaderMap) -> Option<BearerToken> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
+    Some(BearerToken::new(t))
+}
+
+async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let ip = client_ip(req, &s.trusted_proxies);
+    let token = bearer(req.headers());
+    let shown = token.as_ref().map(BearerToken::expose);
+    if let Some(wait) = ip.and_then(|ip| s.auth_failures.blocked(ip, shown)) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed authentications from this client: try again in {wait} s"),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let result = match &token {
+        Some(token) => s.vault.authenticate(token).await.map_err(ApiError::from),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send Authorization: Bearer <token>",
+        )),
+    };
+    if let (Err(e), Some(ip)) = (&result, ip)
+        && e.status == StatusCode::UNAUTHORIZED
+    {
+        s.auth_failures.failed(ip, shown);
+    }
+    result
+}
+
+fn state(req: &HttpRequest) -> Result<State, ApiError> {
+    req.app_data::<State>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the app state is not configured")))
+}
+
+/// The authenticated caller, from `Authorization: Bearer`. Every `/v1` handler takes one and
+/// does its work through `Caller::session`, the core's one door to personal data.
+pub struct Caller(pub(super) Principal);
+
+impl Caller {
+    pub(super) fn session<'v>(&self, s: &'v State) -> Session<'v> {
+        s.vault.session(self.0.clone())
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let s = state(&req)?;
+            principal(&s, &req).await.map(Caller)
+        })
+    }
+}
+
+/// The purpose a read or write names, from `X-Vault-Purpose`.
+pub struct Why(pub(super) Purpose);
+
+impl FromRequest for Why {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(state(req).and_then(|s| purpose(&s, req)).map(Why))
+    }
+}
+
+/// The purpose every read and write must name, from `X-Vault-Purpose`.
+fn purpose(s: &State, req: &HttpRequest) -> Result<Purpose, ApiError> {
+    let raw = req
+        .headers()
+        .get("x-vault-purpose")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "purpose_required",
+                format!(
+                    "name the purpose in the X-Vault-Purpose header, one of: {}",
+                    allowed_purposes(s)
+                ),
+            )
+            .with_field("X-Vault-Purpose")
+        })?;
+    known_purpose(s, raw.trim()).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_purpose",
+            format!("unknown purpose; use one of: {}", allowed_purposes(s)),
+        )
+        .with_field("X-Vault-Purpose")
+    })
+}
+
+fn allowed_purposes(s: &State) -> String {
+    s.vault
+        .catalog()
+        .purposes()
+        .map(|p| p.name.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn known_purpose(s: &State, raw: &str) -> Option<Purpose> {
+    Purpose::parse(raw)
+        .ok()
+        .filter(|p| s.vault.catalog().purpose(p).is_some())
+}
+
+/// The header's purpose, with the body's purpose per category on top of it.
+pub(super) fn purposes(
+    s: &State,
+    default: Purpose,
+    per: &BTreeMap<String, String>,
+) -> Result<Purposes, ApiError> {
+    let mut out = BTreeMap::new();
+    for (c, p) in per {
+        let c = parse(Category::parse(c), "purposes")?;
+        let p = known_purpose(s, p).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_purpose",
+                format!(
+                    "purposes.{c}: unknown purpose; use one of: {}",
+                    allowed_purposes(s)
+                ),
+            )
+            .with_field("purposes")
+        })?;
+        out.insert(c, p);
+    }
+    Ok(Purposes::with(default, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_cycling_addresses_never_clear_one_over_its_limit() {
+        let f = AuthFailures::with_capacity(100);
+        let over: IpAddr = [127, 0, 0, 1].into();
+        for _ in 0..AUTH_FAILURES_PER_MINUTE {
+            f.failed(over, Some("vt_stale"));
+        }
+        assert!(f.blocked(over, Some("vt_stale")).is_some());
+        for i in 0..10_000u32 {
+            let [_, a, b, c] = i.to_be_bytes();
+            f.failed([127, a, b, c.wrapping_add(2)].into(), Some("vt_guess"));
+            assert!(f.tracked() <= 100, "memory stays bounded");
+        }
+        assert!(
+            f.blocked(over, Some("vt_stale")).is_some(),
+            "still over its limit"
+        );
+        assert!(f.blocked(over, Some("vt_other")).is_none());
+    }
+}

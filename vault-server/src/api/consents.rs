@@ -1,0 +1,129 @@
+//! Consents (`/v1/subjects/{id}/consents`, `/v1/consents/{id}/withdraw`) and the legal
+//! grounds that stand in for consent (`/v1/subjects/{id}/legal-grounds`).
+
+use actix_web::HttpRequest;
+use actix_web::web;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use vault_core::{Category, ConsentGiver, ConsentId, LegalGround, NewConsent, SubjectId};
+
+use super::auth::Caller;
+use super::input::{categories, json, parse};
+use super::output::{consent_json, created, ok};
+use super::{Res, State};
+use crate::problem::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordConsent {
+    given_by: String,
+    guardian: Option<String>,
+    #[serde(default)]
+    confirmed_adult: bool,
+    method: String,
+    evidence_ref: String,
+    text_version: String,
+    categories: Vec<String>,
+    third_party: bool,
+    cross_border: bool,
+    publication: bool,
+    term_until: Option<DateTime<Utc>>,
+}
+
+pub async fn record_consent(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let b: RecordConsent = json(&req, payload).await?;
+    let given_by = match (b.given_by.as_str(), b.guardian.as_deref()) {
+        ("guardian", Some(g)) => ConsentGiver::Guardian(parse(SubjectId::parse(g), "guardian")?),
+        ("subject", None) => ConsentGiver::Subject {
+            confirmed_adult: b.confirmed_adult,
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "given_by is \"guardian\" (with a guardian subject id) or \"subject\" (without)",
+            )
+            .with_field("given_by"));
+        }
+    };
+    let c = who
+        .session(&s)
+        .record_consent(NewConsent {
+            subject,
+            given_by,
+            method: b.method,
+            evidence_ref: b.evidence_ref,
+            text_version: b.text_version,
+            categories: categories(&b.categories)?,
+            third_party: b.third_party,
+            cross_border: b.cross_border,
+            publication: b.publication,
+            term_until: b.term_until,
+        })
+        .await?;
+    Ok(created(consent_json(&c)))
+}
+
+pub async fn list_consents(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let list = who.session(&s).consents(subject).await?;
+    Ok(ok(
+        json!({ "consents": list.iter().map(consent_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Withdraw {
+    refusal_reason: Option<String>,
+}
+
+pub async fn withdraw_consent(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let id = parse(ConsentId::parse(&id), "id")?;
+    let b: Withdraw = json(&req, payload).await?;
+    Ok(ok(consent_json(
+        &who.session(&s)
+            .withdraw_consent(id, b.refusal_reason.as_deref())
+            .await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordGround {
+    category: String,
+    ground: String,
+    reference: String,
+}
+
+pub async fn record_ground(
+    s: State,
+    who: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let b: RecordGround = json(&req, payload).await?;
+    let category = parse(Category::parse(&b.category), "category")?;
+    let ground = LegalGround::parse(&b.ground)?;
+    who.session(&s)
+        .record_legal_ground(subject, &category, ground, &b.reference)
+        .await?;
+    Ok(created(
+        json!({ "subject": subject.to_string(), "category": category.as_str(), "ground": ground.as_str() }),
+    ))
+}

@@ -1,0 +1,104 @@
+//! `/v1/subjects`: create, get, search by IIN, export, block and unblock, access history.
+
+use actix_web::HttpRequest;
+use actix_web::http::StatusCode;
+use actix_web::web;
+use serde::Deserialize;
+use serde_json::json;
+use vault_core::{Iin, NewSubject, SchoolId, SubjectId, SubjectKind};
+
+use super::auth::{Caller, Why};
+use super::input::{json, parse};
+use super::output::{audit_json, consent_json, created, ok, record_json, subject_json};
+use super::{Res, State};
+use crate::problem::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateSubject {
+    school: String,
+    kind: String,
+    iin: Option<String>,
+}
+
+pub async fn create_subject(s: State, who: Caller, req: HttpRequest, payload: web::Payload) -> Res {
+    let b: CreateSubject = json(&req, payload).await?;
+    let school = parse(SchoolId::parse(&b.school), "school")?;
+    let kind = parse(SubjectKind::parse(&b.kind), "kind")?;
+    let iin = b
+        .iin
+        .as_deref()
+        .map(|i| parse(Iin::parse(i), "iin"))
+        .transpose()?;
+    let subj = who
+        .session(&s)
+        .create_subject(NewSubject { school, kind, iin })
+        .await?;
+    Ok(created(subject_json(&subj)))
+}
+
+pub async fn get_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let id = parse(SubjectId::parse(&id), "id")?;
+    Ok(ok(subject_json(&who.session(&s).subject(id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FindSubject {
+    iin: String,
+}
+
+/// Lookup by IIN goes in a POST body, never a URL, so the IIN stays out of access logs.
+pub async fn find_subject(
+    s: State,
+    who: Caller,
+    why: Why,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Res {
+    let b: FindSubject = json(&req, payload).await?;
+    let iin = parse(Iin::parse(&b.iin), "iin")?;
+    match who.session(&s).find_subject(&iin, &why.0).await? {
+        Some(subj) => Ok(ok(subject_json(&subj))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no subject with this IIN",
+        )),
+    }
+}
+
+pub async fn export_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let e = who.session(&s).export_subject(subject).await?;
+    Ok(ok(json!({
+        "subject": subject_json(&e.subject),
+        "records": e.records.iter().map(|r| record_json(&s.metrics, r)).collect::<Vec<_>>(),
+        "consents": e.consents.iter().map(consent_json).collect::<Vec<_>>(),
+        "access_history": e.history.iter().map(audit_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn block(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    who.session(&s).block(subject).await?;
+    Ok(ok(
+        json!({ "subject": subject.to_string(), "blocked": true }),
+    ))
+}
+
+pub async fn unblock(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    who.session(&s).unblock(subject).await?;
+    Ok(ok(
+        json!({ "subject": subject.to_string(), "blocked": false }),
+    ))
+}
+
+pub async fn access_history(s: State, who: Caller, id: web::Path<String>) -> Res {
+    let subject = parse(SubjectId::parse(&id), "id")?;
+    let list = who.session(&s).access_history(subject).await?;
+    Ok(ok(
+        json!({ "entries": list.iter().map(audit_json).collect::<Vec<_>>() }),
+    ))
+}

@@ -1,0 +1,103 @@
+//! The whole application: the operational routes (`/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json`), `/v1`, the no-route fallback, and the middleware that gives every request
+//! an id, a log line and a metrics sample. `main.rs` hands [`app`] to `HttpServer::new`.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpMessage, HttpResponse, web};
+use tracing::Instrument;
+
+use crate::api::{self, AppState};
+use crate::problem::ApiError;
+use crate::telemetry;
+
+/// The OpenAPI document, checked into `docs/` and served as is.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// The configured app over `state`, for one server worker (or a test in process).
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let metrics = state.metrics.clone();
+    App::new()
+        .app_data(state)
+        .wrap_fn(move |req, srv| {
+            let started = Instant::now();
+            let rid = telemetry::request_id(
+                req.headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let method = req.method().to_string();
+            let span = tracing::info_span!("request", id = %rid);
+            req.extensions_mut().insert(rid.clone());
+            let fut = srv.call(req);
+            let metrics = metrics.clone();
+            async move {
+                let mut res = fut.await?;
+                let route = res
+                    .request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".into());
+                let status = res.status().as_u16();
+                metrics.observe(&route, &method, status, started.elapsed());
+                tracing::info!(%method, %route, status, ms = started.elapsed().as_millis() as u64, "request");
+                if let Ok(v) = HeaderValue::from_str(&rid) {
+                    res.headers_mut()
+                        .insert(HeaderName::from_static("x-request-id"), v);
+                }
+                Ok(res)
+            }
+            .instrument(span)
+        })
+        .configure(operational)
+        .service(web::scope("/v1").configure(api::v1))
+        .default_service(web::to(api::not_found))
+}
+
+/// The routes outside `/v1`: liveness, readiness, metrics and the API description.
+pub fn operational(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/openapi.json", web::get().to(openapi));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.vault.check_ready().await.map_err(|e| {
+        let mut err = ApiError::internal(e);
+        err.status = StatusCode::SERVICE_UNAVAILABLE;
+        err.code = "not_ready";
+        err.detail = "a store is unreachable; see the server log".into();
+        err
+    })?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
