@@ -7,10 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use ring::digest::{SHA256, digest};
 use ring::rand::SecureRandom;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
-};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -19,10 +15,9 @@ use crate::domain::{
     Category, FieldName, Purpose, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
 };
 use crate::policy::{Action, Decision, Role, Scope};
-use crate::store::StoreError;
-use crate::store::entities::{
-    access_request, break_glass, consent, legal_ground, principal, principal_role, subject,
-};
+use crate::store::repo::consents::{ConsentRow, GroundRow};
+use crate::store::repo::records::FieldRow;
+use crate::store::repo::{break_glass, consents, principals, requests, subjects};
 use crate::value::FieldValue;
 use crate::vault::{
     FieldChange, FieldView, RecordMeta, RecordView, SealReason, ShredReceipt, Subject, Vault,
@@ -274,15 +269,6 @@ impl RequestStatus {
             Self::Revoked => "revoked",
         }
     }
-    fn parse(s: &str) -> Result<Self, VaultError> {
-        Ok(match s {
-            "pending" => Self::Pending,
-            "approved" => Self::Approved,
-            "denied" => Self::Denied,
-            "revoked" => Self::Revoked,
-            _ => return Err(VaultError::CorruptRow("request status")),
-        })
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -339,21 +325,21 @@ pub struct BreakGlass {
 /// A subject's consents and open legal grounds at one instant.
 pub(crate) struct LegalBasis {
     now: DateTime<Utc>,
-    consents: Vec<consent::Model>,
-    grounds: Vec<legal_ground::Model>,
+    consents: Vec<ConsentRow>,
+    grounds: Vec<GroundRow>,
 }
 
 impl LegalBasis {
     pub(crate) fn covers(&self, category: &Category) -> bool {
         let now = self.now;
         let by_consent = self.consents.iter().any(|c| {
-            c.categories.split(',').any(|x| x == category.as_str())
+            c.lists(category)
                 && c.given_at <= now
                 && c.term_until.is_none_or(|t| t > now)
                 // A withdrawal ends the basis, unless it was refused with a recorded reason.
                 && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
         });
-        by_consent || self.grounds.iter().any(|g| g.category == category.as_str())
+        by_consent || self.grounds.iter().any(|g| g.is_for(category))
     }
 
     /// Whether the category may go to a third party (Art. 7(6)): a recorded ground, or a
@@ -362,12 +348,12 @@ impl LegalBasis {
         let now = self.now;
         let by_consent = self.consents.iter().any(|c| {
             c.third_party
-                && c.categories.split(',').any(|x| x == category.as_str())
+                && c.lists(category)
                 && c.given_at <= now
                 && c.term_until.is_none_or(|t| t > now)
                 && (c.withdrawn_at.is_none() || c.refusal_reason.is_some())
         });
-        by_consent || self.grounds.iter().any(|g| g.category == category.as_str())
+        by_consent || self.grounds.iter().any(|g| g.is_for(category))
     }
 }
 
@@ -385,108 +371,8 @@ impl LazyBasis {
     }
 }
 
-fn role_of(r: &principal_role::Model) -> Result<(Scope, Role), VaultError> {
-    Ok((
-        pr(Scope::parse(&r.scope), "role scope")?,
-        Role::parse(&r.role).map_err(|_| VaultError::CorruptRow("role"))?,
-    ))
-}
-
 fn pr<T>(r: Result<T, crate::domain::DomainError>, what: &'static str) -> Result<T, VaultError> {
     r.map_err(|_| VaultError::CorruptRow(what))
-}
-
-fn cats_to_str(c: &[Category]) -> String {
-    c.iter().map(Category::as_str).collect::<Vec<_>>().join(",")
-}
-
-fn cats_from_str(s: &str) -> Result<Vec<Category>, VaultError> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(|x| pr(Category::parse(x), "category list"))
-        .collect()
-}
-
-fn request_from_row(m: access_request::Model) -> Result<AccessRequest, VaultError> {
-    Ok(AccessRequest {
-        id: pr(RequestId::parse(&m.id), "request id")?,
-        requester: pr(PrincipalId::parse(&m.requester), "principal id")?,
-        school: pr(SchoolId::parse(&m.school_id), "school id")?,
-        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
-        record: m
-            .record_id
-            .as_deref()
-            .map(RecordId::parse)
-            .transpose()
-            .map_err(|_| VaultError::CorruptRow("record id"))?,
-        categories: cats_from_str(&m.categories)?,
-        purpose: pr(Purpose::parse(&m.purpose), "purpose")?,
-        justification: m.justification,
-        status: RequestStatus::parse(&m.status)?,
-        created_at: m.created_at,
-        decided_by: m
-            .decided_by
-            .as_deref()
-            .map(PrincipalId::parse)
-            .transpose()
-            .map_err(|_| VaultError::CorruptRow("principal id"))?,
-        decided_at: m.decided_at,
-        reason: m.reason,
-        expires_at: m.expires_at,
-        uses_left: m.uses_left.map(|u| u32::try_from(u).unwrap_or(0)),
-    })
-}
-
-fn break_glass_from_row(m: break_glass::Model) -> Result<BreakGlass, VaultError> {
-    Ok(BreakGlass {
-        id: pr(BreakGlassId::parse(&m.id), "break-glass id")?,
-        principal: pr(PrincipalId::parse(&m.principal), "principal id")?,
-        school: pr(SchoolId::parse(&m.school_id), "school id")?,
-        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
-        justification: m.justification,
-        opened_at: m.opened_at,
-        expires_at: m.expires_at,
-        reviewed_by: m
-            .reviewed_by
-            .as_deref()
-            .map(PrincipalId::parse)
-            .transpose()
-            .map_err(|_| VaultError::CorruptRow("principal id"))?,
-        reviewed_at: m.reviewed_at,
-        review_note: m.review_note,
-    })
-}
-
-fn consent_from_row(m: consent::Model) -> Result<Consent, VaultError> {
-    let given_by = match (m.given_by.as_str(), m.guardian_id.as_deref()) {
-        ("guardian", Some(g)) => ConsentGiver::Guardian(pr(SubjectId::parse(g), "guardian id")?),
-        ("subject", _) => ConsentGiver::Subject {
-            confirmed_adult: false,
-        },
-        ("subject_adult", _) => ConsentGiver::Subject {
-            confirmed_adult: true,
-        },
-        _ => return Err(VaultError::CorruptRow("consent giver")),
-    };
-    Ok(Consent {
-        id: pr(ConsentId::parse(&m.id), "consent id")?,
-        subject: pr(SubjectId::parse(&m.subject_id), "subject id")?,
-        operator: m.operator,
-        operator_bin: m.operator_bin,
-        given_by,
-        method: m.method,
-        evidence_ref: m.evidence_ref,
-        text_version: m.text_version,
-        categories: cats_from_str(&m.categories)?,
-        third_party: m.third_party,
-        cross_border: m.cross_border,
-        publication: m.publication,
-        given_at: m.given_at,
-        term_until: m.term_until,
-        withdrawn_at: m.withdrawn_at,
-        withdrawal_deadline: m.withdrawal_deadline,
-        refusal_reason: m.refusal_reason,
-    })
 }
 
 /// Free text from callers (justifications, reasons): bounded, so a log or a row cannot be flooded.
@@ -527,25 +413,7 @@ impl Vault {
         let token = BearerToken(Zeroizing::new(format!("vt_{}", hex::encode(&raw[..]))));
         let id = PrincipalId::new_random();
         let now = self.now();
-        principal::Entity::insert(principal::ActiveModel {
-            id: Set(id.to_string()),
-            name: Set(name.clone()),
-            token_hash: Set(token.hash()),
-            created_at: Set(now),
-            revoked_at: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
-        let rows = roles.iter().map(|(s, r)| principal_role::ActiveModel {
-            principal_id: Set(id.to_string()),
-            scope: Set(s.as_str().to_owned()),
-            role: Set(r.as_str().to_owned()),
-        });
-        principal_role::Entity::insert_many(rows)
-            .exec_without_returning(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        principals::insert(&self.stores().data, id, &name, token.hash(), now, roles).await?;
         let mut ev = AuditEvent::new("admin", "principal.create", Outcome::Done);
         ev.reason = Some(format!(
             "principal {id}: {}",
@@ -567,17 +435,7 @@ impl Vault {
     pub async fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
         let hash = token.hash();
         // One query for the principal and its roles: authentication runs on every request.
-        let to_roles = principal::Entity::belongs_to(principal_role::Entity)
-            .from(principal::Column::Id)
-            .to(principal_role::Column::PrincipalId)
-            .into();
-        let rows = principal::Entity::find()
-            .filter(principal::Column::TokenHash.eq(hash.clone()))
-            .join(JoinType::LeftJoin, to_roles)
-            .select_also(principal_role::Entity)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        let rows = principals::by_token_hash(&self.stores().data, hash.clone()).await?;
         let Some((row, _)) = rows.first() else {
             return Err(VaultError::Unauthenticated);
         };
@@ -585,26 +443,20 @@ impl Vault {
         {
             return Err(VaultError::Unauthenticated);
         }
-        let id = pr(PrincipalId::parse(&row.id), "principal id")?;
+        let id = row.principal_id()?;
         let name = row.name.clone();
         let roles = rows
             .into_iter()
             .filter_map(|(_, r)| r)
-            .map(|r| role_of(&r))
+            .map(|r| r.decode())
             .collect::<Result<Vec<_>, VaultError>>()?;
         Ok(Principal { id, name, roles })
     }
 
     /// Revokes a principal's token at once, for every server sharing the store.
     pub async fn revoke_principal(&self, id: PrincipalId) -> Result<(), VaultError> {
-        let r = principal::Entity::update_many()
-            .col_expr(principal::Column::RevokedAt, Expr::value(self.now()))
-            .filter(principal::Column::Id.eq(id.to_string()))
-            .filter(principal::Column::RevokedAt.is_null())
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        if r.rows_affected == 0 {
+        let r = principals::revoke(&self.stores().data, id, self.now()).await?;
+        if r == 0 {
             return Err(VaultError::Invalid(format!(
                 "principal {id} does not exist or is already revoked"
             )));
@@ -1048,17 +900,7 @@ impl Vault {
 
     /// Every consent and open ground of a subject, loaded once for all of a request's categories.
     pub(crate) async fn legal_basis(&self, subject: SubjectId) -> Result<LegalBasis, VaultError> {
-        let consents = consent::Entity::find()
-            .filter(consent::Column::SubjectId.eq(subject.to_string()))
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        let grounds = legal_ground::Entity::find()
-            .filter(legal_ground::Column::SubjectId.eq(subject.to_string()))
-            .filter(legal_ground::Column::EndedAt.is_null())
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        let (consents, grounds) = consents::basis(&self.stores().data, subject).await?;
         Ok(LegalBasis {
             now: self.now(),
             consents,
@@ -1091,7 +933,7 @@ impl Vault {
         }
         let evidence = text("evidence_ref", &new.evidence_ref, 1)?;
         let version = text("text_version", &new.text_version, 1)?;
-        let (given_by, guardian) = match &new.given_by {
+        match &new.given_by {
             ConsentGiver::Guardian(g) => {
                 let gs = self.scoped_subject(p, *g).await?;
                 if gs.kind != SubjectKind::Guardian {
@@ -1099,7 +941,6 @@ impl Vault {
                         "subject {g} is not a guardian"
                     )));
                 }
-                ("guardian", Some(g.to_string()))
             }
             ConsentGiver::Subject { confirmed_adult } => {
                 if subj.kind == SubjectKind::Student && !confirmed_adult {
@@ -1107,16 +948,8 @@ impl Vault {
                         "a student under 18 cannot consent alone: record the guardian's consent, or confirm the student is an adult".into(),
                     ));
                 }
-                (
-                    if *confirmed_adult {
-                        "subject_adult"
-                    } else {
-                        "subject"
-                    },
-                    None,
-                )
             }
-        };
+        }
         let purpose = purpose(LEGAL_ADMINISTRATIVE)?;
         self.require(
             &Act {
@@ -1133,30 +966,26 @@ impl Vault {
         let id = ConsentId::new_random();
         let now = self.now();
         let policy = self.catalog().policy().clone();
-        consent::Entity::insert(consent::ActiveModel {
-            id: Set(id.to_string()),
-            subject_id: Set(subj.id.to_string()),
-            operator: Set(policy.operator.clone()),
-            operator_bin: Set(policy.operator_bin.clone()),
-            given_by: Set(given_by.into()),
-            guardian_id: Set(guardian),
-            method: Set(new.method.clone()),
-            evidence_ref: Set(evidence),
-            text_version: Set(version),
-            categories: Set(cats_to_str(&cats.iter().cloned().collect::<Vec<_>>())),
-            third_party: Set(new.third_party),
-            cross_border: Set(new.cross_border),
-            publication: Set(new.publication),
-            given_at: Set(now),
-            term_until: Set(new.term_until),
-            recorded_by: Set(p.id.to_string()),
-            withdrawn_at: Set(None),
-            withdrawal_deadline: Set(None),
-            refusal_reason: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        let consent = Consent {
+            id,
+            subject: subj.id,
+            operator: policy.operator.clone(),
+            operator_bin: policy.operator_bin.clone(),
+            given_by: new.given_by.clone(),
+            method: new.method.clone(),
+            evidence_ref: evidence,
+            text_version: version,
+            categories: cats.iter().cloned().collect(),
+            third_party: new.third_party,
+            cross_border: new.cross_border,
+            publication: new.publication,
+            given_at: now,
+            term_until: new.term_until,
+            withdrawn_at: None,
+            withdrawal_deadline: None,
+            refusal_reason: None,
+        };
+        consents::insert(&self.stores().data, &consent, p.id).await?;
         let mut ev = self.event(
             p,
             "consent.record",
@@ -1172,24 +1001,13 @@ impl Vault {
     }
 
     pub(crate) async fn consent(&self, id: ConsentId) -> Result<Consent, VaultError> {
-        consent::Entity::find_by_id(id.to_string())
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
+        consents::get(&self.stores().data, id)
+            .await?
             .ok_or_else(|| VaultError::NotFound(format!("consent {id}")))
-            .and_then(consent_from_row)
     }
 
     pub(crate) async fn consents_of(&self, subject: SubjectId) -> Result<Vec<Consent>, VaultError> {
-        consent::Entity::find()
-            .filter(consent::Column::SubjectId.eq(subject.to_string()))
-            .order_by_asc(consent::Column::GivenAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(consent_from_row)
-            .collect()
+        consents::of_subject(&self.stores().data, subject).await
     }
 
     /// Withdraws a consent: the basis ends now and processing must stop within 15 working days
@@ -1233,14 +1051,7 @@ impl Vault {
         let deadline = self
             .policy()
             .add_working_days(now.date_naive(), WITHDRAWAL_WORKING_DAYS);
-        consent::Entity::update_many()
-            .col_expr(consent::Column::WithdrawnAt, Expr::value(now))
-            .col_expr(consent::Column::WithdrawalDeadline, Expr::value(deadline))
-            .col_expr(consent::Column::RefusalReason, Expr::value(refusal.clone()))
-            .filter(consent::Column::Id.eq(id.to_string()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        consents::withdraw(&self.stores().data, id, now, deadline, refusal.clone()).await?;
         let outcome = if refusal.is_some() {
             Outcome::Refused
         } else {
@@ -1284,19 +1095,16 @@ impl Vault {
             Action::Consent,
         )
         .await?;
-        legal_ground::Entity::insert(legal_ground::ActiveModel {
-            id: Set(uuid::Uuid::new_v4().to_string()),
-            subject_id: Set(subject.to_string()),
-            category: Set(category.as_str().to_owned()),
-            ground: Set(ground.as_str().to_owned()),
-            reference: Set(reference),
-            recorded_by: Set(p.id.to_string()),
-            recorded_at: Set(self.now()),
-            ended_at: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        consents::insert_ground(
+            &self.stores().data,
+            subject,
+            category,
+            ground,
+            reference,
+            p.id,
+            self.now(),
+        )
+        .await?;
         let mut ev = self.event(
             p,
             "ground.record",
@@ -1360,26 +1168,24 @@ impl Vault {
             self.record_meta(r).await?;
         }
         let id = RequestId::new_random();
-        access_request::Entity::insert(access_request::ActiveModel {
-            id: Set(id.to_string()),
-            requester: Set(p.id.to_string()),
-            school_id: Set(subj.school.as_str().to_owned()),
-            subject_id: Set(subj.id.to_string()),
-            record_id: Set(new.record.map(|r| r.to_string())),
-            categories: Set(cats_to_str(&cats)),
-            purpose: Set(new.purpose.as_str().to_owned()),
-            justification: Set(justification),
-            status: Set(RequestStatus::Pending.as_str().into()),
-            created_at: Set(self.now()),
-            decided_by: Set(None),
-            decided_at: Set(None),
-            reason: Set(None),
-            expires_at: Set(None),
-            uses_left: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        let request = AccessRequest {
+            id,
+            requester: p.id,
+            school: subj.school.clone(),
+            subject: subj.id,
+            record: new.record,
+            categories: cats.clone(),
+            purpose: new.purpose.clone(),
+            justification,
+            status: RequestStatus::Pending,
+            created_at: self.now(),
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+            expires_at: None,
+            uses_left: None,
+        };
+        requests::insert(&self.stores().data, &request).await?;
         let mut ev = self.event(
             p,
             "access.request",
@@ -1395,12 +1201,9 @@ impl Vault {
     }
 
     pub(crate) async fn access_request(&self, id: RequestId) -> Result<AccessRequest, VaultError> {
-        access_request::Entity::find_by_id(id.to_string())
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
+        requests::get(&self.stores().data, id)
+            .await?
             .ok_or_else(|| VaultError::NotFound(format!("access request {id}")))
-            .and_then(request_from_row)
     }
 
     /// An access request of a school where the principal holds a role; any other is unknown.
@@ -1426,15 +1229,9 @@ impl Vault {
         &self,
         p: &Principal,
     ) -> Result<Vec<AccessRequest>, VaultError> {
-        let rows = access_request::Entity::find()
-            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
-            .order_by_asc(access_request::Column::CreatedAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        let rows = requests::pending(&self.stores().data).await?;
         let mut out = Vec::new();
         for r in rows {
-            let r = request_from_row(r)?;
             if r.requester != p.id && sees(p, &r.school) && self.may_approve(p, &r) {
                 out.push(r);
             }
@@ -1505,24 +1302,9 @@ impl Vault {
             ));
         }
         let (r, subj) = self.decidable(p, id, "access.approve").await?;
-        let done = access_request::Entity::update_many()
-            .col_expr(
-                access_request::Column::Status,
-                Expr::value(RequestStatus::Approved.as_str()),
-            )
-            .col_expr(
-                access_request::Column::DecidedBy,
-                Expr::value(p.id.to_string()),
-            )
-            .col_expr(access_request::Column::DecidedAt, Expr::value(self.now()))
-            .col_expr(access_request::Column::ExpiresAt, Expr::value(expires_at))
-            .col_expr(access_request::Column::UsesLeft, Expr::value(uses as i32))
-            .filter(access_request::Column::Id.eq(id.to_string()))
-            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        if done.rows_affected != 1 {
+        let done =
+            requests::approve(&self.stores().data, id, p.id, self.now(), expires_at, uses).await?;
+        if done != 1 {
             return Err(VaultError::Invalid(format!(
                 "request {id} was decided meanwhile"
             )));
@@ -1549,22 +1331,7 @@ impl Vault {
     ) -> Result<AccessRequest, VaultError> {
         let reason = text("the reason", reason, 5)?;
         let (r, subj) = self.decidable(p, id, "access.deny").await?;
-        access_request::Entity::update_many()
-            .col_expr(
-                access_request::Column::Status,
-                Expr::value(RequestStatus::Denied.as_str()),
-            )
-            .col_expr(
-                access_request::Column::DecidedBy,
-                Expr::value(p.id.to_string()),
-            )
-            .col_expr(access_request::Column::DecidedAt, Expr::value(self.now()))
-            .col_expr(access_request::Column::Reason, Expr::value(reason))
-            .filter(access_request::Column::Id.eq(id.to_string()))
-            .filter(access_request::Column::Status.eq(RequestStatus::Pending.as_str()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        requests::deny(&self.stores().data, id, p.id, self.now(), reason).await?;
         self.request_decided(p, &r, &subj, "access.deny", format!("request {id}"))
             .await
     }
@@ -1581,17 +1348,8 @@ impl Vault {
                 school: r.school.clone(),
             });
         }
-        let done = access_request::Entity::update_many()
-            .col_expr(
-                access_request::Column::Status,
-                Expr::value(RequestStatus::Revoked.as_str()),
-            )
-            .filter(access_request::Column::Id.eq(id.to_string()))
-            .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        if done.rows_affected != 1 {
+        let done = requests::revoke(&self.stores().data, id).await?;
+        if done != 1 {
             return Err(VaultError::Invalid(format!(
                 "request {id} is {}, not approved: only an approval can be revoked",
                 r.status.as_str()
@@ -1639,17 +1397,7 @@ impl Vault {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let rows = access_request::Entity::find()
-            .filter(access_request::Column::Requester.eq(p.id.to_string()))
-            .filter(access_request::Column::SubjectId.eq(subj.id.to_string()))
-            .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
-            .filter(access_request::Column::Purpose.eq(purpose.as_str()))
-            .filter(access_request::Column::ExpiresAt.gt(now))
-            .filter(access_request::Column::UsesLeft.gt(0))
-            .order_by_asc(access_request::Column::ExpiresAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        let rows = requests::usable(&self.stores().data, p.id, subj.id, purpose, now).await?;
         let mut left = wanted.clone();
         let mut used = Vec::new();
         for r in rows {
@@ -1662,7 +1410,8 @@ impl Vault {
                 (Some(rid), Some(rec)) => rid == rec.to_string(),
                 (Some(_), None) => false,
             };
-            let covered: BTreeSet<Category> = cats_from_str(&r.categories)?
+            let covered: BTreeSet<Category> = r
+                .categories()?
                 .into_iter()
                 .filter(|c| left.contains(c))
                 .collect();
@@ -1670,20 +1419,10 @@ impl Vault {
                 continue;
             }
             // Atomic: two servers cannot both spend the last use.
-            let taken = access_request::Entity::update_many()
-                .col_expr(
-                    access_request::Column::UsesLeft,
-                    Expr::col(access_request::Column::UsesLeft).sub(1),
-                )
-                .filter(access_request::Column::Id.eq(r.id.clone()))
-                .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
-                .filter(access_request::Column::UsesLeft.gt(0))
-                .exec(&self.stores().data)
-                .await
-                .map_err(StoreError::data)?;
-            if taken.rows_affected == 1 {
+            let taken = requests::take_use(&self.stores().data, &r.id).await?;
+            if taken == 1 {
                 left.retain(|c| !covered.contains(c));
-                used.push((pr(RequestId::parse(&r.id), "request id")?, covered));
+                used.push((r.request_id()?, covered));
             }
         }
         Ok(used)
@@ -1717,21 +1456,19 @@ impl Vault {
         .await?;
         let id = BreakGlassId::new_random();
         let now = self.now();
-        break_glass::Entity::insert(break_glass::ActiveModel {
-            id: Set(id.to_string()),
-            principal: Set(p.id.to_string()),
-            school_id: Set(subj.school.as_str().to_owned()),
-            subject_id: Set(subj.id.to_string()),
-            justification: Set(justification),
-            opened_at: Set(now),
-            expires_at: Set(now + BREAK_GLASS_WINDOW),
-            reviewed_by: Set(None),
-            reviewed_at: Set(None),
-            review_note: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        let opened = BreakGlass {
+            id,
+            principal: p.id,
+            school: subj.school.clone(),
+            subject: subj.id,
+            justification,
+            opened_at: now,
+            expires_at: now + BREAK_GLASS_WINDOW,
+            reviewed_by: None,
+            reviewed_at: None,
+            review_note: None,
+        };
+        break_glass::insert(&self.stores().data, &opened).await?;
         let mut ev = self.event(
             p,
             "break_glass.open",
@@ -1747,12 +1484,9 @@ impl Vault {
     }
 
     pub(crate) async fn break_glass(&self, id: BreakGlassId) -> Result<BreakGlass, VaultError> {
-        break_glass::Entity::find_by_id(id.to_string())
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
+        break_glass::get(&self.stores().data, id)
+            .await?
             .ok_or_else(|| VaultError::NotFound(format!("break-glass access {id}")))
-            .and_then(break_glass_from_row)
     }
 
     async fn active_break_glass(
@@ -1760,17 +1494,7 @@ impl Vault {
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Option<BreakGlassId>, VaultError> {
-        let now = self.now();
-        let row = break_glass::Entity::find()
-            .filter(break_glass::Column::Principal.eq(p.id.to_string()))
-            .filter(break_glass::Column::SubjectId.eq(subject.to_string()))
-            .filter(break_glass::Column::OpenedAt.lte(now))
-            .filter(break_glass::Column::ExpiresAt.gt(now))
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        row.map(|r| pr(BreakGlassId::parse(&r.id), "break-glass id"))
-            .transpose()
+        break_glass::open_at(&self.stores().data, p.id, subject, self.now()).await
     }
 
     /// A director of the school (not the one who opened it) reviews a break-glass access.
@@ -1805,17 +1529,7 @@ impl Vault {
                 "break-glass access {id} was already reviewed"
             )));
         }
-        break_glass::Entity::update_many()
-            .col_expr(
-                break_glass::Column::ReviewedBy,
-                Expr::value(p.id.to_string()),
-            )
-            .col_expr(break_glass::Column::ReviewedAt, Expr::value(self.now()))
-            .col_expr(break_glass::Column::ReviewNote, Expr::value(note))
-            .filter(break_glass::Column::Id.eq(id.to_string()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        break_glass::review(&self.stores().data, id, p.id, self.now(), note).await?;
         let mut ev = self.event(
             p,
             "break_glass.review",
@@ -1833,16 +1547,7 @@ impl Vault {
     /// Break-glass accesses left unreviewed for more than 24 hours.
     pub(crate) async fn overdue_break_glass(&self) -> Result<Vec<BreakGlass>, VaultError> {
         let cutoff = self.now() - BREAK_GLASS_REVIEW_DUE;
-        break_glass::Entity::find()
-            .filter(break_glass::Column::ReviewedAt.is_null())
-            .filter(break_glass::Column::OpenedAt.lt(cutoff))
-            .order_by_asc(break_glass::Column::OpenedAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(break_glass_from_row)
-            .collect()
+        break_glass::unreviewed_before(&self.stores().data, cutoff).await
     }
 
     // ----- blocking ----------------------------------------------------------------------------
@@ -1865,15 +1570,12 @@ impl Vault {
         };
         self.require_on_subject(p, &subj, action, &why, audit_action)
             .await?;
-        subject::Entity::update_many()
-            .col_expr(
-                subject::Column::BlockedAt,
-                Expr::value(if blocked { Some(self.now()) } else { None }),
-            )
-            .filter(subject::Column::Id.eq(subject.to_string()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        subjects::set_blocked(
+            &self.stores().data,
+            subject,
+            if blocked { Some(self.now()) } else { None },
+        )
+        .await?;
         self.audit()
             .append(vec![self.event(
                 p,
@@ -1899,10 +1601,7 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
         let (meta, subj, rows) = self.record_for_read(id, |school| sees(p, school)).await?;
-        let present: BTreeSet<Category> = rows
-            .iter()
-            .filter_map(|f| Category::parse(&f.category).ok())
-            .collect();
+        let present: BTreeSet<Category> = rows.iter().filter_map(FieldRow::category).collect();
         let mut open = BTreeSet::new();
         let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
         let mut events = Vec::new();

@@ -12,16 +12,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
-};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
-use crate::store::entities::{audit_checkpoint, audit_entry, audit_head};
+use crate::store::repo::audit as repo;
+use crate::store::{Db, DbErr, Txn};
 
 const HASH_DOMAIN: &[u8] = b"school-vault/audit/v1\0";
 const CHECKPOINT_DOMAIN: &[u8] = b"school-vault/audit-checkpoint/v1\0";
@@ -148,7 +144,7 @@ pub enum AuditError {
     #[error("the audit writer has stopped")]
     Closed,
     #[error("the audit log could not be read")]
-    Read(#[source] sea_orm::DbErr),
+    Read(#[source] DbErr),
 }
 
 struct Pending {
@@ -211,35 +207,6 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-/// Stored rows as records.
-pub(crate) fn records(rows: Vec<audit_entry::Model>) -> Vec<AuditRecord> {
-    rows.into_iter().map(|m| to_record(m).0).collect()
-}
-
-fn to_record(m: audit_entry::Model) -> (AuditRecord, Vec<u8>, Vec<u8>) {
-    (
-        AuditRecord {
-            seq: m.seq,
-            at: m.at,
-            actor: m.actor,
-            action: m.action,
-            school: m.school_id,
-            subject: m.subject_id,
-            record: m.record_id,
-            categories: if m.categories.is_empty() {
-                Vec::new()
-            } else {
-                m.categories.split(',').map(str::to_owned).collect()
-            },
-            purpose: m.purpose,
-            outcome: m.outcome,
-            reason: m.reason,
-        },
-        m.prev_hash,
-        m.hash,
-    )
-}
-
 /// What appends to the chain: the signing key and the clock. Shared by the audit writer task
 /// and the record writer, which appends a create's entry in the record's own transaction.
 pub(crate) struct Chain {
@@ -252,22 +219,15 @@ impl Chain {
     /// head and signs a checkpoint. The caller commits.
     pub(crate) async fn append_in<'e>(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &Txn,
         events: impl IntoIterator<Item = &'e AuditEvent>,
-    ) -> Result<(), sea_orm::DbErr> {
+    ) -> Result<(), DbErr> {
         let events: Vec<&AuditEvent> = events.into_iter().collect();
         if events.is_empty() {
             return Ok(());
         }
         // Take the chain's write lock and read the head in one statement.
-        let head = audit_head::Entity::update_many()
-            .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
-            .filter(audit_head::Column::Id.eq(1))
-            .exec_with_returning(txn)
-            .await?
-            .pop()
-            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("audit_head".into()))?;
-        let (mut seq, mut prev) = (head.seq, head.hash);
+        let (mut seq, mut prev) = repo::lock_head(txn).await?;
         let at = micros(self.clock.now());
         let mut rows = Vec::new();
         for ev in events {
@@ -290,56 +250,18 @@ impl Chain {
                 reason: ev.reason.clone(),
             };
             let hash = entry_hash(&prev, &r);
-            rows.push(audit_entry::ActiveModel {
-                seq: Set(r.seq),
-                at: Set(r.at),
-                actor: Set(r.actor),
-                action: Set(r.action),
-                school_id: Set(r.school),
-                subject_id: Set(r.subject),
-                record_id: Set(r.record),
-                categories: Set(r.categories.join(",")),
-                purpose: Set(r.purpose),
-                outcome: Set(r.outcome),
-                reason: Set(r.reason),
-                prev_hash: Set(prev),
-                hash: Set(hash.clone()),
-            });
+            rows.push((r, prev, hash.clone()));
             prev = hash;
         }
-        // Bounded statements: a sweep certifies up to a thousand records in one append.
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<_> = rows.by_ref().take(500).collect();
-            audit_entry::Entity::insert_many(chunk)
-                .exec_without_returning(txn)
-                .await?;
-        }
-        audit_head::Entity::update_many()
-            .col_expr(audit_head::Column::Seq, Expr::value(seq))
-            .col_expr(audit_head::Column::Hash, Expr::value(prev.clone()))
-            .filter(audit_head::Column::Id.eq(1))
-            .exec(txn)
-            .await?;
+        repo::insert_entries(txn, rows).await?;
+        repo::move_head(txn, seq, prev.clone()).await?;
         let sig = self.signer.sign(&checkpoint_message(seq, &prev));
-        audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
-            seq: Set(seq),
-            hash: Set(prev),
-            signature: Set(sig.as_ref().to_vec()),
-            at: Set(at),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok(())
+        repo::insert_checkpoint(txn, seq, prev, sig.as_ref().to_vec(), at).await
     }
 }
 
-async fn write_batch(
-    db: &DatabaseConnection,
-    chain: &Chain,
-    batch: &[Pending],
-) -> Result<(), sea_orm::DbErr> {
-    let txn = db.begin().await?;
+async fn write_batch(db: &Db, chain: &Chain, batch: &[Pending]) -> Result<(), DbErr> {
+    let txn = crate::store::begin(db).await?;
     chain
         .append_in(&txn, batch.iter().flat_map(|p| &p.events))
         .await?;
@@ -349,7 +271,7 @@ async fn write_batch(
 impl AuditLog {
     /// Starts the writer task on the current tokio runtime.
     pub(crate) fn start(
-        db: DatabaseConnection,
+        db: Db,
         seed: &[u8; 32],
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuditError> {
@@ -400,13 +322,9 @@ impl AuditLog {
 
     /// Walks the whole chain and the checkpoints in one pass over one streamed query; memory
     /// stays flat in the length of the log (only the checkpoints are held).
-    pub(crate) async fn verify(&self, db: &DatabaseConnection) -> Result<AuditReport, AuditError> {
+    pub(crate) async fn verify(&self, db: &Db) -> Result<AuditReport, AuditError> {
         use futures_util::TryStreamExt as _;
-        let cps = audit_checkpoint::Entity::find()
-            .order_by_asc(audit_checkpoint::Column::Seq)
-            .all(db)
-            .await
-            .map_err(AuditError::Read)?;
+        let cps = repo::checkpoints(db).await.map_err(AuditError::Read)?;
         let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
         let mut next_cp = cps.iter().peekable();
         let mut expected_seq = 1i64;
@@ -415,13 +333,11 @@ impl AuditLog {
         let mut checkpoints = 0u64;
         let mut problem = None;
         {
-            let mut rows = audit_entry::Entity::find()
-                .order_by_asc(audit_entry::Column::Seq)
-                .stream(db)
-                .await
-                .map_err(AuditError::Read)?;
-            while let Some(m) = rows.try_next().await.map_err(AuditError::Read)? {
-                let (r, stored_prev, stored_hash) = to_record(m);
+            let rows = repo::stream(db).await.map_err(AuditError::Read)?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some((r, stored_prev, stored_hash)) =
+                rows.try_next().await.map_err(AuditError::Read)?
+            {
                 if r.seq != expected_seq {
                     problem = Some(AuditProblem::Missing { seq: expected_seq });
                     break;
@@ -455,17 +371,11 @@ impl AuditLog {
         }
         let last = expected_seq - 1;
         if problem.is_none() {
-            let head = audit_head::Entity::find_by_id(1)
-                .one(db)
-                .await
-                .map_err(AuditError::Read)?;
+            let head = repo::head_seq(db).await.map_err(AuditError::Read)?;
             if let Some(h) = head
-                && h.seq != last
+                && h != last
             {
-                problem = Some(AuditProblem::Truncated {
-                    last,
-                    expected: h.seq,
-                });
+                problem = Some(AuditProblem::Truncated { last, expected: h });
             }
         }
         if problem.is_none()
@@ -486,29 +396,16 @@ impl AuditLog {
 
     /// Every entry about a subject, oldest first: the subject's access history.
     pub(crate) async fn for_subject(
-        db: &DatabaseConnection,
+        db: &Db,
         subject: SubjectId,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        Ok(audit_entry::Entity::find()
-            .filter(audit_entry::Column::SubjectId.eq(subject.to_string()))
-            .order_by_asc(audit_entry::Column::Seq)
-            .all(db)
+        repo::for_subject(db, subject)
             .await
-            .map_err(AuditError::Read)?
-            .into_iter()
-            .map(|m| to_record(m).0)
-            .collect())
+            .map_err(AuditError::Read)
     }
 
     /// Every entry, oldest first (for tests and exports of small logs).
-    pub(crate) async fn all(db: &DatabaseConnection) -> Result<Vec<AuditRecord>, AuditError> {
-        Ok(audit_entry::Entity::find()
-            .order_by_asc(audit_entry::Column::Seq)
-            .all(db)
-            .await
-            .map_err(AuditError::Read)?
-            .into_iter()
-            .map(|m| to_record(m).0)
-            .collect())
+    pub(crate) async fn all(db: &Db) -> Result<Vec<AuditRecord>, AuditError> {
+        repo::all(db).await.map_err(AuditError::Read)
     }
 }

@@ -9,17 +9,12 @@ use std::sync::atomic::Ordering;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
-
 use crate::audit::{AuditEvent, Outcome};
-use crate::domain::{Category, DekId, RecordId};
-use crate::envelope::{WrappedDek, rewrap_dek};
+use crate::domain::Category;
+use crate::envelope::rewrap_dek;
 use crate::keyring::{CustodianRecipient, Keyring, Passphrase, SealTo};
-use crate::store::StoreError;
-use crate::store::entities::{dek, keyring_row, record};
-use crate::vault::{KEYRING_ROW, Vault, VaultError};
+use crate::store::repo::{deks, keyring, records};
+use crate::vault::{Vault, VaultError};
 
 const MAX_REWRAP_BATCH: u64 = 5000;
 /// DEKs checked per page of an orphan collection: one key-store page, one data-store lookup.
@@ -53,10 +48,8 @@ impl Vault {
 
     /// Loads the stored keyring if a custodian changed it since this one was loaded.
     pub async fn refresh_keyring(&self) -> Result<bool, VaultError> {
-        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
-            .one(&self.stores().keys)
-            .await
-            .map_err(StoreError::keys)?
+        let row = keyring::sealed(&self.stores().keys)
+            .await?
             .ok_or(VaultError::KeyringMissing)?;
         if row.generation == self.generation.load(Ordering::Acquire) {
             return Ok(false);
@@ -77,42 +70,17 @@ impl Vault {
 
     /// The public recipients the keyring is sealed to (empty: sealed to a passphrase).
     pub async fn recipients(&self) -> Result<Vec<CustodianRecipient>, VaultError> {
-        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
-            .one(&self.stores().keys)
-            .await
-            .map_err(StoreError::keys)?
-            .ok_or(VaultError::KeyringMissing)?;
-        Ok(row
-            .recipients
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(CustodianRecipient::parse)
-            .collect::<Result<_, _>>()?)
+        keyring::recipients(&self.stores().keys)
+            .await?
+            .ok_or(VaultError::KeyringMissing)
     }
 
     /// Seals `k` to `to` and stores it as the next generation, if nobody changed it meanwhile.
     async fn store_keyring(&self, k: Keyring, to: &SealTo) -> Result<(), VaultError> {
         let sealed = k.seal(to)?;
-        let recipients = match to {
-            SealTo::Recipients(rs) => rs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            SealTo::Passphrase(..) => String::new(),
-        };
         let g = self.generation.load(Ordering::Acquire);
-        let r = keyring_row::Entity::update_many()
-            .col_expr(keyring_row::Column::Sealed, Expr::value(sealed))
-            .col_expr(keyring_row::Column::Recipients, Expr::value(recipients))
-            .col_expr(keyring_row::Column::Generation, Expr::value(g + 1))
-            .col_expr(keyring_row::Column::UpdatedAt, Expr::value(self.now()))
-            .filter(keyring_row::Column::Id.eq(KEYRING_ROW))
-            .filter(keyring_row::Column::Generation.eq(g))
-            .exec(&self.stores().keys)
-            .await
-            .map_err(StoreError::keys)?;
-        if r.rows_affected != 1 {
+        let r = keyring::replace(&self.stores().keys, g, sealed, to, self.now()).await?;
+        if r != 1 {
             return Err(VaultError::Invalid(
                 "the keyring changed while this operation ran (another custodian?): run it again"
                     .into(),
@@ -183,12 +151,7 @@ impl Vault {
             {
                 continue;
             }
-            n += dek::Entity::find()
-                .filter(dek::Column::Category.eq(info.category.as_str()))
-                .filter(dek::Column::KekVersion.eq(info.version as i32))
-                .count(&self.stores().keys)
-                .await
-                .map_err(StoreError::keys)?;
+            n += deks::count_at_version(&self.stores().keys, &info.category, info.version).await?;
         }
         Ok(n)
     }
@@ -219,16 +182,14 @@ impl Vault {
                 continue;
             };
             loop {
-                // No ORDER BY: the (category, version) index hands out the next batch without
-                // sorting every DEK still to move, so each batch costs the same.
-                let rows = dek::Entity::find()
-                    .filter(dek::Column::Category.eq(cat.as_str()))
-                    .filter(dek::Column::KekVersion.lt(newest as i32))
+                let rows = deks::older_than(
+                    &self.stores().keys,
+                    &cat,
+                    newest,
                     // Bounded so one UPDATE stays under SQLite's 32,766 bound parameters.
-                    .limit(batch.clamp(1, MAX_REWRAP_BATCH))
-                    .all(&self.stores().keys)
-                    .await
-                    .map_err(StoreError::keys)?;
+                    batch.clamp(1, MAX_REWRAP_BATCH),
+                )
+                .await?;
                 if rows.is_empty() {
                     break;
                 }
@@ -237,15 +198,7 @@ impl Vault {
                 // meanwhile is left as it is and not counted.
                 let mut by_version: BTreeMap<i32, Vec<(String, Vec<u8>)>> = BTreeMap::new();
                 for r in &rows {
-                    let record = RecordId::parse(&r.record_id)
-                        .map_err(|_| VaultError::CorruptRow("record id"))?;
-                    let w = WrappedDek {
-                        id: DekId::parse(&r.id).map_err(|_| VaultError::CorruptRow("DEK id"))?,
-                        category: cat.clone(),
-                        kek_version: u32::try_from(r.kek_version)
-                            .map_err(|_| VaultError::CorruptRow("KEK version"))?,
-                        wrapped: r.wrapped.clone(),
-                    };
+                    let (record, w) = r.wrapped_as(cat.clone())?;
                     let wrapped =
                         rewrap_dek(&k, self.rng(), record, &w, newest).map_err(|source| {
                             VaultError::DekTampered {
@@ -259,15 +212,7 @@ impl Vault {
                         .or_default()
                         .push((r.id.clone(), wrapped));
                 }
-                let txn = sea_orm::TransactionTrait::begin(&self.stores().keys)
-                    .await
-                    .map_err(StoreError::keys)?;
-                for (old, batch) in by_version {
-                    moved += rewrap_rows(&txn, newest as i32, old, batch)
-                        .await
-                        .map_err(StoreError::keys)?;
-                }
-                txn.commit().await.map_err(StoreError::keys)?;
+                moved += deks::rewrap(&self.stores().keys, newest, by_version).await?;
                 progress(RewrapProgress {
                     moved,
                     remaining: total.saturating_sub(moved),
@@ -306,21 +251,8 @@ impl Vault {
         };
         let mut after: Option<String> = None;
         loop {
-            let mut q = dek::Entity::find()
-                .select_only()
-                .column(dek::Column::Id)
-                .column(dek::Column::RecordId)
-                .filter(dek::Column::CreatedAt.lt(cutoff))
-                .order_by_asc(dek::Column::Id)
-                .limit(GC_PAGE);
-            if let Some(a) = &after {
-                q = q.filter(dek::Column::Id.gt(a.clone()));
-            }
-            let page: Vec<(String, String)> = q
-                .into_tuple()
-                .all(&self.stores().keys)
-                .await
-                .map_err(StoreError::keys)?;
+            let page =
+                deks::made_before(&self.stores().keys, cutoff, after.as_deref(), GC_PAGE).await?;
             let Some((last, _)) = page.last() else {
                 break;
             };
@@ -328,16 +260,7 @@ impl Vault {
             report.checked += page.len() as u64;
             let wanted: BTreeSet<&str> = page.iter().map(|(_, r)| r.as_str()).collect();
             // Records in any state count: a shredded record's tombstone is not an orphan's.
-            let held: BTreeSet<String> = record::Entity::find()
-                .select_only()
-                .column(record::Column::Id)
-                .filter(record::Column::Id.is_in(wanted.iter().copied()))
-                .into_tuple()
-                .all(&self.stores().data)
-                .await
-                .map_err(StoreError::data)?
-                .into_iter()
-                .collect();
+            let held = records::existing_ids(&self.stores().data, wanted).await?;
             let orphans: Vec<String> = page
                 .iter()
                 .filter(|(_, r)| !held.contains(r))
@@ -345,12 +268,7 @@ impl Vault {
                 .collect();
             report.orphans += orphans.len() as u64;
             if !dry_run && !orphans.is_empty() {
-                dek::Entity::delete_many()
-                    .filter(dek::Column::Id.is_in(orphans))
-                    .filter(dek::Column::CreatedAt.lt(cutoff))
-                    .exec(&self.stores().keys)
-                    .await
-                    .map_err(StoreError::keys)?;
+                deks::delete_made_before(&self.stores().keys, orphans, cutoff).await?;
             }
         }
         if !dry_run {
@@ -377,12 +295,7 @@ impl Vault {
         passphrase: Option<Passphrase>,
     ) -> Result<(), VaultError> {
         self.refresh_keyring().await?;
-        let users = dek::Entity::find()
-            .filter(dek::Column::Category.eq(category.as_str()))
-            .filter(dek::Column::KekVersion.eq(version as i32))
-            .count(&self.stores().keys)
-            .await
-            .map_err(StoreError::keys)?;
+        let users = deks::count_at_version(&self.stores().keys, category, version).await?;
         if users > 0 {
             return Err(VaultError::Invalid(format!(
                 "{users} data keys still use version {version} of the {category} key: run `vaultctl keyring rewrap` first"
@@ -437,47 +350,4 @@ impl Vault {
         self.key_event("key.recipient_remove", Vec::new(), format!("recipient {r}"))
             .await
     }
-}
-
-/// Writes a batch of new wrappings in one statement: the new values are joined in by id from a
-/// VALUES list, and only rows still at `old` change, which keeps the compare-and-set against
-/// a concurrent rewrap. The same SQL runs on SQLite (3.33+) and PostgreSQL.
-async fn rewrap_rows(
-    txn: &DatabaseTransaction,
-    newest: i32,
-    old: i32,
-    rows: Vec<(String, Vec<u8>)>,
-) -> Result<u64, sea_orm::DbErr> {
-    let backend = txn.get_database_backend();
-    let mut n = 0usize;
-    let mut param = || {
-        n += 1;
-        match backend {
-            DbBackend::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        }
-    };
-    let tuples: Vec<String> = rows
-        .iter()
-        .map(|_| format!("({}, {})", param(), param()))
-        .collect();
-    let sql = format!(
-        "WITH v(id, wrapped) AS (VALUES {}) \
-         UPDATE deks SET wrapped = v.wrapped, kek_version = {} \
-         FROM v WHERE deks.id = v.id AND deks.kek_version = {}",
-        tuples.join(", "),
-        param(),
-        param()
-    );
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows.len() * 2 + 2);
-    for (id, wrapped) in rows {
-        values.push(id.into());
-        values.push(wrapped.into());
-    }
-    values.push(newest.into());
-    values.push(old.into());
-    Ok(txn
-        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?
-        .rows_affected())
 }

@@ -5,15 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::access::{Principal, PrincipalId};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::domain::Purpose;
 use crate::domain::{Category, SubjectId};
-use crate::policy::{Action, Decision, Role, Scope};
-use crate::store::StoreError;
-use crate::store::entities::{audit_entry, principal, principal_role};
+use crate::policy::{Action, Decision};
+use crate::store::repo::{audit, principals};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// One person or app with access, for the list the law asks the operator to keep.
@@ -83,60 +81,13 @@ struct Touch {
 impl Vault {
     /// Everyone who has or had access, with roles and dates.
     pub async fn list_principals(&self) -> Result<Vec<PrincipalEntry>, VaultError> {
-        let rows = principal::Entity::find()
-            .order_by_asc(principal::Column::CreatedAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        let roles = principal_role::Entity::find()
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        rows.into_iter()
-            .map(|r| {
-                let id = PrincipalId::parse(&r.id)
-                    .map_err(|_| VaultError::CorruptRow("principal id"))?;
-                let mut rs = Vec::new();
-                for pr in roles.iter().filter(|x| x.principal_id == r.id) {
-                    rs.push((
-                        Scope::parse(&pr.scope).map_err(|_| VaultError::CorruptRow("scope"))?,
-                        Role::parse(&pr.role).map_err(|_| VaultError::CorruptRow("role"))?,
-                    ));
-                }
-                rs.sort();
-                Ok(PrincipalEntry {
-                    principal: Principal {
-                        id,
-                        name: r.name,
-                        roles: rs,
-                    },
-                    created_at: r.created_at,
-                    revoked_at: r.revoked_at,
-                })
-            })
-            .collect()
+        principals::list(&self.stores().data).await
     }
 
     /// Audit entries matching the filter, oldest first.
     pub async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, VaultError> {
-        let mut q = audit_entry::Entity::find().order_by_asc(audit_entry::Column::Seq);
-        if let Some(s) = f.subject {
-            q = q.filter(audit_entry::Column::SubjectId.eq(s.to_string()));
-        }
-        if let Some(a) = &f.actor {
-            q = q.filter(audit_entry::Column::Actor.eq(a.clone()));
-        }
-        if let Some(o) = &f.outcome {
-            q = q.filter(audit_entry::Column::Outcome.eq(o.clone()));
-        }
-        if let Some(t) = f.since {
-            q = q.filter(audit_entry::Column::At.gte(t));
-        }
-        if let Some(t) = f.until {
-            q = q.filter(audit_entry::Column::At.lt(t));
-        }
-        let rows = q.all(&self.stores().data).await.map_err(StoreError::data)?;
-        Ok(crate::audit::records(rows)
+        Ok(audit::query(&self.stores().data, f)
+            .await?
             .into_iter()
             .filter(|r| {
                 f.category

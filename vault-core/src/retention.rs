@@ -10,17 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Related, TransactionTrait,
-};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::catalog::RetentionTrigger;
 use crate::domain::{Category, RecordId, SchoolId, SubjectId};
 use crate::store::StoreError;
-use crate::store::entities::{dek, legal_hold, record, record_field, shred_log, subject};
+use crate::store::repo::retention::{self as repo, Shred};
+use crate::store::repo::{deks, records, subjects};
 use crate::vault::{Vault, VaultError};
 
 /// Records shredded per pair of transactions in a sweep: a tenth of what a page of records has
@@ -166,49 +162,13 @@ impl Planner {
         let db = &vault.stores().data;
         // The page's bounds come off the primary key; its rows then come in one query over
         // that range (an index range, not a list of ids), with only the columns the rules need.
-        let mut q = record::Entity::find()
-            .select_only()
-            .column(record::Column::Id)
-            .filter(record::Column::State.eq("active"))
-            .order_by_asc(record::Column::Id)
-            .limit(self.page);
-        if let Some(after) = &self.after {
-            q = q.filter(record::Column::Id.gt(after.clone()));
-        }
-        let ids: Vec<String> = q.into_tuple().all(db).await.map_err(StoreError::data)?;
+        let ids = records::active_ids_page(db, self.after.as_deref(), self.page).await?;
         let Some(last) = ids.last().cloned() else {
             return Ok(None);
         };
         let records_in_page = ids.len() as u64;
         drop(ids);
-        let mut q = record_field::Entity::find()
-            .select_only()
-            .column(record_field::Column::RecordId)
-            .column(record_field::Column::Category)
-            .column(record::Column::SubjectId)
-            .column(record::Column::CreatedAt)
-            .column(subject::Column::SchoolId)
-            .column(subject::Column::LeftAt)
-            .distinct()
-            .inner_join(record::Entity)
-            .join(
-                JoinType::InnerJoin,
-                <record::Entity as Related<subject::Entity>>::to(),
-            )
-            .filter(record::Column::State.eq("active"))
-            .filter(record::Column::Id.lte(last.clone()));
-        if let Some(after) = &self.after {
-            q = q.filter(record::Column::Id.gt(after.clone()));
-        }
-        type Row = (
-            String,
-            String,
-            String,
-            DateTime<Utc>,
-            String,
-            Option<DateTime<Utc>>,
-        );
-        let rows: Vec<Row> = q.into_tuple().all(db).await.map_err(StoreError::data)?;
+        let rows = records::plan_rows(db, self.after.as_deref(), &last).await?;
         self.after = Some(last);
 
         let mut items = Vec::new();
@@ -250,25 +210,6 @@ impl Planner {
     }
 }
 
-fn hold_from_row(m: legal_hold::Model) -> Result<LegalHold, VaultError> {
-    Ok(LegalHold {
-        subject: SubjectId::parse(&m.subject_id)
-            .map_err(|_| VaultError::CorruptRow("subject id"))?,
-        record: m
-            .record_id
-            .as_deref()
-            .map(RecordId::parse)
-            .transpose()
-            .map_err(|_| VaultError::CorruptRow("record id"))?,
-        id: m.id,
-        reason: m.reason,
-        placed_by: m.placed_by,
-        placed_at: m.placed_at,
-        released_at: m.released_at,
-        release_reason: m.release_reason,
-    })
-}
-
 impl Vault {
     /// Records that a subject left the school (or a staff member left): the trigger of most
     /// retention periods.
@@ -279,12 +220,7 @@ impl Vault {
         at: DateTime<Utc>,
     ) -> Result<(), VaultError> {
         self.subject(subject).await?;
-        subject::Entity::update_many()
-            .col_expr(subject::Column::LeftAt, Expr::value(at))
-            .filter(subject::Column::Id.eq(subject.to_string()))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        subjects::set_left(&self.stores().data, subject, at).await?;
         let mut ev = AuditEvent::new(actor, "subject.left", Outcome::Done);
         ev.subject = Some(subject);
         ev.reason = Some(format!("left on {}", at.date_naive()));
@@ -315,19 +251,17 @@ impl Vault {
             ));
         }
         let id = uuid::Uuid::new_v4().to_string();
-        legal_hold::Entity::insert(legal_hold::ActiveModel {
-            id: Set(id.clone()),
-            subject_id: Set(subject.to_string()),
-            record_id: Set(record.map(|r| r.to_string())),
-            reason: Set(reason.to_owned()),
-            placed_by: Set(actor.to_owned()),
-            placed_at: Set(self.now()),
-            released_at: Set(None),
-            release_reason: Set(None),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        let hold = LegalHold {
+            id: id.clone(),
+            subject,
+            record,
+            reason: reason.to_owned(),
+            placed_by: actor.to_owned(),
+            placed_at: self.now(),
+            released_at: None,
+            release_reason: None,
+        };
+        repo::insert_hold(&self.stores().data, &hold).await?;
         let mut ev = AuditEvent::new(actor, "hold.place", Outcome::Done);
         ev.subject = Some(subject);
         ev.record = record;
@@ -337,12 +271,9 @@ impl Vault {
     }
 
     async fn hold(&self, id: &str) -> Result<LegalHold, VaultError> {
-        legal_hold::Entity::find_by_id(id.to_owned())
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
+        repo::hold(&self.stores().data, id)
+            .await?
             .ok_or_else(|| VaultError::NotFound(format!("legal hold {id}")))
-            .and_then(hold_from_row)
     }
 
     /// Releases a hold, with a reason.
@@ -363,16 +294,7 @@ impl Vault {
                 "releasing a hold needs a reason".into(),
             ));
         }
-        legal_hold::Entity::update_many()
-            .col_expr(legal_hold::Column::ReleasedAt, Expr::value(self.now()))
-            .col_expr(
-                legal_hold::Column::ReleaseReason,
-                Expr::value(reason.trim()),
-            )
-            .filter(legal_hold::Column::Id.eq(id))
-            .exec(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        repo::release_hold(&self.stores().data, id, self.now(), reason.trim()).await?;
         let mut ev = AuditEvent::new(actor, "hold.release", Outcome::Done);
         ev.subject = Some(h.subject);
         ev.record = h.record;
@@ -383,14 +305,7 @@ impl Vault {
 
     /// Every hold, active first.
     pub async fn holds(&self) -> Result<Vec<LegalHold>, VaultError> {
-        let mut hs: Vec<LegalHold> = legal_hold::Entity::find()
-            .order_by_asc(legal_hold::Column::PlacedAt)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(hold_from_row)
-            .collect::<Result<_, _>>()?;
+        let mut hs = repo::holds(&self.stores().data).await?;
         hs.sort_by_key(|h| h.released_at.is_some());
         Ok(hs)
     }
@@ -423,11 +338,7 @@ impl Vault {
         } = opts;
         let today = self.now().date_naive();
         let mut planner = Planner::new(self, records_per_page).await?;
-        let records_total = record::Entity::find()
-            .filter(record::Column::State.eq("active"))
-            .count(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
+        let records_total = records::count_active(&self.stores().data).await?;
         let mut report = SweepReport {
             dry_run,
             records: 0,
@@ -494,7 +405,7 @@ impl Vault {
     /// transaction), then their fields, states and shred-log rows (one data-store transaction),
     /// with one shred certificate per record in the audit log. A crash between the two
     /// transactions leaves ciphertext no key opens; the next sweep finds it due and finishes.
-    /// Statements are per set of due categories, not per record: records expire in cohorts.
+    /// Deletes run per set of due categories, not per record: records expire in cohorts.
     async fn shred_chunk(&self, chunk: &[(RecordId, Due)]) -> Result<(), VaultError> {
         let ids: Vec<String> = chunk.iter().map(|(r, _)| r.to_string()).collect();
         let due_of: BTreeMap<String, BTreeSet<String>> = chunk
@@ -523,60 +434,23 @@ impl Vault {
             n
         };
 
-        let txn = self.stores().keys.begin().await.map_err(StoreError::keys)?;
-        let held: Vec<(String, String)> = dek::Entity::find()
-            .select_only()
-            .column(dek::Column::RecordId)
-            .column(dek::Column::Category)
-            .filter(dek::Column::RecordId.is_in(ids.clone()))
-            .into_tuple()
-            .all(&txn)
-            .await
-            .map_err(StoreError::keys)?;
+        let held = deks::destroy_groups(&self.stores().keys, ids.clone(), &groups).await?;
         let destroyed = count_due(&held);
-        for (cats, rids) in &groups {
-            dek::Entity::delete_many()
-                .filter(dek::Column::RecordId.is_in(rids.iter().cloned()))
-                .filter(dek::Column::Category.is_in(cats.iter().cloned()))
-                .exec(&txn)
-                .await
-                .map_err(StoreError::keys)?;
-        }
-        txn.commit().await.map_err(StoreError::keys)?;
 
         let now = self.now();
-        let txn = self.stores().data.begin().await.map_err(StoreError::data)?;
-        let present: Vec<(String, String)> = record_field::Entity::find()
-            .select_only()
-            .column(record_field::Column::RecordId)
-            .column(record_field::Column::Category)
-            .filter(record_field::Column::RecordId.is_in(ids.clone()))
-            .into_tuple()
-            .all(&txn)
+        let txn = crate::store::begin(&self.stores().data)
             .await
             .map_err(StoreError::data)?;
+        let present = records::field_pairs(&txn, ids.clone()).await?;
         let fields = count_due(&present);
-        for (cats, rids) in &groups {
-            record_field::Entity::delete_many()
-                .filter(record_field::Column::RecordId.is_in(rids.iter().cloned()))
-                .filter(record_field::Column::Category.is_in(cats.iter().cloned()))
-                .exec(&txn)
-                .await
-                .map_err(StoreError::data)?;
-        }
+        records::delete_field_groups(&txn, &groups).await?;
         let gone: Vec<String> = ids
             .iter()
             .filter(|r| fields.get(*r).is_none_or(|(_, kept)| *kept == 0))
             .cloned()
             .collect();
         if !gone.is_empty() {
-            record::Entity::update_many()
-                .col_expr(record::Column::State, Expr::value("shredded"))
-                .col_expr(record::Column::UpdatedAt, Expr::value(now))
-                .filter(record::Column::Id.is_in(gone))
-                .exec(&txn)
-                .await
-                .map_err(StoreError::data)?;
+            records::mark_shredded_all(&txn, gone, now).await?;
         }
         let mut events = Vec::with_capacity(chunk.len());
         let mut log = Vec::with_capacity(chunk.len());
@@ -591,16 +465,11 @@ impl Vault {
                 .map(|(_, r)| r.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            log.push(shred_log::ActiveModel {
-                record_id: Set(key),
-                categories: Set(cats
-                    .iter()
-                    .map(Category::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")),
-                rule: Set(rule.chars().take(200).collect()),
-                at: Set(now),
-                ..Default::default()
+            log.push(Shred {
+                record: key,
+                categories: cats.clone(),
+                rule: rule.chars().take(200).collect(),
+                at: now,
             });
             let mut ev = AuditEvent::new("custodian", "retention.shred", Outcome::Done);
             ev.school = Some(d.school.clone());
@@ -613,10 +482,7 @@ impl Vault {
             ));
             events.push(ev);
         }
-        shred_log::Entity::insert_many(log)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(StoreError::data)?;
+        repo::log_shreds(&txn, log).await?;
         // The certificates commit with the deletions: no shred goes uncertified.
         self.audit()
             .chain()
@@ -631,24 +497,6 @@ impl Vault {
     pub async fn shred_log(
         &self,
     ) -> Result<Vec<(RecordId, Vec<Category>, String, DateTime<Utc>)>, VaultError> {
-        shred_log::Entity::find()
-            .order_by_asc(shred_log::Column::Seq)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(|m| {
-                Ok((
-                    RecordId::parse(&m.record_id)
-                        .map_err(|_| VaultError::CorruptRow("record id"))?,
-                    m.categories
-                        .split(',')
-                        .filter_map(|c| Category::parse(c).ok())
-                        .collect(),
-                    m.rule,
-                    m.at,
-                ))
-            })
-            .collect()
+        repo::shred_log(&self.stores().data).await
     }
 }

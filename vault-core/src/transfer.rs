@@ -7,15 +7,13 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::access::Principal;
 use crate::audit::{AuditEvent, Outcome};
 use crate::domain::{Category, Purpose, SubjectId};
 use crate::keyring::CustodianRecipient;
 use crate::policy::{Action, Decision};
-use crate::store::StoreError;
-use crate::store::entities::{disclosure, transfer_ground};
+use crate::store::repo::transfers::{self, NewDisclosure};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// Working days within which the subject is told of a transfer, where the consent promised it.
@@ -127,17 +125,15 @@ impl Vault {
                 "a transfer ground needs a reference (treaty, order, case)".into(),
             ));
         }
-        transfer_ground::Entity::insert(transfer_ground::ActiveModel {
-            id: Set(uuid::Uuid::new_v4().to_string()),
-            subject_id: Set(subject.to_string()),
-            country: Set(to.as_str().to_owned()),
-            ground: Set(ground.to_owned()),
-            reference: Set(reference.trim().to_owned()),
-            recorded_at: Set(self.now()),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        transfers::insert_ground(
+            &self.stores().data,
+            subject,
+            to.as_str(),
+            ground,
+            reference.trim(),
+            self.now(),
+        )
+        .await?;
         let mut ev = AuditEvent::new(p.id().to_string(), "transfer.ground", Outcome::Done);
         ev.school = Some(subj.school.clone());
         ev.subject = Some(subject);
@@ -254,15 +250,10 @@ impl Vault {
                 });
             }
         }
-        let ground = transfer_ground::Entity::find()
-            .filter(transfer_ground::Column::SubjectId.eq(r.subject.to_string()))
-            .filter(transfer_ground::Column::Country.eq(r.to.as_str()))
-            .one(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?;
-        if let Some(g) = ground {
+        let ground = transfers::ground_for(&self.stores().data, r.subject, r.to.as_str()).await?;
+        if let Some((ground, reference)) = ground {
             return Ok(TransferDecision::Allowed {
-                rule: format!("ground: {} ({})", g.ground, g.reference),
+                rule: format!("ground: {ground} ({reference})"),
                 notify_by: None,
             });
         }
@@ -376,25 +367,20 @@ impl Vault {
                 .map_err(|e| VaultError::Invalid(e.to_string()))?;
             out
         };
-        disclosure::Entity::insert(disclosure::ActiveModel {
-            id: Set(uuid::Uuid::new_v4().to_string()),
-            subject_id: Set(r.subject.to_string()),
-            recipient: Set(r.recipient.trim().to_owned()),
-            country: Set(r.to.as_str().to_owned()),
-            categories: Set(r
-                .categories
-                .iter()
-                .map(Category::as_str)
-                .collect::<Vec<_>>()
-                .join(",")),
-            purpose: Set(r.purpose.as_str().to_owned()),
-            basis: Set(rule.chars().take(200).collect()),
-            at: Set(now),
-            notify_by: Set(notify_by),
-        })
-        .exec_without_returning(&self.stores().data)
-        .await
-        .map_err(StoreError::data)?;
+        transfers::insert_disclosure(
+            &self.stores().data,
+            NewDisclosure {
+                subject: r.subject,
+                recipient: r.recipient.trim(),
+                country: r.to.as_str(),
+                categories: &r.categories,
+                purpose: &r.purpose,
+                basis: rule.chars().take(200).collect(),
+                at: now,
+                notify_by,
+            },
+        )
+        .await?;
         ev.outcome = Outcome::Allowed;
         ev.reason = Some(format!("to {} ({}): {rule}", r.recipient, r.to));
         if !via.is_empty() {
@@ -424,22 +410,6 @@ impl Vault {
                 },
             });
         }
-        Ok(disclosure::Entity::find()
-            .filter(disclosure::Column::SubjectId.eq(subject.to_string()))
-            .order_by_asc(disclosure::Column::At)
-            .all(&self.stores().data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(|d| Disclosure {
-                recipient: d.recipient,
-                country: d.country,
-                categories: d.categories.split(',').map(str::to_owned).collect(),
-                purpose: d.purpose,
-                basis: d.basis,
-                at: d.at,
-                notify_by: d.notify_by,
-            })
-            .collect())
+        Ok(transfers::disclosures(&self.stores().data, subject).await?)
     }
 }

@@ -12,31 +12,23 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-};
 
 use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport, Outcome};
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    Category, DekId, DomainError, FieldName, Iin, RecordId, RecordType, SchoolId, SubjectId,
-    SubjectKind,
+    Category, DomainError, FieldName, Iin, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
 };
 use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
-use crate::keyring::{CustodianRecipient, KekInfo, Keyring, KeyringError, SealTo, Unlock};
+use crate::keyring::{KekInfo, Keyring, KeyringError, SealTo, Unlock};
 use crate::policy::{DenyReason, Policy, PolicyError};
-use crate::store::entities::{dek, keyring_row, record, record_field, subject};
+use crate::store::repo::deks::DekRow;
+use crate::store::repo::records::{FieldRow, NewField, NewRows, RecordRow};
+use crate::store::repo::retention::Shred;
+use crate::store::repo::{deks, keyring, records, retention, subjects};
 use crate::store::{StoreError, Stores};
 use crate::value::FieldValue;
 use crate::writer::{NewRecord, RecordWriter, Written};
-
-const STATE_ACTIVE: &str = "active";
-const STATE_SHREDDING: &str = "shredding";
-const STATE_SHREDDED: &str = "shredded";
-pub(crate) const KEYRING_ROW: i32 = 1;
 
 /// Everything the vault service can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -285,10 +277,6 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn parse_row<T>(r: Result<T, DomainError>, what: &'static str) -> Result<T, VaultError> {
-    r.map_err(|_| VaultError::CorruptRow(what))
-}
-
 impl Vault {
     /// Makes a fresh keyring for every category the catalog collects and stores it sealed.
     /// Refuses when the key store already has one.
@@ -298,44 +286,22 @@ impl Vault {
         seal_to: &SealTo,
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        if keyring_row::Entity::find_by_id(KEYRING_ROW)
-            .one(&stores.keys)
-            .await
-            .map_err(StoreError::keys)?
-            .is_some()
-        {
+        if keyring::sealed(&stores.keys).await?.is_some() {
             return Err(VaultError::KeyringExists);
         }
         let keyring = Keyring::generate(catalog.collected_categories(), now)?;
         let sealed = keyring.seal(seal_to)?;
-        let recipients = match seal_to {
-            SealTo::Recipients(rs) => rs
-                .iter()
-                .map(CustodianRecipient::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            SealTo::Passphrase(..) => String::new(),
-        };
-        keyring_row::Entity::insert(keyring_row::ActiveModel {
-            id: Set(KEYRING_ROW),
-            generation: Set(1),
-            sealed: Set(sealed),
-            recipients: Set(recipients),
-            updated_at: Set(now),
-        })
-        .exec_without_returning(&stores.keys)
-        .await
-        // A concurrent init that won the race shows up as a primary-key conflict.
-        .map_err(|_| VaultError::KeyringExists)?;
+        keyring::insert_first(&stores.keys, sealed, seal_to, now)
+            .await
+            // A concurrent init that won the race shows up as a primary-key conflict.
+            .map_err(|_| VaultError::KeyringExists)?;
         Ok(())
     }
 
     /// The sealed keyring exactly as stored: an age file.
     pub async fn sealed_keyring(stores: &Stores) -> Result<Vec<u8>, VaultError> {
-        keyring_row::Entity::find_by_id(KEYRING_ROW)
-            .one(&stores.keys)
-            .await
-            .map_err(StoreError::keys)?
+        keyring::sealed(&stores.keys)
+            .await?
             .map(|r| r.sealed)
             .ok_or(VaultError::KeyringMissing)
     }
@@ -356,10 +322,8 @@ impl Vault {
         unlock: Unlock,
         clock: Arc<dyn Clock>,
     ) -> Result<Vault, VaultError> {
-        let row = keyring_row::Entity::find_by_id(KEYRING_ROW)
-            .one(&stores.keys)
-            .await
-            .map_err(StoreError::keys)?
+        let row = keyring::sealed(&stores.keys)
+            .await?
             .ok_or(VaultError::KeyringMissing)?;
         let keyring = Keyring::unseal(&row.sealed, &unlock)?;
         for c in policy.catalog().collected_categories() {
@@ -384,24 +348,12 @@ impl Vault {
 
     /// Both stores answer: what `/readyz` reports. The keyring is unsealed by construction.
     pub async fn check_ready(&self) -> Result<(), VaultError> {
-        self.stores.data.ping().await.map_err(StoreError::data)?;
-        self.stores.keys.ping().await.map_err(StoreError::keys)?;
-        Ok(())
+        Ok(self.stores.ping().await?)
     }
 
     /// KEK versions and how many DEKs each wraps, for the custodian. No key bytes.
     pub async fn key_status(&self) -> Result<Vec<KekStatus>, VaultError> {
-        let rows = dek::Entity::find()
-            .select_only()
-            .column(dek::Column::Category)
-            .column(dek::Column::KekVersion)
-            .column_as(dek::Column::Id.count(), "n")
-            .group_by(dek::Column::Category)
-            .group_by(dek::Column::KekVersion)
-            .into_tuple::<(String, i32, i64)>()
-            .all(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?;
+        let rows = deks::count_by_version(&self.stores.keys).await?;
         let count = |c: &Category, v: u32| {
             rows.iter()
                 .find(|(rc, rv, _)| rc == c.as_str() && *rv as u32 == v)
@@ -455,18 +407,16 @@ impl Vault {
 
     /// A record's metadata, shredded or not.
     pub(crate) async fn record_meta_any(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
-        let row = record::Entity::find_by_id(id.to_string())
-            .one(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
+        let row = records::find(&self.stores.data, id)
+            .await?
             .ok_or(VaultError::RecordNotFound(id))?;
-        meta_from_row(&row)
+        row.meta()
     }
 
     crate::unscoped! {
         /// A record's metadata (no values).
         async fn record_meta(&self, id: RecordId) -> Result<RecordMeta, VaultError> {
-            meta_from_row(&self.record_row(id).await?)
+            self.record_row(id).await?.meta()
         }
     }
 
@@ -476,29 +426,14 @@ impl Vault {
             &self,
             subject: SubjectId,
         ) -> Result<Vec<RecordId>, VaultError> {
-            record::Entity::find()
-                .filter(record::Column::SubjectId.eq(subject.to_string()))
-                .filter(record::Column::State.eq(STATE_ACTIVE))
-                .all(&self.stores.data)
-                .await
-                .map_err(StoreError::data)?
-                .iter()
-                .map(|r| parse_row(RecordId::parse(&r.id), "record id"))
-                .collect()
+            records::active_ids_of(&self.stores.data, subject).await
         }
     }
 
     crate::unscoped! {
         /// The categories a record holds fields in.
         async fn record_categories(&self, id: RecordId) -> Result<BTreeSet<Category>, VaultError> {
-            Ok(record_field::Entity::find()
-                .filter(record_field::Column::RecordId.eq(id.to_string()))
-                .all(&self.stores.data)
-                .await
-                .map_err(StoreError::data)?
-                .iter()
-                .filter_map(|f| Category::parse(&f.category).ok())
-                .collect())
+            Ok(records::field_categories(&self.stores.data, id).await?)
         }
     }
 
@@ -519,51 +454,27 @@ impl Vault {
             let now = self.clock.now();
             let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
             if let Some(ix) = &iin_index
-                && subject::Entity::find()
-                    .filter(subject::Column::IinIndex.eq(ix.clone()))
-                    .filter(subject::Column::SchoolId.eq(new.school.as_str()))
-                    .one(&self.stores.data)
-                    .await
-                    .map_err(StoreError::data)?
-                    .is_some()
+                && subjects::iin_taken(&self.stores.data, ix, &new.school).await?
             {
                 return Err(VaultError::DuplicateIin);
             }
-            subject::Entity::insert(subject::ActiveModel {
-                id: Set(id.to_string()),
-                school_id: Set(new.school.as_str().to_owned()),
-                kind: Set(new.kind.as_str().to_owned()),
-                iin_index: Set(iin_index),
-                created_at: Set(now),
-                left_at: Set(None),
-                blocked_at: Set(None),
-            })
-            .exec_without_returning(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?;
-            Ok(Subject {
+            let subj = Subject {
                 id,
                 school: new.school,
                 kind: new.kind,
                 created_at: now,
                 left_at: None,
                 blocked: false,
-            })
+            };
+            subjects::insert(&self.stores.data, &subj, iin_index).await?;
+            Ok(subj)
         }
     }
 
     /// Every subject with this IIN, oldest first: one per school at most, since a student who
     /// moves school is enrolled again there, and a school must not learn of another's enrolment.
     pub(crate) async fn subjects_by_iin(&self, iin: &Iin) -> Result<Vec<Subject>, VaultError> {
-        subject::Entity::find()
-            .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
-            .order_by_asc(subject::Column::CreatedAt)
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
-            .into_iter()
-            .map(subject_from_row)
-            .collect()
+        subjects::by_iin(&self.stores.data, self.iin_index(iin)).await
     }
 
     fn iin_index(&self, iin: &Iin) -> Vec<u8> {
@@ -575,25 +486,16 @@ impl Vault {
 
     crate::unscoped! {
         async fn subject(&self, id: SubjectId) -> Result<Subject, VaultError> {
-            let row = subject::Entity::find_by_id(id.to_string())
-                .one(&self.stores.data)
-                .await
-                .map_err(StoreError::data)?
-                .ok_or(VaultError::SubjectNotFound(id))?;
-            subject_from_row(row)
+            subjects::get(&self.stores.data, id)
+                .await?
+                .ok_or(VaultError::SubjectNotFound(id))
         }
     }
 
     crate::unscoped! {
         /// Finds a subject by IIN through the blind index, without the IIN ever being stored.
         async fn find_subject_by_iin(&self, iin: &Iin) -> Result<Option<Subject>, VaultError> {
-            subject::Entity::find()
-                .filter(subject::Column::IinIndex.eq(self.iin_index(iin)))
-                .one(&self.stores.data)
-                .await
-                .map_err(StoreError::data)?
-                .map(subject_from_row)
-                .transpose()
+            subjects::one_by_iin(&self.stores.data, self.iin_index(iin)).await
         }
     }
 
@@ -631,18 +533,13 @@ impl Vault {
         keys: &mut RecordKeys,
         record: RecordId,
         fields: &[(&FieldName, Category, &FieldValue)],
-    ) -> Result<Vec<record_field::ActiveModel>, VaultError> {
+    ) -> Result<Vec<NewField>, VaultError> {
         let keyring = self.keyring();
         fields
             .iter()
             .map(|(name, cat, value)| {
                 let ct = keys.seal(&keyring, &self.rng, name, cat, value.as_bytes())?;
-                Ok(record_field::ActiveModel {
-                    record_id: Set(record.to_string()),
-                    field: Set(name.as_str().to_owned()),
-                    category: Set(cat.as_str().to_owned()),
-                    ciphertext: Set(ct),
-                })
+                Ok(NewField::new(record, name, cat, ct))
             })
             .collect()
     }
@@ -652,14 +549,7 @@ impl Vault {
         if deks.is_empty() {
             return Ok(());
         }
-        let rows = dek_rows(record, deks, self.clock.now());
-        let txn = self.stores.keys.begin().await.map_err(StoreError::keys)?;
-        dek::Entity::insert_many(rows)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(StoreError::keys)?;
-        txn.commit().await.map_err(StoreError::keys)?;
-        Ok(())
+        Ok(deks::insert(&self.stores.keys, record, deks, self.clock.now()).await?)
     }
 
     /// Removes DEKs whose data write failed, so nothing is left half-written.
@@ -668,11 +558,7 @@ impl Vault {
         if ids.is_empty() {
             return;
         }
-        if let Err(e) = dek::Entity::delete_many()
-            .filter(dek::Column::Id.is_in(ids))
-            .exec(&self.stores.keys)
-            .await
-        {
+        if let Err(e) = deks::delete_ids(&self.stores.keys, ids).await {
             // Unused DEKs protect no data; leaving them is safe, only untidy.
             tracing::warn!(error = %e, "could not remove DEKs of a failed write");
         }
@@ -743,18 +629,7 @@ impl Vault {
             };
             let rec = NewRecord {
                 generation,
-                deks: dek_rows(id, &keys.take_new(), now),
-                record: record::ActiveModel {
-                    id: Set(id.to_string()),
-                    subject_id: Set(subj.id.to_string()),
-                    school_id: Set(meta.school.as_str().to_owned()),
-                    record_type: Set(record_type.as_str().to_owned()),
-                    version: Set(1),
-                    state: Set(STATE_ACTIVE.into()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                },
-                fields: rows,
+                rows: NewRows::new(&meta, &keys.take_new(), rows),
                 audit: audit(&meta),
             };
             match self.writer.write(rec).await? {
@@ -767,13 +642,11 @@ impl Vault {
         Err(VaultError::KeyringBusy)
     }
 
-    async fn record_row(&self, id: RecordId) -> Result<record::Model, VaultError> {
-        let row = record::Entity::find_by_id(id.to_string())
-            .one(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
+    async fn record_row(&self, id: RecordId) -> Result<RecordRow, VaultError> {
+        let row = records::find(&self.stores.data, id)
+            .await?
             .ok_or(VaultError::RecordNotFound(id))?;
-        if row.state != STATE_ACTIVE {
+        if !row.is_active() {
             return Err(VaultError::RecordShredded(id));
         }
         Ok(row)
@@ -788,23 +661,7 @@ impl Vault {
             return Ok(Vec::new());
         }
         let names: Vec<&str> = categories.iter().map(Category::as_str).collect();
-        dek::Entity::find()
-            .filter(dek::Column::RecordId.eq(id.to_string()))
-            .filter(dek::Column::Category.is_in(names))
-            .all(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?
-            .into_iter()
-            .map(|r| {
-                Ok(WrappedDek {
-                    id: parse_row(DekId::parse(&r.id), "DEK id")?,
-                    category: parse_row(Category::parse(&r.category), "DEK category")?,
-                    kek_version: u32::try_from(r.kek_version)
-                        .map_err(|_| VaultError::CorruptRow("KEK version"))?,
-                    wrapped: r.wrapped,
-                })
-            })
-            .collect()
+        deks::wrapped_of(&self.stores.keys, id, names).await
     }
 
     async fn unwrap_all(
@@ -837,7 +694,7 @@ impl Vault {
             id: RecordId,
             allowed: &BTreeSet<Category>,
         ) -> Result<RecordView, VaultError> {
-            let meta = meta_from_row(&self.record_row(id).await?)?;
+            let meta = self.record_row(id).await?.meta()?;
             let fields = self.record_fields(id).await?;
             self.open_fields(meta, fields, allowed).await
         }
@@ -851,16 +708,10 @@ impl Vault {
         &self,
         id: RecordId,
         visible: impl Fn(&SchoolId) -> bool,
-    ) -> Result<(RecordMeta, Subject, Vec<record_field::Model>), VaultError> {
-        let rows = record_field::Entity::find()
-            .filter(record_field::Column::RecordId.eq(id.to_string()))
-            .find_also_related(record::Entity)
-            .and_also_related(subject::Entity)
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?;
+    ) -> Result<(RecordMeta, Subject, Vec<FieldRow>), VaultError> {
+        let rows = records::fields_with_record(&self.stores.data, id).await?;
         let head = match rows.first() {
-            Some((_, Some(r), Some(s))) if r.state == STATE_ACTIVE => Some((r.clone(), s.clone())),
+            Some((_, Some(r), Some(s))) if r.is_active() => Some((r.clone(), s.clone())),
             _ => None,
         };
         let Some((r, s)) = head else {
@@ -872,43 +723,35 @@ impl Vault {
             let subj = self.subject(meta.subject).await?;
             return Ok((meta, subj, Vec::new()));
         };
-        if !visible(&parse_row(SchoolId::parse(&r.school_id), "school id")?) {
+        if !visible(&r.school()?) {
             return Err(VaultError::RecordNotFound(id));
         }
         let fields = rows.into_iter().map(|(f, _, _)| f).collect();
-        Ok((meta_from_row(&r)?, subject_from_row(s)?, fields))
+        Ok((r.meta()?, subjects::decode(s)?, fields))
     }
 
     /// A record's sealed field rows.
-    pub(crate) async fn record_fields(
-        &self,
-        id: RecordId,
-    ) -> Result<Vec<record_field::Model>, VaultError> {
-        Ok(record_field::Entity::find()
-            .filter(record_field::Column::RecordId.eq(id.to_string()))
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?)
+    pub(crate) async fn record_fields(&self, id: RecordId) -> Result<Vec<FieldRow>, VaultError> {
+        Ok(records::fields(&self.stores.data, id).await?)
     }
 
     /// Opens the given field rows of a record, only in the `allowed` categories.
     pub(crate) async fn open_fields(
         &self,
         meta: RecordMeta,
-        fields: Vec<record_field::Model>,
+        fields: Vec<FieldRow>,
         allowed: &BTreeSet<Category>,
     ) -> Result<RecordView, VaultError> {
         let id = meta.id;
         let wanted: BTreeSet<Category> = fields
             .iter()
-            .filter_map(|f| Category::parse(&f.category).ok())
+            .filter_map(FieldRow::category)
             .filter(|c| allowed.contains(c))
             .collect();
         let keys = self.unwrap_all(id, &wanted).await?;
         let mut out = BTreeMap::new();
         for f in fields {
-            let name = parse_row(FieldName::parse(&f.field), "field name")?;
-            let category = parse_row(Category::parse(&f.category), "field category")?;
+            let (name, category) = f.name_and_category()?;
             let view = if !allowed.contains(&category) {
                 FieldView::Sealed {
                     category,
@@ -971,7 +814,7 @@ impl Vault {
             return Err(VaultError::EmptyRecord);
         }
         let row = self.record_row(id).await?;
-        let mut meta = meta_from_row(&row)?;
+        let mut meta = row.meta()?;
         if meta.version != expected_version {
             return Err(VaultError::StaleVersion {
                 record: id,
@@ -1008,19 +851,13 @@ impl Vault {
 
         let now = self.clock.now();
         let result = async {
-            let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
-            let next = i64::try_from(expected_version + 1)
-                .map_err(|_| VaultError::CorruptRow("record version"))?;
-            let updated = record::Entity::update_many()
-                .col_expr(record::Column::Version, Expr::value(next))
-                .col_expr(record::Column::UpdatedAt, Expr::value(now))
-                .filter(record::Column::Id.eq(id.to_string()))
-                .filter(record::Column::Version.eq(next - 1))
-                .filter(record::Column::State.eq(STATE_ACTIVE))
-                .exec(&txn)
+            let txn = crate::store::begin(&self.stores.data)
                 .await
                 .map_err(StoreError::data)?;
-            if updated.rows_affected != 1 {
+            let next = i64::try_from(expected_version + 1)
+                .map_err(|_| VaultError::CorruptRow("record version"))?;
+            let updated = records::bump_version(&txn, id, next, now).await?;
+            if updated != 1 {
                 txn.rollback().await.map_err(StoreError::data)?;
                 let current = self.record_row(id).await?;
                 return Err(VaultError::StaleVersion {
@@ -1030,18 +867,7 @@ impl Vault {
                 });
             }
             let names: Vec<String> = changes.keys().map(|n| n.as_str().to_owned()).collect();
-            record_field::Entity::delete_many()
-                .filter(record_field::Column::RecordId.eq(id.to_string()))
-                .filter(record_field::Column::Field.is_in(names))
-                .exec(&txn)
-                .await
-                .map_err(StoreError::data)?;
-            if !rows.is_empty() {
-                record_field::Entity::insert_many(rows)
-                    .exec_without_returning(&txn)
-                    .await
-                    .map_err(StoreError::data)?;
-            }
+            records::replace_fields(&txn, id, names, rows).await?;
             self.audit()
                 .chain()
                 .append_in(&txn, &audit)
@@ -1075,21 +901,13 @@ impl Vault {
         id: RecordId,
         audit: impl FnOnce(&ShredReceipt) -> Vec<AuditEvent>,
     ) -> Result<ShredReceipt, VaultError> {
-        let row = record::Entity::find_by_id(id.to_string())
-            .one(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?
+        let row = records::find(&self.stores.data, id)
+            .await?
             .ok_or(VaultError::RecordNotFound(id))?;
-        if row.state == STATE_SHREDDED {
+        if row.is_shredded() {
             return Err(VaultError::RecordShredded(id));
         }
-        record::Entity::update_many()
-            .col_expr(record::Column::State, Expr::value(STATE_SHREDDING))
-            .col_expr(record::Column::UpdatedAt, Expr::value(self.clock.now()))
-            .filter(record::Column::Id.eq(id.to_string()))
-            .exec(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?;
+        records::mark_shredding(&self.stores.data, id, self.clock.now()).await?;
         self.finish_shred(id, audit).await
     }
 
@@ -1100,65 +918,34 @@ impl Vault {
         audit: impl FnOnce(&ShredReceipt) -> Vec<AuditEvent>,
     ) -> Result<ShredReceipt, VaultError> {
         let key = id.to_string();
-        let deks = dek::Entity::find()
-            .filter(dek::Column::RecordId.eq(key.clone()))
-            .all(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?;
-        let mut categories: Vec<Category> = deks
-            .iter()
-            .filter_map(|d| Category::parse(&d.category).ok())
-            .collect();
-        let destroyed = dek::Entity::delete_many()
-            .filter(dek::Column::RecordId.eq(key.clone()))
-            .exec(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?
-            .rows_affected;
+        let held = deks::of_record(&self.stores.keys, id).await?;
+        let mut categories: Vec<Category> = held.iter().filter_map(DekRow::category).collect();
+        let destroyed = deks::delete_of_record(&self.stores.keys, id).await?;
 
-        let txn = self.stores.data.begin().await.map_err(StoreError::data)?;
-        let fields = record_field::Entity::find()
-            .filter(record_field::Column::RecordId.eq(key.clone()))
-            .all(&txn)
+        let txn = crate::store::begin(&self.stores.data)
             .await
             .map_err(StoreError::data)?;
+        let fields = records::fields(&txn, id).await?;
         for f in &fields {
-            if let Ok(c) = Category::parse(&f.category)
+            if let Some(c) = f.category()
                 && !categories.contains(&c)
             {
                 categories.push(c);
             }
         }
-        let deleted = record_field::Entity::delete_many()
-            .filter(record_field::Column::RecordId.eq(key.clone()))
-            .exec(&txn)
-            .await
-            .map_err(StoreError::data)?
-            .rows_affected;
-        record::Entity::update_many()
-            .col_expr(record::Column::State, Expr::value(STATE_SHREDDED))
-            .col_expr(record::Column::UpdatedAt, Expr::value(self.clock.now()))
-            .filter(record::Column::Id.eq(key.clone()))
-            .exec(&txn)
-            .await
-            .map_err(StoreError::data)?;
+        let deleted = records::delete_fields(&txn, id).await?;
+        records::mark_shredded(&txn, id, self.clock.now()).await?;
         // Every shred is in the shred log, so a restore of an older backup re-applies it.
-        crate::store::entities::shred_log::Entity::insert(
-            crate::store::entities::shred_log::ActiveModel {
-                record_id: Set(key),
-                categories: Set(categories
-                    .iter()
-                    .map(Category::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")),
-                rule: Set("whole record".into()),
-                at: Set(self.clock.now()),
-                ..Default::default()
+        retention::log_shred(
+            &txn,
+            Shred {
+                record: key,
+                categories: categories.clone(),
+                rule: "whole record".into(),
+                at: self.clock.now(),
             },
         )
-        .exec_without_returning(&txn)
-        .await
-        .map_err(StoreError::data)?;
+        .await?;
         categories.sort();
         let receipt = ShredReceipt {
             record: id,
@@ -1177,17 +964,13 @@ impl Vault {
 
     /// Completes every shred that a crash interrupted.
     async fn resume_shreds(&self) -> Result<(), VaultError> {
-        let pending = record::Entity::find()
-            .filter(record::Column::State.eq(STATE_SHREDDING))
-            .all(&self.stores.data)
-            .await
-            .map_err(StoreError::data)?;
+        let pending = records::shredding(&self.stores.data).await?;
         for r in pending {
-            let id = parse_row(RecordId::parse(&r.id), "record id")?;
+            let id = r.record_id()?;
             tracing::info!(record = %id, "finishing an interrupted shred");
             // Whoever asked for the shred was never answered; the certificate names the vault.
-            let school = parse_row(SchoolId::parse(&r.school_id), "school id")?;
-            let subject = parse_row(SubjectId::parse(&r.subject_id), "subject id")?;
+            let school = r.school()?;
+            let subject = r.subject()?;
             self.finish_shred(id, |receipt| {
                 let mut ev = AuditEvent::new("vault", "record.shred", Outcome::Done);
                 ev.school = Some(school);
@@ -1208,11 +991,7 @@ impl Vault {
     crate::unscoped! {
         /// Counts the DEKs the key store holds for a record (for status and tests).
         async fn dek_count(&self, id: RecordId) -> Result<u64, VaultError> {
-            Ok(dek::Entity::find()
-                .filter(dek::Column::RecordId.eq(id.to_string()))
-                .count(&self.stores.keys)
-                .await
-                .map_err(StoreError::keys)?)
+            Ok(deks::count_of_record(&self.stores.keys, id).await?)
         }
     }
 
@@ -1222,56 +1001,10 @@ impl Vault {
     pub async fn test_hooks_key_material(&self) -> Result<Vec<Vec<u8>>, VaultError> {
         let keyring = self.keyring();
         let mut out: Vec<Vec<u8>> = keyring.raw_keys();
-        let rows = dek::Entity::find()
-            .all(&self.stores.keys)
-            .await
-            .map_err(StoreError::keys)?;
-        for r in rows {
-            let id = parse_row(RecordId::parse(&r.record_id), "record id")?;
-            let w = WrappedDek {
-                id: parse_row(DekId::parse(&r.id), "DEK id")?,
-                category: parse_row(Category::parse(&r.category), "category")?,
-                kek_version: r.kek_version as u32,
-                wrapped: r.wrapped,
-            };
+        for r in deks::all(&self.stores.keys).await? {
+            let (id, w) = r.into_wrapped()?;
             out.push(crate::envelope::test_hooks_unwrap(&keyring, id, &w)?);
         }
         Ok(out)
     }
-}
-
-fn dek_rows(record: RecordId, deks: &[WrappedDek], now: DateTime<Utc>) -> Vec<dek::ActiveModel> {
-    deks.iter()
-        .map(|d| dek::ActiveModel {
-            id: Set(d.id.to_string()),
-            record_id: Set(record.to_string()),
-            category: Set(d.category.as_str().to_owned()),
-            kek_version: Set(d.kek_version as i32),
-            wrapped: Set(d.wrapped.clone()),
-            created_at: Set(now),
-        })
-        .collect()
-}
-
-fn subject_from_row(r: subject::Model) -> Result<Subject, VaultError> {
-    Ok(Subject {
-        id: parse_row(SubjectId::parse(&r.id), "subject id")?,
-        school: parse_row(SchoolId::parse(&r.school_id), "school id")?,
-        kind: parse_row(SubjectKind::parse(&r.kind), "subject kind")?,
-        created_at: r.created_at,
-        left_at: r.left_at,
-        blocked: r.blocked_at.is_some(),
-    })
-}
-
-fn meta_from_row(r: &record::Model) -> Result<RecordMeta, VaultError> {
-    Ok(RecordMeta {
-        id: parse_row(RecordId::parse(&r.id), "record id")?,
-        subject: parse_row(SubjectId::parse(&r.subject_id), "subject id")?,
-        school: parse_row(SchoolId::parse(&r.school_id), "school id")?,
-        record_type: parse_row(RecordType::parse(&r.record_type), "record type")?,
-        version: u64::try_from(r.version).map_err(|_| VaultError::CorruptRow("record version"))?,
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    })
 }

@@ -10,31 +10,24 @@
 //! If a batch fails, its records are written again one by one, so one bad record (say, its
 //! subject was deleted meanwhile) fails alone and its neighbours still land.
 
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
-};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
 use crate::audit::{AuditEvent, Chain};
-use crate::store::entities::{dek, keyring_row, record, record_field};
+use crate::store::repo::records::{BatchRows, NewRows};
+use crate::store::repo::{deks, keyring};
 use crate::store::{StoreError, Stores};
-use crate::vault::KEYRING_ROW;
 
 /// Records per batch; bounded so a statement never nears the databases' parameter limits.
 const MAX_BATCH: usize = 128;
-/// Rows per multi-row insert.
-const ROWS_PER_INSERT: usize = 500;
 
 /// One sealed record, ready to store.
 pub(crate) struct NewRecord {
     /// The keyring generation its DEKs were wrapped under.
     pub generation: i64,
-    pub deks: Vec<dek::ActiveModel>,
-    pub record: record::ActiveModel,
-    pub fields: Vec<record_field::ActiveModel>,
+    /// Its DEKs, the record and its fields.
+    pub rows: NewRows,
     /// Audit entries committed in the same transaction as the record.
     pub audit: Vec<AuditEvent>,
 }
@@ -127,14 +120,10 @@ async fn commit(
     chain: &Chain,
     recs: &[&NewRecord],
 ) -> Result<Vec<Written>, StoreError> {
-    let txn = stores.keys.begin().await.map_err(StoreError::keys)?;
-    let generation: Option<i64> = keyring_row::Entity::find_by_id(KEYRING_ROW)
-        .select_only()
-        .column(keyring_row::Column::Generation)
-        .into_tuple()
-        .one(&txn)
+    let txn = crate::store::begin(&stores.keys)
         .await
         .map_err(StoreError::keys)?;
+    let generation = keyring::generation(&txn).await.map_err(StoreError::keys)?;
     let outcomes: Vec<Written> = recs
         .iter()
         .map(|r| {
@@ -155,53 +144,26 @@ async fn commit(
         txn.rollback().await.map_err(StoreError::keys)?;
         return Ok(outcomes);
     }
-    let deks: Vec<dek::ActiveModel> = fresh.iter().flat_map(|r| r.deks.clone()).collect();
-    let records: Vec<record::ActiveModel> = fresh.iter().map(|r| r.record.clone()).collect();
-    let fields: Vec<record_field::ActiveModel> =
-        fresh.iter().flat_map(|r| r.fields.clone()).collect();
-    let dek_ids: Vec<String> = deks
-        .iter()
-        .filter_map(|d| match &d.id {
-            Set(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
-    insert_chunks(&txn, deks).await.map_err(StoreError::keys)?;
+    let rows: Vec<&NewRows> = fresh.iter().map(|r| &r.rows).collect();
+    let mut rows = BatchRows::of(&rows);
+    let dek_ids = rows.dek_ids();
+    rows.insert_deks(&txn).await.map_err(StoreError::keys)?;
     txn.commit().await.map_err(StoreError::keys)?;
 
     let events: Vec<&AuditEvent> = fresh.iter().flat_map(|r| &r.audit).collect();
     let data = async {
-        let txn = stores.data.begin().await?;
-        insert_chunks(&txn, records).await?;
-        insert_chunks(&txn, fields).await?;
+        let txn = crate::store::begin(&stores.data).await?;
+        rows.insert_records(&txn).await?;
         chain.append_in(&txn, events).await?;
         txn.commit().await
     }
     .await;
     if let Err(e) = data {
-        if let Err(e) = dek::Entity::delete_many()
-            .filter(dek::Column::Id.is_in(dek_ids))
-            .exec(&stores.keys)
-            .await
-        {
+        if let Err(e) = deks::delete_ids(&stores.keys, dek_ids).await {
             // Unused DEKs protect no data; leaving them is safe, only untidy.
             tracing::warn!(error = %e, "could not remove DEKs of a failed write");
         }
         return Err(StoreError::data(e));
     }
     Ok(outcomes)
-}
-
-async fn insert_chunks<A>(txn: &DatabaseTransaction, mut rows: Vec<A>) -> Result<(), sea_orm::DbErr>
-where
-    A: sea_orm::ActiveModelTrait + Send,
-{
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(ROWS_PER_INSERT));
-        let chunk = std::mem::replace(&mut rows, rest);
-        <A::Entity as EntityTrait>::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
 }

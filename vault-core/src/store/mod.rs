@@ -2,14 +2,36 @@
 //! the sealed keyring and the wrapped DEKs. Separate databases, so a copy of one alone opens
 //! nothing. SQLite files in a data folder by default, PostgreSQL by URL in production.
 
+//!
+//! Every query of the vault is here: `repo` holds one module per aggregate, each with the
+//! queries and the row codecs (model to domain value and back) of its tables. The services
+//! above keep the decisions, the audit events and the crypto, and hold at most a connection
+//! (`Db`) or a transaction (`Txn`) to hand to the repo functions.
+
+pub(crate) mod codec;
 pub(crate) mod entities;
+pub(crate) mod repo;
 
 use std::path::Path;
 use std::time::Duration;
 
 use migrations::{DataMigrator, KeyMigrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
+};
+
+pub(crate) use sea_orm::DbErr;
+
+/// A connection pool to one store.
+pub(crate) type Db = DatabaseConnection;
+/// A transaction on one store, opened by `begin`; the caller commits or rolls back.
+pub(crate) type Txn = DatabaseTransaction;
+
+/// Opens a transaction on one store.
+pub(crate) async fn begin(db: &Db) -> Result<Txn, DbErr> {
+    db.begin().await
+}
 
 /// A database failure, naming which store. The cause chain holds the driver's message, which
 /// never includes bound values.
@@ -162,6 +184,13 @@ impl Stores {
                 store: "key",
                 source,
             })
+    }
+
+    /// Both stores answer.
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        self.data.ping().await.map_err(StoreError::data)?;
+        self.keys.ping().await.map_err(StoreError::keys)?;
+        Ok(())
     }
 
     pub fn backend(&self) -> DbBackend {
