@@ -89,6 +89,7 @@ pub async fn backup(
         f.write_all(&sealed)
             .and_then(|_| f.sync_all())
             .map_err(io)?;
+        crate::crash::point(&format!("backup.{name}"));
     }
     let manifest = BackupManifest {
         created_at: chrono::Utc::now(),
@@ -177,11 +178,13 @@ pub async fn restore(
         deks::delete_of_record_in(&txn, &s.record_id, s.category_names()).await?;
     }
     txn.commit().await.map_err(StoreError::keys)?;
+    crate::crash::point("restore.keys_committed");
 
     let txn = crate::store::begin(&stores.data)
         .await
         .map_err(StoreError::data)?;
     rows += tables::load(&txn, &data, false).await?;
+    crate::crash::point("restore.data_loaded");
     for s in &replay {
         records::delete_field_categories(&txn, &s.record_id, s.category_names()).await?;
         let left = records::count_fields(&txn, &s.record_id).await?;

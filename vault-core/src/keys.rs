@@ -213,6 +213,7 @@ impl Vault {
                         .push((r.id.clone(), wrapped));
                 }
                 moved += deks::rewrap(&self.stores().keys, newest, by_version).await?;
+                crate::crash::point("rewrap.batch_committed");
                 progress(RewrapProgress {
                     moved,
                     remaining: total.saturating_sub(moved),

@@ -28,6 +28,7 @@ mod audit;
 mod backup;
 mod catalog;
 mod clock;
+mod crash;
 mod domain;
 mod envelope;
 mod keyring;

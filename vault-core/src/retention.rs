@@ -435,6 +435,7 @@ impl Vault {
         };
 
         let held = deks::destroy_groups(&self.stores().keys, ids.clone(), &groups).await?;
+        crate::crash::point("sweep.keys_destroyed");
         let destroyed = count_due(&held);
 
         let now = self.now();

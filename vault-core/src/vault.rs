@@ -921,6 +921,7 @@ impl Vault {
         let held = deks::of_record(&self.stores.keys, id).await?;
         let mut categories: Vec<Category> = held.iter().filter_map(DekRow::category).collect();
         let destroyed = deks::delete_of_record(&self.stores.keys, id).await?;
+        crate::crash::point("shred.keys_destroyed");
 
         let txn = crate::store::begin(&self.stores.data)
             .await

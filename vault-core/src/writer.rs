@@ -149,6 +149,7 @@ async fn commit(
     let dek_ids = rows.dek_ids();
     rows.insert_deks(&txn).await.map_err(StoreError::keys)?;
     txn.commit().await.map_err(StoreError::keys)?;
+    crate::crash::point("create.keys_committed");
 
     let events: Vec<&AuditEvent> = fresh.iter().flat_map(|r| &r.audit).collect();
     let data = async {

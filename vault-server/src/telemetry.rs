@@ -14,19 +14,27 @@ struct Hist {
     sum: f64,
 }
 
+/// The methods the API serves, and `other` for anything a client makes up.
+fn known_method(m: &str) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS"];
+    KNOWN.into_iter().find(|k| *k == m).unwrap_or("other")
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Hist>>,
+    requests: Mutex<BTreeMap<(String, &'static str, u16), Hist>>,
     fields: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
+    /// Records one request. `route` is a route pattern (a closed set: the route table, or
+    /// `unmatched`), and the method is folded into a closed set too, so no client can grow the
+    /// label space: 3,000 made-up methods once grew `/metrics` to 160 MB.
     pub fn observe(&self, route: &str, method: &str, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
+        let method = known_method(method);
         if let Ok(mut m) = self.requests.lock() {
-            let h = m
-                .entry((route.to_owned(), method.to_owned(), status))
-                .or_default();
+            let h = m.entry((route.to_owned(), method, status)).or_default();
             h.count += 1;
             h.sum += secs;
             for (i, b) in BUCKETS.iter().enumerate() {

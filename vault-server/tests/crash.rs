@@ -139,3 +139,133 @@ async fn server_killed_mid_write_15_times_loses_nothing_acknowledged() {
     assert_eq!(v.verify_audit().await.unwrap().problem, None);
     drop(stores);
 }
+
+vault_tests::on_both_backends!(a_server_stopped_mid_create_or_mid_shred_keeps_its_promises);
+
+/// The server stopped at two announced crash points: after a create's DEKs are committed and
+/// before its record is, and after a shred's DEKs are destroyed and before its certificate
+/// commits. After a restart: every acknowledged write is there with its audit entry, the
+/// unacknowledged create left no record, and the shred is finished and certified, its data gone.
+async fn a_server_stopped_mid_create_or_mid_shred_keeps_its_promises(backend: Backend) {
+    let s = start(backend).await;
+    let token = s.tokens["admissions"].clone();
+    let privacy = s.tokens["privacy"].clone();
+    let sid = s.new_student();
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let (status, body) = post(
+            &s.addr,
+            &token,
+            &format!("/v1/subjects/{sid}/records"),
+            &format!(r#"{{"record_type":"student","fields":{{"full_name":"MARKER-{i}"}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        acked.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let data = s.stores.dir.path().join("vault-data");
+    let stores = s.stores.clone();
+    let urls: Vec<String> = match backend {
+        Backend::Postgres => vec![
+            "--data-url".into(),
+            stores.config.data_url.clone(),
+            "--keys-url".into(),
+            stores.config.keys_url.clone(),
+        ],
+        Backend::Sqlite => Vec::new(),
+    };
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    s.stop(&[]);
+
+    let stopped_at = |point: &str, call: &dyn Fn(&str) -> Option<(u16, String)>| {
+        let (mut child, addr, log) =
+            common::spawn_server_env(&data, &urls, "error", &[("VAULT_TEST_CRASH_AT", point)]);
+        assert!(call(&addr).is_none(), "the server answered past {point}");
+        let status = child.wait().unwrap();
+        let log = log.join().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "{log}");
+        assert!(
+            log.contains(&format!("crash point {point} #1 reached")),
+            "{log}"
+        );
+    };
+    stopped_at("create.keys_committed", &|addr| {
+        post(
+            addr,
+            &token,
+            &format!("/v1/subjects/{sid}/records"),
+            r#"{"record_type":"student","fields":{"full_name":"MARKER-unacknowledged"}}"#,
+        )
+    });
+    let shredded = acked[0].clone();
+    stopped_at("shred.keys_destroyed", &|addr| {
+        let mut c = TcpStream::connect(addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            c,
+            "DELETE /v1/records/{shredded} HTTP/1.1\r\nHost: v\r\nConnection: close\r\nAuthorization: Bearer {privacy}\r\nX-Vault-Purpose: legal_administrative\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).ok()?;
+        let status = raw.get(9..12)?.parse().ok()?;
+        Some((status, raw))
+    });
+
+    // Restart, as vaultctl or a second server would open the stores: the shred is finished.
+    let config = match backend {
+        Backend::Sqlite => vault_core::StoreConfig::sqlite_dir(&data).unwrap(),
+        Backend::Postgres => stores.config.clone(),
+    };
+    let v = vault_core::Vault::open(
+        vault_core::Stores::open(&config).await.unwrap(),
+        vault_tests::policy().await,
+        vault_core::Unlock::identity_file(&data.join("dev-custodian.txt")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let all: BTreeSet<Category> = v.catalog().collected_categories().cloned().collect();
+    let subject = vault_core::SubjectId::parse(&sid).unwrap();
+    let history = v.access_history(subject).await.unwrap();
+    for id in &acked {
+        assert!(
+            history
+                .iter()
+                .any(|e| e.action == "record.write" && e.record.as_deref() == Some(id.as_str())),
+            "acknowledged record {id} has its audit entry"
+        );
+    }
+    for id in &acked[1..] {
+        let view = v
+            .read_record(RecordId::parse(id).unwrap(), &all)
+            .await
+            .unwrap();
+        assert!(
+            vault_tests::every_field_opens(&view),
+            "record {id} is whole"
+        );
+    }
+    assert!(matches!(
+        v.read_record(RecordId::parse(&shredded).unwrap(), &all)
+            .await,
+        Err(VaultError::RecordShredded(_))
+    ));
+    assert_eq!(
+        v.dek_count(RecordId::parse(&shredded).unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e.record.as_deref() == Some(shredded.as_str())
+                && e.reason.as_deref().is_some_and(|r| r.contains("shred"))),
+        "the shred is certified: {history:?}"
+    );
+    let ids = v.subject_record_ids(subject).await.unwrap();
+    assert_eq!(ids.len(), 2, "the unacknowledged create left no record");
+    assert_eq!(v.verify_audit().await.unwrap().problem, None);
+}

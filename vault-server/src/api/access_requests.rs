@@ -11,6 +11,7 @@ use super::auth::Caller;
 use super::input::{categories, json, parse};
 use super::output::{created, ok, request_json};
 use super::{Res, State};
+use crate::problem::ApiError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,24 +23,29 @@ pub(super) struct CreateAccessRequest {
     justification: String,
 }
 
+impl CreateAccessRequest {
+    pub(super) fn domain(self) -> Result<NewAccessRequest, ApiError> {
+        Ok(NewAccessRequest {
+            subject: parse(SubjectId::parse(&self.subject), "subject")?,
+            record: self
+                .record
+                .as_deref()
+                .map(|r| parse(RecordId::parse(r), "record"))
+                .transpose()?,
+            categories: categories(&self.categories)?,
+            purpose: parse(Purpose::parse(&self.purpose), "purpose")?,
+            justification: self.justification,
+        })
+    }
+}
+
 pub async fn create_access_request(
     s: State,
     who: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Res {
-    let b: CreateAccessRequest = json(&req, payload).await?;
-    let new = NewAccessRequest {
-        subject: parse(SubjectId::parse(&b.subject), "subject")?,
-        record: b
-            .record
-            .as_deref()
-            .map(|r| parse(RecordId::parse(r), "record"))
-            .transpose()?,
-        categories: categories(&b.categories)?,
-        purpose: parse(Purpose::parse(&b.purpose), "purpose")?,
-        justification: b.justification,
-    };
+    let new = json::<CreateAccessRequest>(&req, payload).await?.domain()?;
     Ok(created(request_json(
         &who.session(&s).request_access(new).await?,
     )))

@@ -18,6 +18,12 @@ pub(super) struct OpenBreakGlass {
     justification: String,
 }
 
+impl OpenBreakGlass {
+    pub(super) fn domain(&self) -> Result<SubjectId, crate::problem::ApiError> {
+        parse(SubjectId::parse(&self.subject), "subject")
+    }
+}
+
 pub async fn open_break_glass(
     s: State,
     who: Caller,
@@ -25,7 +31,7 @@ pub async fn open_break_glass(
     payload: web::Payload,
 ) -> Res {
     let b: OpenBreakGlass = json(&req, payload).await?;
-    let subject = parse(SubjectId::parse(&b.subject), "subject")?;
+    let subject = b.domain()?;
     Ok(created(break_glass_json(
         &who.session(&s)
             .open_break_glass(subject, &b.justification)

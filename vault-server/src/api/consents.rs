@@ -31,6 +31,38 @@ pub(super) struct RecordConsent {
     term_until: Option<DateTime<Utc>>,
 }
 
+impl RecordConsent {
+    pub(super) fn domain(self, subject: SubjectId) -> Result<NewConsent, ApiError> {
+        let given_by = match (self.given_by.as_str(), self.guardian.as_deref()) {
+            ("guardian", Some(g)) => {
+                ConsentGiver::Guardian(parse(SubjectId::parse(g), "guardian")?)
+            }
+            ("subject", None) => ConsentGiver::Subject {
+                confirmed_adult: self.confirmed_adult,
+            },
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    "given_by is \"guardian\" (with a guardian subject id) or \"subject\" (without)",
+                )
+                .with_field("given_by"));
+            }
+        };
+        Ok(NewConsent {
+            subject,
+            given_by,
+            method: self.method,
+            evidence_ref: self.evidence_ref,
+            text_version: self.text_version,
+            categories: categories(&self.categories)?,
+            third_party: self.third_party,
+            cross_border: self.cross_border,
+            publication: self.publication,
+            term_until: self.term_until,
+        })
+    }
+}
+
 pub async fn record_consent(
     s: State,
     who: Caller,
@@ -39,35 +71,10 @@ pub async fn record_consent(
     payload: web::Payload,
 ) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
-    let b: RecordConsent = json(&req, payload).await?;
-    let given_by = match (b.given_by.as_str(), b.guardian.as_deref()) {
-        ("guardian", Some(g)) => ConsentGiver::Guardian(parse(SubjectId::parse(g), "guardian")?),
-        ("subject", None) => ConsentGiver::Subject {
-            confirmed_adult: b.confirmed_adult,
-        },
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "given_by is \"guardian\" (with a guardian subject id) or \"subject\" (without)",
-            )
-            .with_field("given_by"));
-        }
-    };
-    let c = who
-        .session(&s)
-        .record_consent(NewConsent {
-            subject,
-            given_by,
-            method: b.method,
-            evidence_ref: b.evidence_ref,
-            text_version: b.text_version,
-            categories: categories(&b.categories)?,
-            third_party: b.third_party,
-            cross_border: b.cross_border,
-            publication: b.publication,
-            term_until: b.term_until,
-        })
-        .await?;
+    let new = json::<RecordConsent>(&req, payload)
+        .await?
+        .domain(subject)?;
+    let c = who.session(&s).record_consent(new).await?;
     Ok(created(consent_json(&c)))
 }
 
@@ -109,6 +116,15 @@ pub(super) struct RecordGround {
     reference: String,
 }
 
+impl RecordGround {
+    pub(super) fn domain(&self) -> Result<(Category, LegalGround), ApiError> {
+        Ok((
+            parse(Category::parse(&self.category), "category")?,
+            LegalGround::parse(&self.ground)?,
+        ))
+    }
+}
+
 pub async fn record_ground(
     s: State,
     who: Caller,
@@ -118,8 +134,7 @@ pub async fn record_ground(
 ) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let b: RecordGround = json(&req, payload).await?;
-    let category = parse(Category::parse(&b.category), "category")?;
-    let ground = LegalGround::parse(&b.ground)?;
+    let (category, ground) = b.domain()?;
     who.session(&s)
         .record_legal_ground(subject, &category, ground, &b.reference)
         .await?;

@@ -52,24 +52,36 @@ type Res = Result<HttpResponse, ApiError>;
 type State = web::Data<AppState>;
 
 /// Parses bytes as every request body the API accepts, through the same checks (depth limit,
-/// strict fields) as the handlers. For fuzzing: it must never panic. Returns how many parsed.
+/// strict fields) as the handlers, and on into the domain values the handlers pass to the core
+/// (ids, IINs, categories, purposes, record types, field names and values). For fuzzing: it
+/// must never panic. Returns how many bodies parsed all the way.
 pub fn parse_any_body(b: &[u8]) -> usize {
-    fn one<T: DeserializeOwned>(b: &[u8]) -> bool {
-        input::depth(b) <= MAX_DEPTH && serde_json::from_slice::<T>(b).is_ok()
+    fn one<T: DeserializeOwned, D>(
+        b: &[u8],
+        domain: impl FnOnce(T) -> Result<D, ApiError>,
+    ) -> bool {
+        input::depth(b) <= MAX_DEPTH
+            && serde_json::from_slice::<T>(b)
+                .ok()
+                .is_some_and(|t| domain(t).is_ok())
     }
+    fn none<T>(_: T) -> Result<(), ApiError> {
+        Ok(())
+    }
+    let subject = vault_core::SubjectId::new_random();
     [
-        one::<subjects::CreateSubject>(b),
-        one::<subjects::FindSubject>(b),
-        one::<records::CreateRecord>(b),
-        one::<records::UpdateRecord>(b),
-        one::<access_requests::CreateAccessRequest>(b),
-        one::<access_requests::Approve>(b),
-        one::<access_requests::Deny>(b),
-        one::<break_glass::OpenBreakGlass>(b),
-        one::<break_glass::Review>(b),
-        one::<consents::RecordConsent>(b),
-        one::<consents::Withdraw>(b),
-        one::<consents::RecordGround>(b),
+        one(b, subjects::CreateSubject::domain),
+        one(b, subjects::FindSubject::domain),
+        one(b, |r: records::CreateRecord| r.domain()),
+        one(b, |r: records::UpdateRecord| r.domain()),
+        one(b, access_requests::CreateAccessRequest::domain),
+        one(b, none::<access_requests::Approve>),
+        one(b, none::<access_requests::Deny>),
+        one(b, |o: break_glass::OpenBreakGlass| o.domain()),
+        one(b, none::<break_glass::Review>),
+        one(b, |c: consents::RecordConsent| c.domain(subject)),
+        one(b, none::<consents::Withdraw>),
+        one(b, |g: consents::RecordGround| g.domain()),
     ]
     .iter()
     .filter(|x| **x)

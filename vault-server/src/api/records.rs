@@ -25,6 +25,34 @@ pub(super) struct CreateRecord {
     purposes: BTreeMap<String, String>,
 }
 
+impl CreateRecord {
+    /// The record type and fields; the purposes are checked against the catalog by the handler.
+    pub(super) fn domain(&self) -> Result<(RecordType, BTreeMap<FieldName, FieldValue>), ApiError> {
+        let rt = parse(RecordType::parse(&self.record_type), "record_type")?;
+        let mut fields = BTreeMap::new();
+        for (k, v) in &self.fields {
+            fields.insert(field_name(k)?, FieldValue::from_json(v));
+        }
+        Ok((rt, fields))
+    }
+}
+
+impl UpdateRecord {
+    /// A value sets the field; `null` removes it.
+    pub(super) fn domain(&self) -> Result<BTreeMap<FieldName, FieldChange>, ApiError> {
+        let mut changes = BTreeMap::new();
+        for (k, v) in &self.fields {
+            let change = if v.is_null() {
+                FieldChange::Remove
+            } else {
+                FieldChange::Set(FieldValue::from_json(v))
+            };
+            changes.insert(field_name(k)?, change);
+        }
+        Ok(changes)
+    }
+}
+
 fn field_name(n: &str) -> Result<FieldName, ApiError> {
     FieldName::parse(n)
         .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()).with_field("fields"))
@@ -40,11 +68,7 @@ pub async fn create_record(
 ) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let b: CreateRecord = json(&req, payload).await?;
-    let rt = parse(RecordType::parse(&b.record_type), "record_type")?;
-    let mut fields = BTreeMap::new();
-    for (k, v) in &b.fields {
-        fields.insert(field_name(k)?, FieldValue::from_json(v));
-    }
+    let (rt, fields) = b.domain()?;
     let purposes = purposes(&s, why.0, &b.purposes)?;
     let meta = who
         .session(&s)
@@ -109,15 +133,7 @@ pub async fn update_record(
             .with_field("If-Match")
         })?;
     let b: UpdateRecord = json(&req, payload).await?;
-    let mut changes = BTreeMap::new();
-    for (k, v) in &b.fields {
-        let change = if v.is_null() {
-            FieldChange::Remove
-        } else {
-            FieldChange::Set(FieldValue::from_json(v))
-        };
-        changes.insert(field_name(k)?, change);
-    }
+    let changes = b.domain()?;
     let purposes = purposes(&s, why.0, &b.purposes)?;
     let meta = who
         .session(&s)

@@ -21,19 +21,23 @@ pub(super) struct CreateSubject {
     iin: Option<String>,
 }
 
+impl CreateSubject {
+    pub(super) fn domain(self) -> Result<NewSubject, ApiError> {
+        Ok(NewSubject {
+            school: parse(SchoolId::parse(&self.school), "school")?,
+            kind: parse(SubjectKind::parse(&self.kind), "kind")?,
+            iin: self
+                .iin
+                .as_deref()
+                .map(|i| parse(Iin::parse(i), "iin"))
+                .transpose()?,
+        })
+    }
+}
+
 pub async fn create_subject(s: State, who: Caller, req: HttpRequest, payload: web::Payload) -> Res {
-    let b: CreateSubject = json(&req, payload).await?;
-    let school = parse(SchoolId::parse(&b.school), "school")?;
-    let kind = parse(SubjectKind::parse(&b.kind), "kind")?;
-    let iin = b
-        .iin
-        .as_deref()
-        .map(|i| parse(Iin::parse(i), "iin"))
-        .transpose()?;
-    let subj = who
-        .session(&s)
-        .create_subject(NewSubject { school, kind, iin })
-        .await?;
+    let new = json::<CreateSubject>(&req, payload).await?.domain()?;
+    let subj = who.session(&s).create_subject(new).await?;
     Ok(created(subject_json(&subj)))
 }
 
@@ -48,6 +52,12 @@ pub(super) struct FindSubject {
     iin: String,
 }
 
+impl FindSubject {
+    pub(super) fn domain(self) -> Result<Iin, ApiError> {
+        parse(Iin::parse(&self.iin), "iin")
+    }
+}
+
 /// Lookup by IIN goes in a POST body, never a URL, so the IIN stays out of access logs.
 pub async fn find_subject(
     s: State,
@@ -56,8 +66,7 @@ pub async fn find_subject(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Res {
-    let b: FindSubject = json(&req, payload).await?;
-    let iin = parse(Iin::parse(&b.iin), "iin")?;
+    let iin = json::<FindSubject>(&req, payload).await?.domain()?;
     match who.session(&s).find_subject(&iin, &why.0).await? {
         Some(subj) => Ok(ok(subject_json(&subj))),
         None => Err(ApiError::new(

@@ -58,6 +58,16 @@ pub fn spawn_server(
     extra: &[&str],
     log_level: &str,
 ) -> (Child, String, std::thread::JoinHandle<String>) {
+    spawn_server_env(data, extra, log_level, &[])
+}
+
+/// `spawn_server` with more environment variables (a crash point to arm, say).
+pub fn spawn_server_env(
+    data: &Path,
+    extra: &[&str],
+    log_level: &str,
+    vars: &[(&str, &str)],
+) -> (Child, String, std::thread::JoinHandle<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vault-server"))
         .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -65,6 +75,7 @@ pub fn spawn_server(
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
         .args(extra)
         .env("VAULT_LOG", log_level)
+        .envs(vars.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
