@@ -105,16 +105,61 @@ impl StoreConfig {
     }
 }
 
-/// Removes the password from a database URL before it goes into an error or a log.
+/// Removes every password from a database URL before it goes into an error or a log: the
+/// userinfo (`user:secret@`), query parameters (`?password=secret`, `&sslpassword=`), and the
+/// `key=value` form libpq also accepts (`host=db password=secret`, quoted values too).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
+    fn secret_key(k: &str) -> bool {
+        let k = k.trim().to_ascii_lowercase();
+        k.contains("password") || k == "pwd" || k == "passwd"
     }
+    if let Some(scheme) = url.find("://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let base = match base.rfind('@') {
+            Some(at) if at > scheme => {
+                let userinfo = &base[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{}://{}:***@{}", &base[..scheme], user, &base[at + 1..])
+            }
+            _ => base.to_owned(),
+        };
+        let Some(query) = query else {
+            return base;
+        };
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if secret_key(k) => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        return format!("{base}?{}", params.join("&"));
+    }
+    // key=value pairs separated by spaces; a value may be quoted with '...'.
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(eq) = rest.find('=') {
+        let key_start = rest[..eq].rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        out.push_str(&rest[..=eq]);
+        let key = &rest[key_start..eq];
+        let after = &rest[eq + 1..];
+        let value_len = if let Some(quoted) = after.strip_prefix('\'') {
+            quoted.find('\'').map_or(after.len(), |i| i + 2)
+        } else {
+            after.find(char::is_whitespace).unwrap_or(after.len())
+        };
+        if secret_key(key) {
+            out.push_str("***");
+        } else {
+            out.push_str(&after[..value_len]);
+        }
+        rest = &after[value_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Open connections to both stores.
@@ -215,5 +260,30 @@ mod tests {
             "postgres://vault:***@db.school.kz:5432/vault"
         );
         assert_eq!(redact_url("sqlite:///x/data.db"), "sqlite:///x/data.db");
+        for (url, secret) in [
+            (
+                "postgres://db.school.kz/vault?user=vault&password=s3cret&sslmode=require",
+                "s3cret",
+            ),
+            ("postgres://vault:p%40ss@db/vault?sslpassword=k3y", "k3y"),
+            ("postgres://vault:a@b@db/vault", "a@b"),
+            (
+                "host=db.school.kz user=vault password=s3cret dbname=vault",
+                "s3cret",
+            ),
+            ("host=db password='s3 cret' dbname=vault", "s3 cret"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+            assert!(shown.contains("***"), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("host=db password=s3cret dbname=vault"),
+            "host=db password=*** dbname=vault"
+        );
+        assert_eq!(
+            redact_url("postgres://db/vault?user=vault&password=x&sslmode=disable"),
+            "postgres://db/vault?user=vault&password=***&sslmode=disable"
+        );
     }
 }
