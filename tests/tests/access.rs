@@ -9,9 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, Statement};
 use vault_core::{
-    AuditProblem, BearerToken, Category, ConsentGiver, FieldChange, FieldName, FieldValue,
-    FieldView, LegalGround, ManualClock, NewAccessRequest, NewConsent, Principal, Purpose,
-    RecordId, RecordType, Role, SchoolId, Scope, SealReason, SubjectId, SubjectKind, VaultError,
+    AuditProblem, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, Category, ConsentGiver,
+    FieldChange, FieldName, FieldValue, FieldView, LegalGround, ManualClock, NewAccessRequest,
+    NewConsent, Principal, Purpose, RecordId, RecordType, Role, SchoolId, Scope, SealReason,
+    SubjectId, SubjectKind, VaultError,
 };
 use vault_tests::{Backend, TestVault, contains, on_both_backends};
 
@@ -370,14 +371,27 @@ async fn break_glass_opens_at_once_and_must_be_reviewed(backend: Backend) {
         && e.outcome == "allowed"
         && e.reason.as_deref().unwrap_or("").contains("break-glass")));
 
+    // At the edges: open for exactly 4 hours, overdue once unreviewed for more than 24.
+    s.clock.advance(BREAK_GLASS_WINDOW - Duration::seconds(1));
+    assert!(is_open(
+        &s.health_of(&s.nurse, rec, "medical_emergency").await
+    ));
+    s.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        sealed_as(&s.health_of(&s.nurse, rec, "medical_emergency").await),
+        Some(&SealReason::ApprovalRequired),
+        "closed at 4 h exactly"
+    );
+    s.clock.advance(BREAK_GLASS_REVIEW_DUE - BREAK_GLASS_WINDOW);
     assert!(
         v.session(s.director.clone())
             .overdue_break_glass()
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "not overdue at 24 h exactly"
     );
-    s.clock.advance(Duration::hours(25));
+    s.clock.advance(Duration::seconds(1));
     let overdue = v
         .session(s.director.clone())
         .overdue_break_glass()
