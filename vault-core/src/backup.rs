@@ -27,6 +27,31 @@ pub struct BackupManifest {
     pub rows: BTreeMap<String, u64>,
 }
 
+impl BackupManifest {
+    /// Reads `manifest.json`: a format this vault writes, and row counts that add up without
+    /// overflowing (the file is input like any other: a custodian may be handed a forged one).
+    pub fn parse(bytes: &[u8]) -> Result<Self, VaultError> {
+        let m: BackupManifest = serde_json::from_slice(bytes)
+            .map_err(|e| io(format!("manifest.json is not a backup manifest: {e}")))?;
+        if m.format != 1 {
+            return Err(io(format!(
+                "manifest.json is format {}, this vault reads format 1",
+                m.format
+            )));
+        }
+        m.expected_rows()?;
+        Ok(m)
+    }
+
+    /// The rows the backup's two files must hold together.
+    pub fn expected_rows(&self) -> Result<u64, VaultError> {
+        self.rows
+            .values()
+            .try_fold(0u64, |a, n| a.checked_add(*n))
+            .ok_or_else(|| io("manifest.json counts more rows than can exist: it is damaged"))
+    }
+}
+
 /// What a restore did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -152,10 +177,10 @@ pub async fn restore(
                 dir.display()
             ))
         })
-        .and_then(|b| serde_json::from_slice(&b).map_err(io))?;
+        .and_then(|b| BackupManifest::parse(&b))?;
     let data = open_file(dir, "data.jsonl.age", unlock)?;
     let keys = open_file(dir, "keys.jsonl.age", unlock)?;
-    let expected: u64 = manifest.rows.values().sum();
+    let expected = manifest.expected_rows()?;
     let lines = data.lines().count() as u64 + keys.lines().count() as u64;
     if lines != expected {
         return Err(io(format!(
@@ -198,4 +223,29 @@ pub async fn restore(
         rows,
         shreds_replayed: replay.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackupManifest;
+
+    #[test]
+    fn a_forged_manifest_is_an_error_not_a_crash() {
+        let max = u64::MAX;
+        let overflow = format!(
+            r#"{{"created_at":"2026-11-27T10:00:00Z","format":1,"rows":{{"a":{max},"b":{max}}}}}"#
+        );
+        assert!(BackupManifest::parse(overflow.as_bytes()).is_err());
+        let future = r#"{"created_at":"2026-11-27T10:00:00Z","format":2,"rows":{}}"#;
+        let err = BackupManifest::parse(future.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("format 2"), "{err}");
+        let good = r#"{"created_at":"2026-11-27T10:00:00Z","format":1,"rows":{"a":2,"b":3}}"#;
+        assert_eq!(
+            BackupManifest::parse(good.as_bytes())
+                .unwrap()
+                .expected_rows()
+                .unwrap(),
+            5
+        );
+    }
 }

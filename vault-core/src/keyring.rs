@@ -71,7 +71,9 @@ impl CustodianRecipient {
             .parse::<age::x25519::Recipient>()
             .map(CustodianRecipient)
             .map_err(|_| {
-                if s.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY") {
+                // Anywhere in the text, not only at its start: a pasted identity file begins
+                // with comment lines (found by the identity fuzz target).
+                if s.to_ascii_uppercase().contains("AGE-SECRET-KEY") {
                     KeyringError::SecretGivenAsRecipient
                 } else {
                     // A short prefix is enough to recognise the typo.
@@ -552,6 +554,16 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the identity fuzz target: an identity file pasted whole, comments first, was
+    /// echoed back in the error with the start of its secret key.
+    #[test]
+    fn a_pasted_identity_file_is_never_echoed() {
+        let pasted = "# created: 2026-01-01\nAGE-SECRET-KEY-1QQQQQQQQQQQQQQ";
+        let err = CustodianRecipient::parse(pasted).unwrap_err();
+        assert!(matches!(err, KeyringError::SecretGivenAsRecipient));
+        assert!(!err.to_string().contains("1QQQ"), "{err}");
+    }
 
     fn cats() -> Vec<Category> {
         ["health", "identity"]
