@@ -56,16 +56,15 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
             );
             for e in vault.list_principals().await? {
                 let roles: Vec<String> = e
-                    .principal
-                    .roles()
+                    .roles
                     .iter()
                     .map(|(s, r)| format!("{r}@{}", s.as_str()))
                     .collect();
                 outln!(
                     out,
                     "{:<36}  {:<30}  {:<10}  {:<10}  {}",
-                    e.principal.id(),
-                    e.principal.name(),
+                    e.id,
+                    e.name,
                     e.created_at.format("%Y-%m-%d"),
                     e.revoked_at
                         .map(|t| t.format("%Y-%m-%d").to_string())

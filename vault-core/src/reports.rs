@@ -10,14 +10,17 @@ use crate::access::{Principal, PrincipalId};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::domain::Purpose;
 use crate::domain::{Category, SubjectId};
-use crate::policy::{Action, Decision};
+use crate::policy::{Action, Decision, Role, Scope};
 use crate::store::repo::{audit, principals};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
 
-/// One person or app with access, for the list the law asks the operator to keep.
+/// One person or app with access, for the list the law asks the operator to keep. Its id, name
+/// and roles, not a `Principal`: a listed principal must not be usable to open a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrincipalEntry {
-    pub principal: Principal,
+    pub id: PrincipalId,
+    pub name: String,
+    pub roles: Vec<(Scope, Role)>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }

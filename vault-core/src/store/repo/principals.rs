@@ -6,7 +6,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use crate::access::{Principal, PrincipalId};
+use crate::access::PrincipalId;
 use crate::policy::{Role, Scope};
 use crate::reports::PrincipalEntry;
 use crate::store::codec::corrupt;
@@ -125,11 +125,9 @@ pub(crate) async fn list(db: &Db) -> Result<Vec<PrincipalEntry>, VaultError> {
             }
             rs.sort();
             Ok(PrincipalEntry {
-                principal: Principal {
-                    id,
-                    name: r.name,
-                    roles: rs,
-                },
+                id,
+                name: r.name,
+                roles: rs,
                 created_at: r.created_at,
                 revoked_at: r.revoked_at,
             })
