@@ -14,6 +14,11 @@ mod m20261127_000003_access;
 mod m20261127_000004_retention;
 mod m20261127_000005_transfers;
 mod m20261203_000006_iin_per_school;
+mod m20261210_000007_keyring_chain;
+mod m20261210_000008_keyring_pin;
+mod m20261211_000009_audit_anchor;
+mod m20261211_000010_request_action;
+mod m20261212_000011_iin_index_key;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -28,6 +33,9 @@ impl MigratorTrait for DataMigrator {
             Box::new(m20261127_000004_retention::Migration),
             Box::new(m20261127_000005_transfers::Migration),
             Box::new(m20261203_000006_iin_per_school::Migration),
+            Box::new(m20261210_000008_keyring_pin::Migration),
+            Box::new(m20261211_000010_request_action::Migration),
+            Box::new(m20261212_000011_iin_index_key::Migration),
         ]
     }
 }
@@ -39,6 +47,10 @@ pub struct KeyMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for KeyMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000002_key_store::Migration)]
+        vec![
+            Box::new(m20261127_000002_key_store::Migration),
+            Box::new(m20261210_000007_keyring_chain::Migration),
+            Box::new(m20261211_000009_audit_anchor::Migration),
+        ]
     }
 }

@@ -440,3 +440,94 @@ pub async fn new_subject(vault: &Vault, kind: vault_core::SubjectKind) -> vault_
         .unwrap()
         .id
 }
+
+/// Editing the audit log and its anchor behind the vault's back, as an administrator of the
+/// stores would (the attack the anchor answers, in `tests/tests/anchor.rs` and the vaultctl and
+/// server tests).
+pub mod audit_edit {
+    use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement, Value};
+    use vault_core::StoreConfig;
+
+    async fn data(s: &StoreConfig) -> DatabaseConnection {
+        Database::connect(&s.data_url).await.unwrap()
+    }
+
+    async fn keys(s: &StoreConfig) -> DatabaseConnection {
+        Database::connect(&s.keys_url).await.unwrap()
+    }
+
+    async fn one_i64(db: &DatabaseConnection, sql: &str) -> Option<i64> {
+        db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .and_then(|r| r.try_get::<Option<i64>>("", "n").unwrap())
+    }
+
+    /// The newest entry's seq.
+    pub async fn max_seq(s: &StoreConfig) -> i64 {
+        one_i64(&data(s).await, "SELECT MAX(seq) AS n FROM audit_log")
+            .await
+            .unwrap()
+    }
+
+    /// The seq the key store's anchor names, if there is one.
+    pub async fn anchored_seq(s: &StoreConfig) -> Option<i64> {
+        one_i64(&keys(s).await, "SELECT seq AS n FROM audit_anchor").await
+    }
+
+    /// The reproduced attack: cut every entry after `keep`, delete the later checkpoints and
+    /// rewind the head to entry `keep`, so that the data store alone verifies.
+    pub async fn cut_after(s: &StoreConfig, keep: i64) {
+        let db = data(s).await;
+        for sql in [
+            format!("DELETE FROM audit_log WHERE seq > {keep}"),
+            format!("DELETE FROM audit_checkpoints WHERE seq > {keep}"),
+            format!(
+                "UPDATE audit_head SET seq = {keep}, hash = (SELECT hash FROM audit_log WHERE seq = {keep})"
+            ),
+        ] {
+            db.execute_unprepared(&sql).await.unwrap();
+        }
+    }
+
+    /// The key store's anchor row as it is now, to put back later (an attacker's copy).
+    pub async fn copy_anchor(s: &StoreConfig) -> Vec<Value> {
+        let db = keys(s).await;
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT seq, hash, at, signature FROM audit_anchor",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        vec![
+            row.try_get::<i64>("", "seq").unwrap().into(),
+            row.try_get::<Vec<u8>>("", "hash").unwrap().into(),
+            row.try_get::<chrono::DateTime<chrono::Utc>>("", "at")
+                .unwrap()
+                .into(),
+            row.try_get::<Vec<u8>>("", "signature").unwrap().into(),
+        ]
+    }
+
+    /// Writes a copied anchor row back over the key store's anchor.
+    pub async fn put_anchor_back(s: &StoreConfig, copy: Vec<Value>) {
+        let db = keys(s).await;
+        let sql = match db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                "UPDATE audit_anchor SET seq = $1, hash = $2, at = $3, signature = $4"
+            }
+            _ => "UPDATE audit_anchor SET seq = ?, hash = ?, at = ?, signature = ?",
+        };
+        let r = db
+            .execute_raw(Statement::from_sql_and_values(
+                db.get_database_backend(),
+                sql,
+                copy,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.rows_affected(), 1);
+    }
+}

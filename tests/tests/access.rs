@@ -28,6 +28,9 @@ on_both_backends!(
     an_update_or_a_shred_commits_with_its_audit_entry,
     blocked_subjects_are_stored_not_processed,
     a_consent_keeps_every_field_it_was_given,
+    a_read_approval_is_not_spent_by_a_transfer,
+    a_shred_or_a_block_is_told_only_after_the_decision,
+    a_hold_on_another_schools_record_answers_as_for_a_random_id,
 );
 
 fn start() -> DateTime<Utc> {
@@ -159,6 +162,7 @@ impl School {
                 record: Some(record),
                 categories: vec![cat("health")],
                 purpose: purpose("education"),
+                act: vault_core::ApprovalAct::Read,
                 justification: "planning support for the new term".into(),
             })
             .await
@@ -1067,4 +1071,210 @@ async fn a_consent_keeps_every_field_it_was_given(backend: Backend) {
         assert_eq!(c.term_until, Some(start() + Duration::days(365)));
         assert_eq!(c.operator_bin, v.catalog().policy().operator_bin);
     }
+}
+
+/// Regression (boundary review): an approval stored no act, so a principal holding both a read
+/// and a transfer grant could spend a director's approval to read health data on sending it
+/// to a recipient. Now a request names its act and only that act spends it.
+async fn a_read_approval_is_not_spent_by_a_transfer(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    // A consent that covers disclosure to third parties, so only the approval stands in the way.
+    v.session(s.admissions.clone())
+        .record_consent(NewConsent {
+            subject: s.student,
+            given_by: ConsentGiver::Guardian(s.guardian),
+            method: "paper".into(),
+            evidence_ref: "scan 2026/119".into(),
+            text_version: "consent-v3".into(),
+            categories: vec![cat("health")],
+            third_party: true,
+            cross_border: false,
+            publication: false,
+            term_until: None,
+        })
+        .await
+        .unwrap();
+    let both = v
+        .create_principal(
+            "Deputy director and privacy officer",
+            &[
+                (Scope::parse("school-1").unwrap(), Role::Director),
+                (Scope::parse("school-1").unwrap(), Role::PrivacyOfficer),
+            ],
+        )
+        .await
+        .unwrap()
+        .0;
+    let p = v.session(both.clone());
+    let ask = |act| NewAccessRequest {
+        subject: s.student,
+        record: None,
+        categories: vec![cat("health")],
+        purpose: purpose("education"),
+        act,
+        justification: "the district's inclusion programme".into(),
+    };
+    let in_an_hour = start() + Duration::hours(1);
+    let read = p
+        .request_access(ask(vault_core::ApprovalAct::Read))
+        .await
+        .unwrap();
+    v.session(s.director.clone())
+        .approve(read.id, in_an_hour, 1)
+        .await
+        .unwrap();
+    let transfer = vault_core::TransferRequest {
+        subject: s.student,
+        to: vault_core::Country::parse("KZ").unwrap(),
+        categories: vec![cat("health")],
+        recipient: "District office".into(),
+        purpose: purpose("education"),
+    };
+    let key = vault_core::CustodianRecipient::parse(
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+    )
+    .unwrap();
+    let err = p.export_transfer(&transfer, &key).await.unwrap_err();
+    assert!(
+        matches!(err, VaultError::ApprovalRequired { .. }),
+        "a read approval opened a transfer: {err}"
+    );
+    // The read approval is still there, and opens the read.
+    assert!(is_open(&s.health_of(&both, rec, "education").await));
+    // A transfer approval opens the transfer, once.
+    let t = p
+        .request_access(ask(vault_core::ApprovalAct::Transfer))
+        .await
+        .unwrap();
+    assert_eq!(t.act, vault_core::ApprovalAct::Transfer);
+    v.session(s.director.clone())
+        .approve(t.id, in_an_hour, 1)
+        .await
+        .unwrap();
+    p.export_transfer(&transfer, &key).await.unwrap();
+    let err = p.export_transfer(&transfer, &key).await.unwrap_err();
+    assert!(matches!(err, VaultError::ApprovalRequired { .. }), "{err}");
+}
+
+/// Regression (boundary review): a read or update of a shredded record answered "shredded" to
+/// any role of the school, and an empty write answered "blocked" for a blocked subject before
+/// any decision: state told to roles that hold no grant.
+async fn a_shred_or_a_block_is_told_only_after_the_decision(backend: Backend) {
+    let s = school_day(backend).await;
+    let rec = s.enrol_with_health().await;
+    let v = &s.t.vault;
+    let auditor = principal(&s.t, "Auditor", "school-1", Role::Auditor).await;
+    v.shred_record(rec).await.unwrap();
+    let why = purpose("education");
+    // The nurse may read this record type: she hears it is gone.
+    let err = v
+        .session(s.nurse.clone())
+        .read_record(rec, &why)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::RecordShredded(_)), "{err}");
+    // The auditor may read nothing of it: refused, as for a live record, and audited.
+    let before = v.access_history(s.student).await.unwrap().len();
+    let err = v
+        .session(auditor.clone())
+        .read_record(rec, &why)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Forbidden { .. }), "{err}");
+    let changes: BTreeMap<_, _> = [(
+        FieldName::parse("full_name").unwrap(),
+        FieldChange::Set(FieldValue::text("X")),
+    )]
+    .into_iter()
+    .collect();
+    let err = v
+        .session(auditor.clone())
+        .update_record(rec, 1, &changes, &why)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Forbidden { .. }), "{err}");
+    let history = v.access_history(s.student).await.unwrap();
+    assert_eq!(
+        history.len(),
+        before + 2,
+        "both refusals are in the history"
+    );
+    assert!(history[before..].iter().all(|e| e.outcome == "denied"));
+    // A role that may act on no category of a record type is not told such a record exists.
+    let live = v
+        .write_record(
+            s.student,
+            &RecordType::parse("student").unwrap(),
+            &fields(&[("full_name", "Aruzhan")]),
+        )
+        .await
+        .unwrap()
+        .id;
+    let listed = |p: &Principal| {
+        let p = p.clone();
+        async move {
+            v.session(p)
+                .records(s.student)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&s.nurse).await, vec![live]);
+    assert!(listed(&auditor).await.is_empty());
+    // An empty write says nothing of a block, to anyone.
+    v.session(s.privacy.clone()).block(s.student).await.unwrap();
+    for p in [&auditor, &s.admissions] {
+        let err = v
+            .session(p.clone())
+            .write_record(
+                s.student,
+                &RecordType::parse("student").unwrap(),
+                &BTreeMap::new(),
+                &why,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VaultError::EmptyRecord), "{err}");
+    }
+}
+
+/// Review finding: a hold naming another school's record answered "is not a record of this
+/// subject", a random id "does not exist": an existence oracle across schools.
+async fn a_hold_on_another_schools_record_answers_as_for_a_random_id(backend: Backend) {
+    let s = school_day(backend).await;
+    let v = &s.t.vault;
+    let theirs = v
+        .create_subject(vault_core::NewSubject {
+            school: school("school-2"),
+            kind: SubjectKind::Student,
+            iin: None,
+        })
+        .await
+        .unwrap();
+    let rec = v
+        .write_record(
+            theirs.id,
+            &RecordType::parse("student").unwrap(),
+            &fields(&[("full_name", "MARKER-other")]),
+        )
+        .await
+        .unwrap()
+        .id;
+    let random = RecordId::parse("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b").unwrap();
+    let po = v.session(s.privacy.clone());
+    let mut said = Vec::new();
+    for r in [rec, random] {
+        let err = po
+            .place_hold(s.student, Some(r), "court order 3-77/2026")
+            .await
+            .unwrap_err();
+        said.push(err.to_string().replace(&r.to_string(), "<id>"));
+    }
+    assert_eq!(said[0], said[1]);
+    assert!(said[0].contains("does not exist"), "{}", said[0]);
 }

@@ -269,7 +269,8 @@ async fn flipped_bits_fail_to_open(backend: Backend) {
         &t.vault.read_record(id, &all).await.unwrap()
     ));
 
-    // The sealed keyring: a flipped bit anywhere stops the vault from opening.
+    // The sealed keyring: a flipped bit anywhere stops the vault from opening. Its chain link
+    // signs the SHA-256 of the sealed bytes, so it is refused before it is even unsealed.
     let row = keys
         .query_one_raw(sql(kb, "SELECT sealed FROM keyring WHERE id = 1", vec![]))
         .await
@@ -296,7 +297,10 @@ async fn flipped_bits_fail_to_open(backend: Backend) {
         assert!(
             matches!(
                 err,
-                VaultError::Keyring(KeyringError::Unseal(_) | KeyringError::Corrupt(_))
+                VaultError::Keyring(KeyringError::Refused {
+                    seen: 1,
+                    problem: vault_core::ChainProblem::SealedMismatch { generation: 1 },
+                })
             ),
             "byte {pos}: {err:?}"
         );

@@ -10,13 +10,20 @@ use crate::parse::{self, Time};
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Check the hash chain and signed checkpoints; exit code 1 and the first bad entry if not.
+    /// Check the hash chain and signed checkpoints against the anchor in the key store (and the
+    /// witness file, if given); exit code 1 and the first bad entry, or the missing tail, if not.
     ///
-    /// Example: vaultctl audit verify --identity custodian.txt
-    Verify,
-    /// List audit entries, oldest first.
+    /// Example: vaultctl audit verify --identity custodian.txt --witness /mnt/witness/vault-1.jsonl
+    Verify {
+        /// A server's audit witness file (one JSON line per anchor): the log must hold the
+        /// entry its newest line names, with that hash.
+        #[arg(long, env = "VAULT_AUDIT_WITNESS")]
+        witness: Option<std::path::PathBuf>,
+    },
+    /// List audit entries, oldest first, as an auditor (--token-file or VAULT_TOKEN): the
+    /// entries of the schools where that auditor reads the log; the query is itself audited.
     ///
-    /// Example: vaultctl audit log --subject 67e55044-10b1-426f-9247-bb680e5fe0c8 --since 2026-09-01
+    /// Example: vaultctl audit log --subject 67e55044-10b1-426f-9247-bb680e5fe0c8 --since 2026-09-01 --token-file auditor.token
     Log {
         #[arg(long, value_parser = parse::subject_id)]
         subject: Option<SubjectId>,
@@ -41,8 +48,21 @@ pub enum Cmd {
 
 pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
     match cmd {
-        Cmd::Verify => {
+        Cmd::Verify { witness } => {
+            if let Some(w) = &witness
+                && !w.is_file()
+            {
+                bail!("the witness file {} does not exist", w.display());
+            }
             let vault = ctx.vault().await?;
+            if witness.is_some() {
+                vault
+                    .configure_audit_anchors(vault_core::AnchorOptions {
+                        witness_file: witness,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
             let r = vault.verify_audit().await?;
             match r.problem {
                 None => outln!(
@@ -72,7 +92,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 since: since.map(|t| t.at),
                 until: until.map(|t| t.at),
             };
-            let entries = vault.audit_query(&f).await?;
+            let entries = ctx.session(&vault).await?.audit_log(&f).await?;
             match format.as_str() {
                 "json" => {
                     for e in entries {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use vault_core::Vault;
+use vault_core::{RestoredAudit, Vault};
 
 use crate::ctx::Ctx;
 use crate::output::outln;
@@ -20,9 +20,14 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[arg(long)]
     from: PathBuf,
-    /// Confirms that every row of both stores is replaced.
+    /// Confirms that the stores' rows are replaced by the backup's (today's revocations,
+    /// blocks, withdrawals, spent approvals, shreds and audit log are kept).
     #[arg(long)]
     force: bool,
+    /// Restore even when today's audit log does not continue the backup's: its entries are
+    /// lost, and the restore's audit entry names the range removed.
+    #[arg(long)]
+    replace_audit_log: bool,
 }
 
 pub async fn backup(args: BackupArgs, ctx: &Ctx, out: &mut String) -> Result<()> {
@@ -44,7 +49,11 @@ pub async fn backup(args: BackupArgs, ctx: &Ctx, out: &mut String) -> Result<()>
 }
 
 pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<()> {
-    let RestoreArgs { from, force } = args;
+    let RestoreArgs {
+        from,
+        force,
+        replace_audit_log,
+    } = args;
     if !force {
         bail!(
             "restore replaces every row of both stores with the backup's: stop the servers, then run again with --force"
@@ -52,14 +61,29 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
     }
     let unlock = ctx.unlock()?;
     let stores = ctx.stores().await?;
-    let r = vault_core::restore(&stores, &from, &unlock).await?;
+    let opts = vault_core::RestoreOptions { replace_audit_log };
+    let r = vault_core::restore_with(&stores, &from, &unlock, opts).await?;
     let vault = Vault::open(stores, ctx.policy().clone(), unlock).await?;
+    let c = r.carried_over;
+    let audit = match r.audit {
+        RestoredAudit::Kept { since_backup } => {
+            format!("audit log kept ({since_backup} entries since the backup)")
+        }
+        RestoredAudit::Loaded => "audit log loaded from the backup (the live one was empty)".into(),
+        RestoredAudit::Replaced { first, last } => {
+            format!("audit entries {first} to {last} of the replaced log were removed")
+        }
+    };
+    let kept = format!(
+        "kept today's {} revocations, {} blocks, {} consent withdrawals, {} approval states, {} legal holds, {} unreviewed break-glass accesses",
+        c.revocations, c.blocks, c.withdrawals, c.approvals, c.holds, c.break_glass
+    );
     vault
         .record_operator_event(
             "custodian",
             "backup.restore",
             format!(
-                "from {}; {} shreds re-applied",
+                "from {}; {} shreds re-applied; {kept}; {audit}",
                 from.display(),
                 r.shreds_replayed
             ),
@@ -67,7 +91,7 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
         .await?;
     outln!(
         out,
-        "restored {} rows; re-applied {} shreds made after the backup",
+        "restored {} rows; re-applied {} shreds made after the backup; {kept}; {audit}",
         r.rows,
         r.shreds_replayed
     );

@@ -118,6 +118,13 @@ impl Ctx {
         Ok(Vault::open(self.stores().await?, Arc::clone(&self.policy), unlock).await?)
     }
 
+    /// Whether a token was given (--token-file or VAULT_TOKEN) for the commands that act as a
+    /// principal when one is given.
+    pub fn has_token(&self) -> bool {
+        self.token_file.is_some()
+            || std::env::var("VAULT_TOKEN").is_ok_and(|t| !t.trim().is_empty())
+    }
+
     /// The person this command acts as. The custodian's identity only unseals the keyring: what
     /// may be read or sent is decided for this principal, as for a request to the server.
     pub async fn session<'v>(&self, vault: &'v Vault) -> Result<Session<'v>> {

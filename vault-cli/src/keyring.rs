@@ -64,6 +64,30 @@ pub enum Cmd {
         #[arg(long)]
         version: u32,
     },
+    /// Rotate the blind-index key, under which subjects' IINs are kept (as an HMAC) for search:
+    /// makes a new key (a new signed generation), re-indexes every subject from the IIN its
+    /// records hold sealed, in batches, then destroys the old key (another generation). IIN
+    /// search works throughout. Safe to stop (Ctrl-C, a crash) and run again: it continues
+    /// where it stopped. Run it when a custodian leaves.
+    ///
+    /// Example: vaultctl keyring rotate-index --identity custodian.txt
+    RotateIndex {
+        /// Subjects per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
+    /// Check the keyring's chain from its first generation: each generation signed by the chain
+    /// key of the one before, the stored keyring the one its newest link signs, and the data
+    /// store's pin agreeing. Exits 1, naming what is wrong, when the key store was changed
+    /// behind the vault's back (a keyring made elsewhere, or an older one put back).
+    ///
+    /// Example: vaultctl keyring verify --identity custodian.txt
+    Verify,
+    /// Store the same keys again as a new, signed generation. Needed once for a keyring made
+    /// before keyring chains existed: until then the key store alone vouches for it.
+    ///
+    /// Example: vaultctl keyring reseal --identity custodian.txt
+    Reseal,
     /// Add, remove or list the custodians the keyring is sealed to (re-encrypts only the keyring).
     #[command(subcommand)]
     Recipient(RecipientCmd),
@@ -157,6 +181,14 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                     s.deks
                 );
             }
+            if vault.index_rotation_pending() {
+                outln!(
+                    out,
+                    "blind-index keys: 2, a rotation is under way (finish it: `vaultctl keyring rotate-index`)"
+                );
+            } else {
+                outln!(out, "blind-index keys: 1");
+            }
             outln!(out, "{}", review_line(vault.catalog()));
         }
         Cmd::Rotate { category: c } => {
@@ -190,6 +222,82 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 .retire_kek(&c, version, ctx.reseal_passphrase()?)
                 .await?;
             outln!(out, "{c}: version {version} destroyed");
+        }
+        Cmd::RotateIndex { batch } => {
+            let vault = ctx.vault().await?;
+            let mut report = |p: vault_core::IndexRotation| {
+                eprint!("\rre-indexed {} subjects, {} left   ", p.moved, p.remaining);
+            };
+            let done = vault
+                .rotate_blind_index(batch, ctx.reseal_passphrase()?, &mut report)
+                .await?;
+            eprintln!();
+            if done.began {
+                outln!(out, "a new blind-index key is in the keyring");
+            } else {
+                outln!(out, "continuing the blind-index rotation begun before");
+            }
+            outln!(out, "re-indexed {} subjects", done.moved);
+            if !done.retired {
+                bail!(
+                    "{} subjects are still under the old blind-index key ({} of them with no record holding their IIN): the old key is kept so they stay searchable. Add their IIN to one of their records and run `vaultctl keyring rotate-index` again",
+                    done.remaining,
+                    done.unrecoverable
+                );
+            }
+            outln!(
+                out,
+                "every subject is under the new key: the old blind-index key is destroyed"
+            );
+        }
+        Cmd::Verify => {
+            let vault = ctx.vault().await?;
+            let report = vault.keyring_chain().await?;
+            if report.entries.is_empty() {
+                bail!(
+                    "the keyring (generation {}) was made before keyring chains and carries no signature: run `vaultctl keyring reseal` to sign it",
+                    report.generation
+                );
+            }
+            outln!(
+                out,
+                "{:>10} {:>9} {:<16} {:<16}",
+                "GENERATION",
+                "SIGNED BY",
+                "CHAIN KEY",
+                "SEALED SHA-256"
+            );
+            for e in &report.entries {
+                outln!(
+                    out,
+                    "{:>10} {:>9} {:<16} {:<16}",
+                    e.generation,
+                    e.signed_by,
+                    &e.public_key[..16],
+                    &e.sealed_sha256[..16]
+                );
+            }
+            let first = report.entries.first().map_or(0, |e| e.generation);
+            outln!(
+                out,
+                "the chain verifies from generation {first} to generation {}, the keyring the key store holds",
+                report.generation
+            );
+            match report.pinned {
+                Some((genesis, g)) => outln!(
+                    out,
+                    "the data store pins the chain from generation {genesis} up to generation {g}"
+                ),
+                None => outln!(out, "the data store pins no chain yet"),
+            }
+        }
+        Cmd::Reseal => {
+            let vault = ctx.vault().await?;
+            let g = vault.reseal_keyring(ctx.reseal_passphrase()?).await?;
+            outln!(
+                out,
+                "the keyring is stored again as generation {g}, signed; the data store pins it"
+            );
         }
         Cmd::Gc {
             older_than_hours,

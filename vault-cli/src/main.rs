@@ -46,7 +46,12 @@ fn main() -> ExitCode {
         }
     };
     let mut out = String::new();
-    let result = rt.block_on(cli.run(&mut out));
+    let result = rt.block_on(async {
+        let r = cli.run(&mut out).await;
+        // The vault is dropped by now: let its anchor task anchor what this command appended.
+        vault_core::settle_audit_anchors(std::time::Duration::from_secs(10)).await;
+        r
+    });
     {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();

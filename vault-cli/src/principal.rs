@@ -12,7 +12,11 @@ use crate::parse;
 pub enum Cmd {
     /// Create a principal; its token is printed once and never again.
     ///
-    /// Example: vaultctl principal add --name "Nurse Aigul" --role nurse@school-1 --identity custodian.txt
+    /// The first principal of a new vault is made with the custodian's identity alone; every
+    /// later one by a principal who administers principals in each school named (a director;
+    /// the general director for ROLE@*), given with --token-file or VAULT_TOKEN.
+    ///
+    /// Example: vaultctl principal add --name "Nurse Aigul" --role nurse@school-1 --identity custodian.txt --token-file director.token
     Add {
         #[arg(long)]
         name: String,
@@ -37,7 +41,14 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
     let vault = ctx.vault().await?;
     match cmd {
         Cmd::Add { name, roles } => {
-            let (p, token) = vault.create_principal(&name, &roles).await?;
+            let (p, token) = if ctx.has_token() {
+                ctx.session(&vault)
+                    .await?
+                    .create_principal(&name, &roles)
+                    .await?
+            } else {
+                vault.bootstrap_principal(&name, &roles).await?
+            };
             outln!(out, "principal {} created", p.id());
             outln!(
                 out,

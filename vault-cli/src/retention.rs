@@ -10,9 +10,11 @@ use crate::parse::{self, Time};
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Record that a subject left the school: most retention periods run from this date.
+    /// Record that a subject left the school: most retention periods run from this date. Acts
+    /// as a principal granted `left` in the subject's school (admissions, HR, the director or
+    /// the privacy officer); a date in the future is refused.
     ///
-    /// Example: vaultctl retention left --subject 67e55044-... --on 2026-06-30 --identity custodian.txt
+    /// Example: vaultctl retention left --subject 67e55044-... --on 2026-06-30 --identity custodian.txt --token-file admissions.token
     Left {
         #[arg(long, value_parser = parse::subject_id)]
         subject: SubjectId,
@@ -41,14 +43,15 @@ pub enum Cmd {
               value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         records_per_page: u64,
     },
-    /// Legal holds: exempt a subject or a record from sweeps.
+    /// Legal holds: exempt a subject or a record from sweeps. Acts as a principal granted
+    /// `hold` in the subject's school (the director or the privacy officer).
     #[command(subcommand)]
     Hold(HoldCmd),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum HoldCmd {
-    /// Example: vaultctl retention hold add --subject 67e55044-... --reason "court case 2-118/2026"
+    /// Example: vaultctl retention hold add --subject 67e55044-... --reason "court case 2-118/2026" --token-file privacy.token
     Add {
         #[arg(long, value_parser = parse::subject_id)]
         subject: SubjectId,
@@ -72,7 +75,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
     let vault = ctx.vault().await?;
     match cmd {
         Cmd::Left { subject: s, on } => {
-            vault.mark_left("custodian", s, on.at).await?;
+            ctx.session(&vault).await?.mark_left(s, on.at).await?;
             outln!(out, "subject {s} left on {}", on.given);
         }
         Cmd::Plan { until } => {
@@ -149,13 +152,15 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
             record,
             reason,
         }) => {
-            let h = vault
-                .place_hold("custodian", subject, record, &reason)
+            let h = ctx
+                .session(&vault)
+                .await?
+                .place_hold(subject, record, &reason)
                 .await?;
             outln!(out, "hold {} placed", h.id);
         }
         Cmd::Hold(HoldCmd::List) => {
-            for h in vault.holds().await? {
+            for h in ctx.session(&vault).await?.holds().await? {
                 outln!(
                     out,
                     "{}  subject {}  record {}  {}  {}",
@@ -174,7 +179,10 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
             }
         }
         Cmd::Hold(HoldCmd::Release { id, reason }) => {
-            vault.release_hold("custodian", &id, &reason).await?;
+            ctx.session(&vault)
+                .await?
+                .release_hold(&id, &reason)
+                .await?;
             outln!(out, "hold {id} released");
         }
     }

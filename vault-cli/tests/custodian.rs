@@ -123,20 +123,90 @@ async fn setup(backend: Backend) -> Ctl {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = ctl.ok(&[
-        "principal",
-        "add",
-        "--name",
-        "Privacy officer",
-        "--role",
-        "privacy_officer@school-1",
-    ]);
-    let token = out.lines().nth(1).unwrap().rsplit(' ').next().unwrap();
-    std::fs::write(&ctl.token_file, format!("{token}\n")).unwrap();
+    // The first principal is the only one the custodian's identity alone may make.
+    let o = ctl
+        .cmd()
+        .env_remove("VAULT_TOKEN_FILE")
+        .args([
+            "principal",
+            "add",
+            "--name",
+            "General director",
+            "--role",
+            "general_director@*",
+            "--identity",
+        ])
+        .arg(&ctl.identity)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        ctl.admin_token(),
+        token_line(&String::from_utf8_lossy(&o.stdout)),
+    )
+    .unwrap();
+    let out = ctl.ok_as(
+        &ctl.admin_token(),
+        &[
+            "principal",
+            "add",
+            "--name",
+            "Privacy officer",
+            "--role",
+            "privacy_officer@school-1",
+        ],
+    );
+    std::fs::write(&ctl.token_file, token_line(&out)).unwrap();
+    let out = ctl.ok_as(
+        &ctl.admin_token(),
+        &[
+            "principal",
+            "add",
+            "--name",
+            "Auditor",
+            "--role",
+            "auditor@*",
+        ],
+    );
+    std::fs::write(ctl.auditor_token(), token_line(&out)).unwrap();
     ctl
 }
 
+/// The token line `principal add` printed, as a token file holds it.
+fn token_line(out: &str) -> String {
+    let token = out.lines().nth(1).unwrap().rsplit(' ').next().unwrap();
+    format!("{token}\n")
+}
+
 impl Ctl {
+    /// The general director's token: the bootstrap principal, who adds the others.
+    fn admin_token(&self) -> PathBuf {
+        self.stores.dir.path().join("general-director.token")
+    }
+
+    /// A network-wide auditor's token, for `audit log`.
+    fn auditor_token(&self) -> PathBuf {
+        self.stores.dir.path().join("auditor.token")
+    }
+
+    /// `ok`, acting as the holder of `token`.
+    fn ok_as(&self, token: &Path, args: &[&str]) -> String {
+        let o = self
+            .cmd()
+            .env("VAULT_TOKEN_FILE", token)
+            .args(args)
+            .arg("--identity")
+            .arg(&self.identity)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "vaultctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     async fn privacy_officer(&self, v: &Vault) -> vault_core::Principal {
         let token = std::fs::read_to_string(&self.token_file).unwrap();
         v.authenticate(&vault_core::BearerToken::new(token.trim()))
@@ -343,14 +413,86 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
     );
 
     // Principals: add prints the token once; list is the list of persons with access; revoke.
-    let out = ctl.ok(&[
+    // Only a principal administrator adds one: the custodian's identity alone cannot mint
+    // someone to act as once the vault has principals, nor can a privacy officer.
+    let nurse_role = [
         "principal",
         "add",
         "--name",
         "Nurse Aigul",
         "--role",
         "nurse@school-1",
-    ]);
+    ];
+    let o = ctl
+        .cmd()
+        .env_remove("VAULT_TOKEN_FILE")
+        .args(nurse_role)
+        .arg("--identity")
+        .arg(&ctl.identity)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has principals already"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ctl.fails(&nurse_role, "may not give the role nurse@school-1");
+    let out = ctl.ok_as(&ctl.admin_token(), &nurse_role);
+    // A school's director adds staff, but no second director (who could approve the first
+    // one's requests), privacy officer or auditor: those come from the general director.
+    let director = ctl.stores.dir.path().join("director.token");
+    let made = ctl.ok_as(
+        &ctl.admin_token(),
+        &[
+            "principal",
+            "add",
+            "--name",
+            "Director",
+            "--role",
+            "director@school-1",
+        ],
+    );
+    std::fs::write(&director, token_line(&made)).unwrap();
+    ctl.ok_as(
+        &director,
+        &[
+            "principal",
+            "add",
+            "--name",
+            "Teacher Bolat",
+            "--role",
+            "teacher@school-1",
+        ],
+    );
+    for role in [
+        "director@school-1",
+        "privacy_officer@school-1",
+        "auditor@school-1",
+        "nurse@school-2",
+    ] {
+        let o = ctl
+            .cmd()
+            .env("VAULT_TOKEN_FILE", &director)
+            .args([
+                "principal",
+                "add",
+                "--name",
+                "Sock puppet",
+                "--role",
+                role,
+                "--identity",
+            ])
+            .arg(&ctl.identity)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{role}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("may not give the role"),
+            "{role}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let id = out
         .lines()
         .next()
@@ -528,9 +670,15 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
             .any(|l| l.contains("Nurse Aigul") && !l.contains(" -  "))
     );
 
-    // Audit: verify, log filters, and a tampered entry is named with exit code 1.
+    // Audit: verify, log filters, and a tampered entry is named with exit code 1. The log is
+    // read as an auditor: the custodian's identity and a privacy officer's token are not enough.
     assert!(ctl.ok(&["audit", "verify"]).starts_with("audit log intact"));
-    let log = ctl.ok(&["audit", "log", "--principal", &id, "--format", "json"]);
+    ctl.fails(&["audit", "log"], "only an auditor may read the audit log");
+    let auditor = ctl.auditor_token();
+    let log = ctl.ok_as(
+        &auditor,
+        &["audit", "log", "--principal", &id, "--format", "json"],
+    );
     // Each read: identity allowed, contact denied (the nurse may not read contacts for education).
     let reads = |outcome: &str| {
         log.lines()
@@ -542,8 +690,27 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
     assert_eq!(reads("allowed"), 3, "{log}");
     assert_eq!(reads("denied"), 3, "{log}");
     let subj = all[3].to_string();
-    let log = ctl.ok(&["audit", "log", "--subject", &subj]);
+    let log = ctl.ok_as(&auditor, &["audit", "log", "--subject", &subj]);
     assert!(log.contains("record.read"));
+    // Both queries are themselves in the log, under the auditor.
+    let v = ctl.vault().await;
+    let queries = v
+        .audit_query(&vault_core::AuditFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "audit.query" || e.action == "audit.read")
+        .count();
+    assert_eq!(queries, 2);
+    let refused_bootstrap = v
+        .audit_query(&vault_core::AuditFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.actor == "bootstrap" && e.outcome == "denied")
+        .count();
+    assert_eq!(refused_bootstrap, 1, "the refused bootstrap is in the log");
+    drop(v);
     let db = ctl.stores.raw_data().await;
     db.execute_unprepared("UPDATE audit_log SET outcome = 'denied' WHERE seq = 2")
         .await
@@ -677,6 +844,11 @@ async fn retention_from_the_command_line(backend: Backend) {
     ctl.fails(
         &["retention", "left", "--subject", &sid, "--on", "last june"],
         "is not a time",
+    );
+    // A leaving day in the future would postpone every expiry: refused.
+    ctl.fails(
+        &["retention", "left", "--subject", &sid, "--on", "2099-01-01"],
+        "is in the future",
     );
 }
 
@@ -1198,7 +1370,10 @@ async fn a_transfer_export_acts_as_someone_and_passes_a_reads_decisions(backend:
     assert_eq!(code, Some(1));
     assert!(err.contains("is blocked"), "{err}");
     // Every attempt is in the log under the person who made it.
-    let log = ctl.ok(&["audit", "log", "--subject", &sid, "--format", "json"]);
+    let log = ctl.ok_as(
+        &ctl.auditor_token(),
+        &["audit", "log", "--subject", &sid, "--format", "json"],
+    );
     let exports: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -1334,11 +1509,24 @@ async fn vaultctl_on_another_schools_subject_answers_as_for_a_random_id(backend:
         .iter()
         .map(|x| x.to_string())
         .collect();
-        let ledger = ["transfer", "ledger", "--subject", sid]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        vec![check, export, ground, ledger]
+        let owned = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+        vec![
+            check,
+            export,
+            ground,
+            owned(&["transfer", "ledger", "--subject", sid]),
+            owned(&["retention", "left", "--subject", sid, "--on", "2020-01-01"]),
+            owned(&[
+                "retention",
+                "hold",
+                "add",
+                "--subject",
+                sid,
+                "--reason",
+                "court case 2-118/2026",
+            ]),
+            owned(&["audit", "log", "--subject", sid]),
+        ]
     };
     for (a, b) in commands(&victim).iter().zip(commands(random)) {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -1354,7 +1542,10 @@ async fn vaultctl_on_another_schools_subject_answers_as_for_a_random_id(backend:
         // A teacher of the school holds none of these grants.
         let (ct, _, et) = run(&teacher, &a);
         assert_eq!(ct, Some(1), "{a:?}");
-        assert!(et.contains("none of your roles may"), "{a:?}: {et}");
+        assert!(
+            et.contains("none of your roles may") || et.contains("only an auditor may"),
+            "{a:?}: {et}"
+        );
     }
     assert!(!Path::new(out).exists());
     // The incident report of another school lists none of school-1's subjects.

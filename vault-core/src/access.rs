@@ -14,7 +14,7 @@ use crate::audit::{AuditEvent, Outcome};
 use crate::domain::{
     Category, FieldName, Purpose, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
 };
-use crate::policy::{Action, Decision, Role, Scope};
+use crate::policy::{Action, ApprovalAct, Decision, Role, Scope};
 use crate::store::repo::consents::{ConsentRow, GroundRow};
 use crate::store::repo::records::FieldRow;
 use crate::store::repo::{break_glass, consents, principals, requests, subjects};
@@ -100,6 +100,16 @@ fn scope_school(scope: &Scope) -> Option<SchoolId> {
     }
 }
 
+/// The school every one of `roles` is held in, if they are all held in one.
+fn one_school(roles: &[(Scope, Role)]) -> Option<SchoolId> {
+    let mut schools = roles.iter().map(|(s, _)| match s {
+        Scope::School(school) => Some(school.clone()),
+        Scope::Network => None,
+    });
+    let first = schools.next()??;
+    schools.all(|s| s.as_ref() == Some(&first)).then_some(first)
+}
+
 fn first_school(p: &Principal) -> Result<SchoolId, VaultError> {
     p.roles
         .iter()
@@ -154,7 +164,7 @@ impl Principal {
         &self.roles
     }
 
-    fn actor(&self) -> String {
+    pub(crate) fn actor(&self) -> String {
         self.id.to_string()
     }
 }
@@ -277,6 +287,8 @@ pub struct NewAccessRequest {
     pub record: Option<RecordId>,
     pub categories: Vec<Category>,
     pub purpose: Purpose,
+    /// Read the categories, or transfer them; an approval opens only this act.
+    pub act: ApprovalAct,
     pub justification: String,
 }
 
@@ -289,6 +301,7 @@ pub struct AccessRequest {
     pub record: Option<RecordId>,
     pub categories: Vec<Category>,
     pub purpose: Purpose,
+    pub act: ApprovalAct,
     pub justification: String,
     pub status: RequestStatus,
     pub created_at: DateTime<Utc>,
@@ -394,9 +407,109 @@ fn text(field: &'static str, s: &str, min: usize) -> Result<String, VaultError> 
 impl Vault {
     // ----- principals -------------------------------------------------------------------------
 
-    /// Creates a principal with roles and returns its bearer token, shown only this once.
-    pub async fn create_principal(
+    crate::unscoped! {
+        /// Creates a principal with roles and returns its bearer token, shown only this once;
+        /// for the tests' fixtures. Everyone else goes through `bootstrap_principal` (the first
+        /// one) or `Session::create_principal` (decided).
+        async fn create_principal(
+            &self,
+            name: &str,
+            roles: &[(Scope, Role)],
+        ) -> Result<(Principal, BearerToken), VaultError> {
+            self.insert_principal("admin", name, roles).await
+        }
+    }
+
+    /// The first principal of a new vault, made with the custodian's identity alone: allowed
+    /// only while the vault has no principal at all (revoked ones count), so the custodian
+    /// cannot mint someone later to act as. Every later principal is made by a principal who
+    /// holds `principal_admin` in each school it gives a role in.
+    pub async fn bootstrap_principal(
         &self,
+        name: &str,
+        roles: &[(Scope, Role)],
+    ) -> Result<(Principal, BearerToken), VaultError> {
+        if principals::any(&self.stores().data).await? {
+            // A custodian trying to mint someone to act as is worth a line in the log.
+            let mut ev = AuditEvent::new("bootstrap", "principal.create", Outcome::Denied);
+            ev.school = one_school(roles);
+            ev.reason = Some("principals exist already: refused without an administrator".into());
+            self.audit().append(vec![ev]).await?;
+            return Err(VaultError::PrincipalsExist);
+        }
+        self.insert_principal("bootstrap", name, roles).await
+    }
+
+    /// Whether `p` may give `role` held in `scope`: `principal_admin` in that school, or, for a
+    /// network-wide role, a network-wide role of its own that holds it. Separation of duties:
+    /// a role that approves, administers principals, holds keys, reads the audit log, shreds,
+    /// transfers or unblocks is given only by a network-wide administrator (the general
+    /// director), so a school's director cannot make a second director to approve their own
+    /// requests, nor a privacy officer, auditor or custodian of their choosing.
+    pub(crate) fn may_administer(
+        &self,
+        p: &Principal,
+        scope: &Scope,
+        role: Role,
+    ) -> Result<bool, VaultError> {
+        let identity = category(IDENTITY)?;
+        let why = purpose(LEGAL_ADMINISTRATIVE)?;
+        let network = p.roles.iter().any(|(s, r)| {
+            *s == Scope::Network
+                && self
+                    .policy()
+                    .holds_everywhere(*r, &identity, Action::PrincipalAdmin, &why)
+        });
+        if network {
+            return Ok(true);
+        }
+        let powerful = [
+            Action::Approve,
+            Action::PrincipalAdmin,
+            Action::KeyAdmin,
+            Action::AuditRead,
+            Action::Shred,
+            Action::Transfer,
+            Action::Unblock,
+        ]
+        .into_iter()
+        .any(|a| self.policy().role_holds(role, a));
+        Ok(match scope {
+            Scope::School(school) => {
+                !powerful
+                    && self.decide(p, school, &identity, Action::PrincipalAdmin, &why)
+                        == Decision::Allow
+            }
+            Scope::Network => false,
+        })
+    }
+
+    /// Creates a principal on `by`'s authority: `by` must administer principals in every
+    /// scope the new roles name. Refused attempts are audited.
+    pub(crate) async fn create_principal_as(
+        &self,
+        by: &Principal,
+        name: &str,
+        roles: &[(Scope, Role)],
+    ) -> Result<(Principal, BearerToken), VaultError> {
+        for (scope, role) in roles {
+            if !self.may_administer(by, scope, *role)? {
+                let mut ev = AuditEvent::new(by.actor(), "principal.create", Outcome::Denied);
+                ev.school = one_school(roles);
+                ev.reason = Some(format!("may not give {role}@{}", scope.as_str()));
+                self.audit().append(vec![ev]).await?;
+                return Err(VaultError::MayNotAdminister {
+                    role: *role,
+                    scope: scope.as_str().to_owned(),
+                });
+            }
+        }
+        self.insert_principal(&by.actor(), name, roles).await
+    }
+
+    async fn insert_principal(
+        &self,
+        actor: &str,
         name: &str,
         roles: &[(Scope, Role)],
     ) -> Result<(Principal, BearerToken), VaultError> {
@@ -414,7 +527,9 @@ impl Vault {
         let id = PrincipalId::new_random();
         let now = self.now();
         principals::insert(&self.stores().data, id, &name, token.hash(), now, roles).await?;
-        let mut ev = AuditEvent::new("admin", "principal.create", Outcome::Done);
+        let mut ev = AuditEvent::new(actor, "principal.create", Outcome::Done);
+        // In the school's own log when every role is held there, so its auditor sees it.
+        ev.school = one_school(roles);
         ev.reason = Some(format!(
             "principal {id}: {}",
             roles
@@ -551,12 +666,48 @@ impl Vault {
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<RecordMeta>, VaultError> {
-        self.scoped_subject(p, subject).await?;
+        let subj = self.scoped_subject(p, subject).await?;
         let mut out = Vec::new();
+        let mut may: BTreeMap<RecordType, bool> = BTreeMap::new();
         for id in self.subject_record_ids(subject).await? {
-            out.push(self.record_meta(id).await?);
+            let meta = self.record_meta(id).await?;
+            let shown = *may
+                .entry(meta.record_type.clone())
+                .or_insert_with(|| self.may_act_on_type(p, &subj.school, &meta.record_type));
+            if shown {
+                out.push(meta);
+            }
         }
         Ok(out)
+    }
+
+    /// Whether the principal holds any grant on a category the record type holds, for any
+    /// purpose: the existence of a record type (a psychological assessment, a medical file)
+    /// says something of the child, so a role that could never act on one is not told of it.
+    fn may_act_on_type(&self, p: &Principal, school: &SchoolId, rt: &RecordType) -> bool {
+        let Some(def) = self.catalog().record_type(rt) else {
+            return false;
+        };
+        let cats: BTreeSet<&Category> = def.fields().map(|f| &f.category).collect();
+        cats.into_iter().any(|c| {
+            let Some(cdef) = self.catalog().category(c) else {
+                return false;
+            };
+            [
+                Action::Read,
+                Action::Update,
+                Action::Write,
+                Action::Shred,
+                Action::Export,
+                Action::Transfer,
+            ]
+            .into_iter()
+            .any(|a| {
+                cdef.purposes
+                    .iter()
+                    .any(|why| !matches!(self.decide(p, school, c, a, why), Decision::Deny(_)))
+            })
+        })
     }
 
     /// Overdue break-glass accesses of the schools where the principal reviews them.
@@ -616,6 +767,17 @@ impl Vault {
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<crate::audit::AuditRecord>, VaultError> {
+        self.history_read_as(p, subject).await?;
+        self.access_history(subject).await
+    }
+
+    /// The decision and the audit entry of a read of a subject's history, without the read: for
+    /// callers that query the history their own way (`audit_log_as`).
+    pub(crate) async fn history_read_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<(), VaultError> {
         let subj = self.scoped_subject(p, subject).await?;
         let audit = purpose(AUDIT)?;
         self.require_on_subject(p, &subj, Action::AuditRead, &audit, "audit.read")
@@ -634,7 +796,7 @@ impl Vault {
             Some(&audit),
         );
         self.audit().append(vec![ev]).await?;
-        self.access_history(subject).await
+        Ok(())
     }
 
     /// Records an operator's decision that has no subject (such as a configuration override).
@@ -850,7 +1012,7 @@ impl Vault {
 
     /// Requires an action that names no field (block, history, consents, search) on a subject:
     /// decided on its identity category, like every other action, and audited when refused.
-    async fn require_on_subject(
+    pub(crate) async fn require_on_subject(
         &self,
         p: &Principal,
         subj: &Scoped,
@@ -1144,7 +1306,7 @@ impl Vault {
         let cats: Vec<Category> = cats.into_iter().collect();
         for c in &cats {
             if let Decision::Deny(reason) =
-                self.decide(p, &subj.school, c, Action::Read, &new.purpose)
+                self.decide(p, &subj.school, c, new.act.action(), &new.purpose)
             {
                 let mut ev = self.event(
                     p,
@@ -1176,6 +1338,7 @@ impl Vault {
             record: new.record,
             categories: cats.clone(),
             purpose: new.purpose.clone(),
+            act: new.act,
             justification,
             status: RequestStatus::Pending,
             created_at: self.now(),
@@ -1392,12 +1555,13 @@ impl Vault {
         record: Option<RecordId>,
         wanted: &BTreeSet<Category>,
         purpose: &Purpose,
+        act: ApprovalAct,
     ) -> Result<Vec<(RequestId, BTreeSet<Category>)>, VaultError> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let rows = requests::usable(&self.stores().data, p.id, subj.id, purpose, now).await?;
+        let rows = requests::usable(&self.stores().data, p.id, subj.id, purpose, act, now).await?;
         let mut left = wanted.clone();
         let mut used = Vec::new();
         for r in rows {
@@ -1600,7 +1764,14 @@ impl Vault {
         id: RecordId,
         purpose: &Purpose,
     ) -> Result<RecordView, VaultError> {
-        let (meta, subj, rows) = self.record_for_read(id, |school| sees(p, school)).await?;
+        let (meta, subj, rows) = match self.record_for_read(id, |school| sees(p, school)).await {
+            Err(VaultError::RecordShredded(_)) => {
+                return Err(self
+                    .shredded_or_forbidden(p, id, Action::Read, purpose, "record.read")
+                    .await);
+            }
+            r => r?,
+        };
         let present: BTreeSet<Category> = rows.iter().filter_map(FieldRow::category).collect();
         let mut open = BTreeSet::new();
         let mut sealed: BTreeMap<Category, SealReason> = BTreeMap::new();
@@ -1644,7 +1815,14 @@ impl Vault {
             open.insert(health);
         }
         for (req, cats) in self
-            .use_approvals(p, &subj, Some(id), &needs_approval, purpose)
+            .use_approvals(
+                p,
+                &subj,
+                Some(id),
+                &needs_approval,
+                purpose,
+                ApprovalAct::Read,
+            )
             .await?
         {
             via.push(format!("approval {req}"));
@@ -1865,6 +2043,11 @@ impl Vault {
         fields: &BTreeMap<FieldName, FieldValue>,
         purposes: &Purposes,
     ) -> Result<RecordMeta, VaultError> {
+        // Input first: an empty write is refused the same way for everyone, before any state
+        // (the block) could be told.
+        if fields.is_empty() {
+            return Err(VaultError::EmptyRecord);
+        }
         let subj = self.scoped_subject(p, subject).await?;
         let cats = self.purposes_of(record_type, fields.keys().cloned(), purposes)?;
         self.check_write(
@@ -1895,7 +2078,23 @@ impl Vault {
         changes: &BTreeMap<FieldName, FieldChange>,
         purposes: &Purposes,
     ) -> Result<RecordMeta, VaultError> {
-        let (meta, subj) = self.scoped_record(p, id).await?;
+        if changes.is_empty() {
+            return Err(VaultError::EmptyRecord);
+        }
+        let (meta, subj) = match self.scoped_record(p, id).await {
+            Err(VaultError::RecordShredded(_)) => {
+                return Err(self
+                    .shredded_or_forbidden(
+                        p,
+                        id,
+                        Action::Update,
+                        &purposes.default,
+                        "record.update",
+                    )
+                    .await);
+            }
+            r => r?,
+        };
         let cats = self.purposes_of(&meta.record_type, changes.keys().cloned(), purposes)?;
         self.check_write(
             &Act {
@@ -1958,6 +2157,55 @@ impl Vault {
             vec![ev]
         })
         .await
+    }
+
+    /// What a shredded record of the principal's school is told as: `410` to a role that could
+    /// have acted on it, `403` (audited like any refusal) to one that holds no grant for
+    /// `action` on any category the record type can hold, so the shred is no state a role
+    /// without the grant learns.
+    async fn shredded_or_forbidden(
+        &self,
+        p: &Principal,
+        id: RecordId,
+        action: Action,
+        purpose: &Purpose,
+        audit_action: &'static str,
+    ) -> VaultError {
+        let found = async {
+            let (meta, subj) = self.scoped_record_any(p, id).await?;
+            let mut cats: BTreeSet<Category> = self
+                .catalog()
+                .record_type(&meta.record_type)
+                .map(|rt| rt.fields().map(|f| f.category.clone()).collect())
+                .unwrap_or_default();
+            cats.insert(category(IDENTITY)?);
+            // A role that may act on some category hears of the shred; one that may act on
+            // none is refused as for a live record, through the same audited refusal.
+            let all_denied = cats.iter().all(|c| {
+                matches!(
+                    self.decide(p, &subj.school, c, action, purpose),
+                    Decision::Deny(_)
+                )
+            });
+            if !all_denied {
+                return Ok(VaultError::RecordShredded(id));
+            }
+            let act = Act {
+                p,
+                subj: &subj,
+                record: Some(id),
+                purpose,
+                audit_action,
+            };
+            let first = cats.into_iter().take(1).collect();
+            Ok::<_, VaultError>(match self.require(&act, &first, action).await {
+                Err(e) => e,
+                Ok(()) => VaultError::RecordShredded(id),
+            })
+        };
+        match found.await {
+            Ok(e) | Err(e) => e,
+        }
     }
 
     /// A set of categories named in a request: duplicates collapse, and each must be one the

@@ -14,6 +14,7 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::anchor::{AnchorSource, Anchors};
 use crate::clock::Clock;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
 use crate::store::repo::audit as repo;
@@ -105,6 +106,25 @@ pub enum AuditProblem {
     Truncated { last: i64, expected: i64 },
     /// A checkpoint's signature is not the audit key's, or it names a hash the chain lacks.
     BadCheckpoint { seq: i64 },
+    /// A signed anchor kept outside the data store (the key store, the witness file, or this
+    /// server's memory) names entry `to`, but the log ends at `from - 1`: entries `from` to `to`
+    /// were removed, with the head and the checkpoints rewound to hide it.
+    TailMissing {
+        from: i64,
+        to: i64,
+        anchored_at: DateTime<Utc>,
+        source: AnchorSource,
+    },
+    /// A signed anchor names a hash the log does not have at its seq: the log was cut there and
+    /// written again.
+    AnchorDiffers {
+        seq: i64,
+        anchored_at: DateTime<Utc>,
+        source: AnchorSource,
+    },
+    /// The anchor in the key store or the witness file cannot be read or is not signed by the
+    /// audit key.
+    BadAnchor { source: AnchorSource },
 }
 
 impl std::fmt::Display for AuditProblem {
@@ -124,6 +144,38 @@ impl std::fmt::Display for AuditProblem {
             AuditProblem::BadCheckpoint { seq } => {
                 write!(f, "the signed checkpoint at entry {seq} does not verify")
             }
+            AuditProblem::TailMissing {
+                from,
+                to,
+                anchored_at,
+                source,
+            } => {
+                let at = anchored_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                if from == to {
+                    write!(f, "entry {to} is missing")?;
+                } else {
+                    write!(f, "entries {from} to {to} are missing")?;
+                }
+                write!(
+                    f,
+                    "; the anchor of {at} {source} names {to}: entries at the end were removed"
+                )
+            }
+            AuditProblem::AnchorDiffers {
+                seq,
+                anchored_at,
+                source,
+            } => {
+                let at = anchored_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                write!(
+                    f,
+                    "entry {seq} is not the one the anchor of {at} {source} names: the log was cut there and written again"
+                )
+            }
+            AuditProblem::BadAnchor { source } => write!(
+                f,
+                "the audit anchor {source} cannot be read or is not signed by the audit key"
+            ),
         }
     }
 }
@@ -212,6 +264,7 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 pub(crate) struct Chain {
     signer: Ed25519KeyPair,
     clock: Arc<dyn Clock>,
+    anchors: Anchors,
 }
 
 impl Chain {
@@ -226,38 +279,69 @@ impl Chain {
         if events.is_empty() {
             return Ok(());
         }
-        // Take the chain's write lock and read the head in one statement.
-        let (mut seq, mut prev) = repo::lock_head(txn).await?;
         let at = micros(self.clock.now());
-        let mut rows = Vec::new();
-        for ev in events {
-            seq += 1;
-            let r = AuditRecord {
-                seq,
-                at,
-                actor: ev.actor.clone(),
-                action: ev.action.to_owned(),
-                school: ev.school.as_ref().map(|s| s.as_str().to_owned()),
-                subject: ev.subject.map(|s| s.to_string()),
-                record: ev.record.map(|r| r.to_string()),
-                categories: ev
-                    .categories
-                    .iter()
-                    .map(|c| c.as_str().to_owned())
-                    .collect(),
-                purpose: ev.purpose.as_ref().map(|p| p.as_str().to_owned()),
-                outcome: ev.outcome.as_str().to_owned(),
-                reason: ev.reason.clone(),
-            };
-            let hash = entry_hash(&prev, &r);
-            rows.push((r, prev, hash.clone()));
-            prev = hash;
-        }
-        repo::insert_entries(txn, rows).await?;
-        repo::move_head(txn, seq, prev.clone()).await?;
+        let (seq, prev) = link_entries(txn, at, events).await?;
         let sig = self.signer.sign(&checkpoint_message(seq, &prev));
-        repo::insert_checkpoint(txn, seq, prev, sig.as_ref().to_vec(), at).await
+        repo::insert_checkpoint(txn, seq, prev.clone(), sig.as_ref().to_vec(), at).await?;
+        // Anchored outside the data store once the anchor task sees this checkpoint committed.
+        self.anchors.checkpoint(seq, &prev, at);
+        Ok(())
     }
+}
+
+/// Links `events` onto the chain inside `txn` (locks the head, inserts, moves the head) and
+/// answers the new head; no checkpoint.
+async fn link_entries(
+    txn: &Txn,
+    at: DateTime<Utc>,
+    events: Vec<&AuditEvent>,
+) -> Result<(i64, Vec<u8>), DbErr> {
+    // Take the chain's write lock and read the head in one statement.
+    let (mut seq, mut prev) = repo::lock_head(txn).await?;
+    let mut rows = Vec::new();
+    for ev in events {
+        seq += 1;
+        let r = AuditRecord {
+            seq,
+            at,
+            actor: ev.actor.clone(),
+            action: ev.action.to_owned(),
+            school: ev.school.as_ref().map(|s| s.as_str().to_owned()),
+            subject: ev.subject.map(|s| s.to_string()),
+            record: ev.record.map(|r| r.to_string()),
+            categories: ev
+                .categories
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            purpose: ev.purpose.as_ref().map(|p| p.as_str().to_owned()),
+            outcome: ev.outcome.as_str().to_owned(),
+            reason: ev.reason.clone(),
+        };
+        let hash = entry_hash(&prev, &r);
+        rows.push((r, prev, hash.clone()));
+        prev = hash;
+    }
+    repo::insert_entries(txn, rows).await?;
+    repo::move_head(txn, seq, prev.clone()).await?;
+    Ok((seq, prev))
+}
+
+/// Appends `events` without a signed checkpoint, for what must be recorded when the process
+/// holds no trusted audit key (a keyring refused at start). The entries are chained like any
+/// other, so an edit or removal still breaks the chain, and the next signed checkpoint covers
+/// them.
+pub(crate) async fn append_unsigned(
+    db: &Db,
+    clock: &dyn Clock,
+    events: &[AuditEvent],
+) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let txn = crate::store::begin(db).await?;
+    link_entries(&txn, micros(clock.now()), events.iter().collect()).await?;
+    txn.commit().await
 }
 
 async fn write_batch(db: &Db, chain: &Chain, batch: &[Pending]) -> Result<(), DbErr> {
@@ -271,14 +355,20 @@ async fn write_batch(db: &Db, chain: &Chain, batch: &[Pending]) -> Result<(), Db
 impl AuditLog {
     /// Starts the writer task on the current tokio runtime.
     pub(crate) fn start(
-        db: Db,
+        stores: &crate::store::Stores,
         seed: &[u8; 32],
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuditError> {
+        let db = stores.data.clone();
         let signer = Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|_| AuditError::Write("invalid audit signing key".into()))?;
         let public_key = signer.public_key().as_ref().to_vec();
-        let chain = Arc::new(Chain { signer, clock });
+        let anchors = Anchors::start(db.clone(), stores.keys.clone(), seed, public_key.clone());
+        let chain = Arc::new(Chain {
+            signer,
+            clock,
+            anchors,
+        });
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let writer_chain = chain.clone();
         tokio::spawn(async move {
@@ -305,6 +395,11 @@ impl AuditLog {
         self.chain.clone()
     }
 
+    /// The anchor task's handle.
+    pub(crate) fn anchors(&self) -> &Anchors {
+        &self.chain.anchors
+    }
+
     /// Appends events and waits until they are committed.
     pub(crate) async fn append(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
         if events.is_empty() {
@@ -321,9 +416,32 @@ impl AuditLog {
     }
 
     /// Walks the whole chain and the checkpoints in one pass over one streamed query; memory
-    /// stays flat in the length of the log (only the checkpoints are held).
+    /// stays flat in the length of the log (only the checkpoints are held). Then, if the data
+    /// store alone finds nothing wrong, checks the chain against every anchor it can read
+    /// outside the data store: each must name an entry the log holds, with that entry's hash.
     pub(crate) async fn verify(&self, db: &Db) -> Result<AuditReport, AuditError> {
+        // Read before the log, so an anchor written meanwhile names no entry the walk missed.
+        let mut anchors = match self.anchors().readable().await {
+            Ok(a) => a,
+            Err(source) => {
+                let mut r = self.verify_chain(db, &[]).await?;
+                if r.problem.is_none() {
+                    r.problem = Some(AuditProblem::BadAnchor { source });
+                }
+                return Ok(r);
+            }
+        };
+        anchors.sort_by_key(|(a, _)| a.seq);
+        self.verify_chain(db, &anchors).await
+    }
+
+    async fn verify_chain(
+        &self,
+        db: &Db,
+        anchors: &[(crate::anchor::Anchor, AnchorSource)],
+    ) -> Result<AuditReport, AuditError> {
         use futures_util::TryStreamExt as _;
+        let mut next_anchor = anchors.iter().peekable();
         let cps = repo::checkpoints(db).await.map_err(AuditError::Read)?;
         let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
         let mut next_cp = cps.iter().peekable();
@@ -364,6 +482,20 @@ impl AuditLog {
                 if problem.is_some() {
                     break;
                 }
+                // Anchors at this entry must name its hash.
+                while let Some((a, source)) = next_anchor.next_if(|(a, _)| a.seq <= r.seq) {
+                    if a.hash != stored_hash {
+                        problem = Some(AuditProblem::AnchorDiffers {
+                            seq: a.seq,
+                            anchored_at: a.at,
+                            source: *source,
+                        });
+                        break;
+                    }
+                }
+                if problem.is_some() {
+                    break;
+                }
                 prev = stored_hash;
                 expected_seq += 1;
                 entries += 1;
@@ -386,6 +518,20 @@ impl AuditLog {
                 last,
                 expected: cp.seq,
             });
+        }
+        if problem.is_none() {
+            // Anchors beyond the last entry: name the range up to the furthest one (the key
+            // store's before the witness's before this process's, for the same seq).
+            let mut beyond: Vec<_> = next_anchor.collect();
+            beyond.sort_by_key(|(a, s)| (std::cmp::Reverse(a.seq), *s as u8));
+            if let Some((a, source)) = beyond.first() {
+                problem = Some(AuditProblem::TailMissing {
+                    from: last + 1,
+                    to: a.seq,
+                    anchored_at: a.at,
+                    source: *source,
+                });
+            }
         }
         Ok(AuditReport {
             entries,

@@ -14,6 +14,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::keyring::{CustodianRecipient, Passphrase, Unlock};
+use crate::store::repo::carry;
+pub use crate::store::repo::carry::CarriedOver;
 use crate::store::repo::retention::ShredRow;
 use crate::store::repo::{deks, keyring, records, retention, tables};
 use crate::store::{StoreError, Stores};
@@ -58,6 +60,30 @@ pub struct RestoreReport {
     pub rows: u64,
     /// Shreds from the live shred log re-applied over the older backup.
     pub shreds_replayed: u64,
+    /// Today's revocations, blocks, withdrawals and approval states written over the backup's.
+    pub carried_over: CarriedOver,
+    pub audit: RestoredAudit,
+}
+
+/// What became of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoredAudit {
+    /// The live log continues the backup's, so it was kept whole: the entries made since the
+    /// backup (`since_backup` of them) are still there.
+    Kept { since_backup: i64 },
+    /// The live log was empty (a restore onto new stores): the backup's log was loaded.
+    Loaded,
+    /// The live log did not continue the backup's and `replace_audit_log` was given: entries
+    /// `first..=last` of the live log are gone, which the restore's own entry names.
+    Replaced { first: i64, last: i64 },
+}
+
+/// How a restore treats what it would remove.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace a live audit log that does not continue the backup's (its entries are lost, and
+    /// the restore's entry names the range); without it, such a restore is refused.
+    pub replace_audit_log: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> VaultError {
@@ -165,10 +191,25 @@ async fn live_shreds(stores: &Stores) -> Result<Vec<ShredRow>, VaultError> {
 /// made after the backup. Each store is replaced, and its part of the replay applied, in one
 /// transaction: the key store first, the data store (which holds the live shred log) last. A
 /// crash before the data store commits leaves that log in place, so running again completes.
+///
+/// Today's security state is kept: tokens revoked, subjects blocked, consents withdrawn and
+/// approvals spent or revoked since the backup stay so; the live audit log is kept when it
+/// continues the backup's, and a restore that would cut entries from it is refused unless
+/// `opts.replace_audit_log` (see `RestoredAudit`).
 pub async fn restore(
     stores: &Stores,
     dir: &Path,
     unlock: &Unlock,
+) -> Result<RestoreReport, VaultError> {
+    restore_with(stores, dir, unlock, RestoreOptions::default()).await
+}
+
+/// `restore`, with options.
+pub async fn restore_with(
+    stores: &Stores,
+    dir: &Path,
+    unlock: &Unlock,
+    opts: RestoreOptions,
 ) -> Result<RestoreReport, VaultError> {
     let manifest: BackupManifest = std::fs::read(dir.join("manifest.json"))
         .map_err(|_| {
@@ -187,6 +228,54 @@ pub async fn restore(
             "the backup holds {lines} rows but its manifest says {expected}: it is damaged"
         )));
     }
+    let security = carry::read_live(&stores.data).await.map_err(|e| {
+        io(format!(
+            "cannot read today's revocations, blocks and withdrawals, so they could not be kept; nothing was restored: {e}"
+        ))
+    })?;
+    let backup_head = tables::backed_up_audit_head(&data);
+    let backup_seq = backup_head.as_ref().map_or(0, |h| h.0);
+    let (live_newest, live_hash) =
+        carry::audit_tail(&stores.data, backup_head.as_ref().map(|h| h.0)).await?;
+    // The key store's anchor names the newest entry the live log has had: an emptied log is
+    // not "new stores" when the anchor names entries beyond the backup.
+    let anchored = crate::store::repo::audit_anchor::get(&stores.keys)
+        .await
+        .map_err(StoreError::keys)?
+        .map_or(0, |a| a.seq);
+    let continues = backup_head
+        .as_ref()
+        .is_none_or(|(_, hash)| live_hash.as_deref() == Some(hash.as_slice()));
+    let audit = if live_newest == 0 && anchored <= backup_seq {
+        RestoredAudit::Loaded
+    } else if live_newest > 0 && continues {
+        RestoredAudit::Kept {
+            since_backup: live_newest - backup_seq,
+        }
+    } else {
+        let last = live_newest.max(anchored);
+        let why = if live_newest == 0 {
+            format!(
+                "the live audit log is empty, but the key store's anchor names entry {anchored}"
+            )
+        } else {
+            format!(
+                "the live audit log ({live_newest} entries) does not continue the backup's (entry {backup_seq} differs or is missing)"
+            )
+        };
+        if !opts.replace_audit_log {
+            return Err(io(format!(
+                "{why}, so restoring would leave entries 1 to {last} out; nothing was restored. Run `vaultctl audit verify` to see what was changed, keep a copy of the log, then run again with --replace-audit-log: the restore's own entry names the range removed"
+            )));
+        }
+        // Entries the backup shares with the live log cannot be told apart here: report the
+        // whole live log as replaced, which is what the restore does to it.
+        RestoredAudit::Replaced { first: 1, last }
+    };
+    let keep: &[&str] = match audit {
+        RestoredAudit::Kept { .. } => tables::AUDIT_TABLES,
+        _ => &[],
+    };
     let live = live_shreds(stores).await?;
     // Which live shreds the backup already knows of.
     let backed_up: BTreeSet<(String, String)> = tables::backed_up_shreds(&data);
@@ -198,7 +287,14 @@ pub async fn restore(
     let txn = crate::store::begin(&stores.keys)
         .await
         .map_err(StoreError::keys)?;
-    let mut rows = tables::load(&txn, &keys, true).await?;
+    let mut rows = tables::load(&txn, &keys, true, &[]).await?;
+    // The audit log goes back to the backup's: its anchor, which named the live log's head, is
+    // forgotten, and the restore's own entry anchors the restored chain.
+    if !matches!(audit, RestoredAudit::Kept { .. }) {
+        crate::store::repo::audit_anchor::clear_in(&txn)
+            .await
+            .map_err(StoreError::keys)?;
+    }
     for s in &replay {
         deks::delete_of_record_in(&txn, &s.record_id, s.category_names()).await?;
     }
@@ -208,7 +304,7 @@ pub async fn restore(
     let txn = crate::store::begin(&stores.data)
         .await
         .map_err(StoreError::data)?;
-    rows += tables::load(&txn, &data, false).await?;
+    rows += tables::load(&txn, &data, false, keep).await?;
     crate::crash::point("restore.data_loaded");
     for s in &replay {
         records::delete_field_categories(&txn, &s.record_id, s.category_names()).await?;
@@ -218,10 +314,15 @@ pub async fn restore(
         }
         retention::replay_shred(&txn, s).await?;
     }
+    let carried_over = carry::reapply(&txn, &security)
+        .await
+        .map_err(StoreError::data)?;
     txn.commit().await.map_err(StoreError::data)?;
     Ok(RestoreReport {
         rows,
         shreds_replayed: replay.len() as u64,
+        carried_over,
+        audit,
     })
 }
 

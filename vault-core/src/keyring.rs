@@ -16,7 +16,15 @@ use crate::domain::Category;
 use crate::envelope::{CryptoError, Kek, SecretKey};
 
 const MAGIC: &[u8] = b"SCHOOL-VAULT-KEYRING\0";
+/// Format 1: no chain key (keyrings made before the chain). Still read; the next save writes 2.
 const FORMAT_V1: u8 = 1;
+/// Format 2: format 1 with the chain-signing seed after the audit seed.
+const FORMAT_V2: u8 = 2;
+/// Format 3: format 2 with the next blind-index key after the chain seed, written only while a
+/// blind-index rotation is under way (before and after one, the keyring is format 2).
+const FORMAT_V3: u8 = 3;
+/// Domain string of a blind-index key's identifier (an HMAC of it under the key).
+const INDEX_KEY_ID: &[u8] = b"school-vault/blind-index-key-id/v1\0";
 const MAX_CATEGORIES: usize = 1024;
 const MAX_VERSIONS: usize = 65_535;
 
@@ -51,6 +59,15 @@ pub enum KeyringError {
     NoKeyFor(Category),
     #[error("the keyring has no version {version} of the {category} key (retired or never made)")]
     NoVersion { category: Category, version: u32 },
+    /// The stored keyring is not chained to the one this process knows, or is older: it is
+    /// never used. Only generation numbers are named, never a key.
+    #[error(
+        "the key store's keyring (generation {seen}) is refused: {problem}. Nothing is sealed under it: writes stop until the key store holds a keyring chained to the one the vault knows. If no custodian made this change, the key store was written to behind the vault's back: put back the last good `keyring` and `keyring_chain` rows (from a backup: `vaultctl restore`), then check with `vaultctl keyring verify`"
+    )]
+    Refused {
+        seen: i64,
+        problem: crate::keychain::ChainProblem,
+    },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -195,7 +212,13 @@ pub struct Keyring {
     keks: BTreeMap<Category, BTreeMap<u32, KekEntry>>,
     blind_index: SecretKey,
     blind_hmac: hmac::Key,
+    /// The blind-index key a rotation moves to (`rotate-index`): new subjects are indexed
+    /// under it, lookups try it first; it replaces `blind_index` when every subject is moved.
+    blind_next: Option<(SecretKey, hmac::Key)>,
     audit_seed: SecretKey,
+    /// The Ed25519 seed whose key signs the next generation (`None`: a format-1 keyring, made
+    /// before the chain; it gets one on its next save).
+    chain_seed: Option<SecretKey>,
 }
 
 /// An HMAC of an identifier under the blind-index key: lets the vault find a subject by IIN
@@ -241,23 +264,67 @@ impl Keyring {
         }
         let blind_index = SecretKey::generate(&rng)?;
         let audit_seed = SecretKey::generate(&rng)?;
-        Ok(Self::assemble(now, keks, blind_index, audit_seed))
+        let chain_seed = SecretKey::generate(&rng)?;
+        Ok(Self::assemble(
+            now,
+            keks,
+            blind_index,
+            None,
+            audit_seed,
+            Some(chain_seed),
+        ))
     }
 
     fn assemble(
         created: DateTime<Utc>,
         keks: BTreeMap<Category, BTreeMap<u32, KekEntry>>,
         blind_index: SecretKey,
+        blind_next: Option<SecretKey>,
         audit_seed: SecretKey,
+        chain_seed: Option<SecretKey>,
     ) -> Self {
         let blind_hmac = hmac::Key::new(hmac::HMAC_SHA256, blind_index.expose());
+        let blind_next = blind_next.map(|k| {
+            let h = hmac::Key::new(hmac::HMAC_SHA256, k.expose());
+            (k, h)
+        });
         Keyring {
             created,
             keks,
             blind_index,
             blind_hmac,
+            blind_next,
             audit_seed,
+            chain_seed,
         }
+    }
+
+    /// The key that signs the next generation, if this keyring has one (format 2).
+    pub(crate) fn chain_signer(&self) -> Option<ring::signature::Ed25519KeyPair> {
+        self.chain_seed
+            .as_ref()
+            .and_then(|s| ring::signature::Ed25519KeyPair::from_seed_unchecked(s.expose()).ok())
+    }
+
+    /// The public half of the chain key, as signed into the keyring's own link.
+    pub(crate) fn chain_public_key(&self) -> Option<Vec<u8>> {
+        use ring::signature::KeyPair;
+        self.chain_signer()
+            .map(|k| k.public_key().as_ref().to_vec())
+    }
+
+    /// Replaces the chain key with a fresh one: every generation has its own, so a copy of an
+    /// old generation cannot sign a successor of the current one.
+    pub(crate) fn renew_chain_key(&mut self) -> Result<(), KeyringError> {
+        self.chain_seed = Some(SecretKey::generate(&SystemRandom::new())?);
+        Ok(())
+    }
+
+    /// This keyring without its chain key, as a keyring made before the chain was (format 1).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn without_chain_key(mut self) -> Self {
+        self.chain_seed = None;
+        self
     }
 
     pub fn created(&self) -> DateTime<Utc> {
@@ -351,14 +418,60 @@ impl Keyring {
 
     /// HMAC-SHA256 of `value` under the blind-index key, domain-separated by `kind`.
     pub fn blind_index(&self, kind: &str, value: &[u8]) -> BlindIndex {
-        let mut ctx = hmac::Context::with_key(&self.blind_hmac);
-        ctx.update(&(kind.len() as u16).to_be_bytes());
-        ctx.update(kind.as_bytes());
-        ctx.update(value);
-        let tag = ctx.sign();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        BlindIndex(out)
+        index_under(&self.blind_hmac, kind, value)
+    }
+
+    /// The same HMAC under the next blind-index key, while a rotation is under way.
+    pub fn blind_index_next(&self, kind: &str, value: &[u8]) -> Option<BlindIndex> {
+        self.blind_next
+            .as_ref()
+            .map(|(_, h)| index_under(h, kind, value))
+    }
+
+    /// Whether a blind-index rotation is under way (the keyring holds a next key).
+    pub fn index_rotation_pending(&self) -> bool {
+        self.blind_next.is_some()
+    }
+
+    /// The identifier of the blind-index key new indexes are made under (the next key during a
+    /// rotation): 8 bytes of an HMAC of a constant under it, stored beside each subject's index
+    /// so a rotation knows which subjects it has moved. Reveals nothing of the key.
+    pub fn index_key_id(&self) -> [u8; 8] {
+        let h = self
+            .blind_next
+            .as_ref()
+            .map_or(&self.blind_hmac, |(_, h)| h);
+        let tag = hmac::sign(h, INDEX_KEY_ID);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&tag.as_ref()[..8]);
+        out
+    }
+
+    /// Makes a next blind-index key; `false` if a rotation is already under way (kept as is).
+    /// Needs the chain key (format 2): a keyring made before the chain is resealed first.
+    pub(crate) fn begin_index_rotation(&mut self) -> Result<bool, KeyringError> {
+        if self.blind_next.is_some() {
+            return Ok(false);
+        }
+        if self.chain_seed.is_none() {
+            return Err(KeyringError::Seal(
+                "the keyring has no chain key yet: run `vaultctl keyring reseal` first".into(),
+            ));
+        }
+        let k = SecretKey::generate(&SystemRandom::new())?;
+        let h = hmac::Key::new(hmac::HMAC_SHA256, k.expose());
+        self.blind_next = Some((k, h));
+        Ok(true)
+    }
+
+    /// Ends a rotation: the next blind-index key becomes the only one; the old one is gone.
+    pub(crate) fn finish_index_rotation(&mut self) -> Result<(), KeyringError> {
+        let (k, h) = self.blind_next.take().ok_or(KeyringError::Seal(
+            "no blind-index rotation is under way".into(),
+        ))?;
+        self.blind_index = k;
+        self.blind_hmac = h;
+        Ok(())
     }
 
     /// The Ed25519 seed of the audit-signing key.
@@ -373,6 +486,8 @@ impl Keyring {
             self.blind_index.expose().to_vec(),
             self.audit_seed.expose().to_vec(),
         ];
+        out.extend(self.blind_next.iter().map(|(k, _)| k.expose().to_vec()));
+        out.extend(self.chain_seed.iter().map(|s| s.expose().to_vec()));
         for vs in self.keks.values() {
             out.extend(vs.values().map(|e| e.key.expose().to_vec()));
         }
@@ -383,10 +498,25 @@ impl Keyring {
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(256 + self.keks.len() * 128));
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_V1);
+        // A next blind-index key exists only with a chain key (`begin_index_rotation`).
+        let next = self
+            .blind_next
+            .as_ref()
+            .filter(|_| self.chain_seed.is_some());
+        out.push(match (&self.chain_seed, next) {
+            (Some(_), Some(_)) => FORMAT_V3,
+            (Some(_), None) => FORMAT_V2,
+            (None, _) => FORMAT_V1,
+        });
         out.extend_from_slice(&self.created.timestamp().to_be_bytes());
         out.extend_from_slice(self.blind_index.expose());
         out.extend_from_slice(self.audit_seed.expose());
+        if let Some(c) = &self.chain_seed {
+            out.extend_from_slice(c.expose());
+        }
+        if let Some((k, _)) = next {
+            out.extend_from_slice(k.expose());
+        }
         out.extend_from_slice(&(self.keks.len() as u16).to_be_bytes());
         for (cat, versions) in &self.keks {
             out.push(cat.as_str().len() as u8);
@@ -407,12 +537,23 @@ impl Keyring {
         if r.take(MAGIC.len())? != MAGIC {
             return Err(KeyringError::Corrupt("not a vault keyring"));
         }
-        if r.u8()? != FORMAT_V1 {
+        let format = r.u8()?;
+        if !matches!(format, FORMAT_V1 | FORMAT_V2 | FORMAT_V3) {
             return Err(KeyringError::Corrupt("unknown keyring format version"));
         }
         let created = r.time()?;
         let blind_index = r.key()?;
         let audit_seed = r.key()?;
+        let chain_seed = if format >= FORMAT_V2 {
+            Some(r.key()?)
+        } else {
+            None
+        };
+        let blind_next = if format == FORMAT_V3 {
+            Some(r.key()?)
+        } else {
+            None
+        };
         let n = usize::from(r.u16()?);
         if n > MAX_CATEGORIES {
             return Err(KeyringError::Corrupt("too many categories"));
@@ -452,7 +593,14 @@ impl Keyring {
         if !r.0.is_empty() {
             return Err(KeyringError::Corrupt("trailing bytes after the keyring"));
         }
-        Ok(Self::assemble(created, keks, blind_index, audit_seed))
+        Ok(Self::assemble(
+            created,
+            keks,
+            blind_index,
+            blind_next,
+            audit_seed,
+            chain_seed,
+        ))
     }
 
     /// Encrypts the keyring into one age file.
@@ -506,6 +654,17 @@ impl Keyring {
             .map_err(|_| KeyringError::Corrupt("the sealed keyring failed authentication"))?;
         Self::decode(&plain)
     }
+}
+
+fn index_under(key: &hmac::Key, kind: &str, value: &[u8]) -> BlindIndex {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(&(kind.len() as u16).to_be_bytes());
+    ctx.update(kind.as_bytes());
+    ctx.update(value);
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    BlindIndex(out)
 }
 
 /// The keyring stores times to the second; truncating when keys are made keeps the in-memory
@@ -583,6 +742,90 @@ mod tests {
         assert_eq!(*back.encode(), *bytes);
         assert_eq!(back.blind_index("iin", b"1"), kr.blind_index("iin", b"1"));
         assert_ne!(kr.blind_index("iin", b"1"), kr.blind_index("iim", b"1"));
+    }
+
+    /// A keyring made before the chain (format 1) is still read, keeps its keys, and is
+    /// written as format 1 until it gets a chain key; then format 2.
+    #[test]
+    fn format_1_is_still_read_and_format_2_carries_the_chain_key() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let kr = Keyring::generate(&cats(), now).unwrap();
+        let v2 = kr.encode();
+        assert_eq!(v2[MAGIC.len()], FORMAT_V2);
+        let public = kr.chain_public_key().unwrap();
+        assert_eq!(public.len(), 32);
+        let mut old = kr.without_chain_key();
+        let v1 = old.encode();
+        assert_eq!(v1[MAGIC.len()], FORMAT_V1);
+        assert_eq!(v1.len() + 32, v2.len());
+        let back = Keyring::decode(&v1).unwrap();
+        assert!(back.chain_public_key().is_none());
+        assert_eq!(back.kek_versions(), old.kek_versions());
+        assert_eq!(back.blind_index("iin", b"1"), old.blind_index("iin", b"1"));
+        old.renew_chain_key().unwrap();
+        let renewed = old.encode();
+        assert_eq!(renewed[MAGIC.len()], FORMAT_V2);
+        assert_ne!(old.chain_public_key().unwrap(), public);
+        let again = Keyring::decode(&renewed).unwrap();
+        assert_eq!(again.chain_public_key(), old.chain_public_key());
+    }
+
+    /// A blind-index rotation adds 32 bytes (format 3) for as long as it runs; a format-2
+    /// keyring still decodes, and finishing the rotation writes format 2 again, without the
+    /// old key.
+    #[test]
+    fn format_3_carries_the_next_index_key_and_format_2_still_decodes() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let mut kr = Keyring::generate(&cats(), now).unwrap();
+        let v2 = kr.encode();
+        assert_eq!(v2[MAGIC.len()], FORMAT_V2);
+        let before = Keyring::decode(&v2).unwrap();
+        assert!(!before.index_rotation_pending());
+        assert!(before.blind_index_next("iin", b"1").is_none());
+        let old = kr.blind_index("iin", b"1");
+        let old_id = kr.index_key_id();
+
+        assert!(kr.begin_index_rotation().unwrap());
+        assert!(
+            !kr.begin_index_rotation().unwrap(),
+            "a second begin keeps the next key"
+        );
+        let v3 = kr.encode();
+        assert_eq!(v3[MAGIC.len()], FORMAT_V3);
+        assert_eq!(v3.len(), v2.len() + 32);
+        // Besides the format byte, only the 32 bytes after the chain seed are new.
+        let f = MAGIC.len();
+        let at = f + 1 + 8 + 32 * 3;
+        assert_eq!(v3[..f], v2[..f]);
+        assert_eq!(v3[f + 1..at], v2[f + 1..at]);
+        assert_eq!(v3[at + 32..], v2[at..]);
+        let back = Keyring::decode(&v3).unwrap();
+        assert_eq!(*back.encode(), *v3);
+        assert_eq!(back.blind_index("iin", b"1"), old);
+        let new = back.blind_index_next("iin", b"1").unwrap();
+        assert_ne!(new, old);
+        assert_eq!(kr.blind_index_next("iin", b"1"), Some(new));
+        assert_ne!(back.index_key_id(), old_id);
+        assert_eq!(back.index_key_id(), kr.index_key_id());
+
+        kr.finish_index_rotation().unwrap();
+        let done = kr.encode();
+        assert_eq!(done[MAGIC.len()], FORMAT_V2);
+        assert_eq!(done.len(), v2.len());
+        let after = Keyring::decode(&done).unwrap();
+        assert_eq!(after.blind_index("iin", b"1"), new);
+        assert!(after.blind_index_next("iin", b"1").is_none());
+        assert!(
+            !done
+                .windows(32)
+                .any(|w| w == &v2[MAGIC.len() + 9..MAGIC.len() + 41]),
+            "the old blind-index key is gone"
+        );
+        assert!(kr.finish_index_rotation().is_err());
+        // Damage to a format-3 keyring is refused like any other.
+        for cut in 0..v3.len() {
+            assert!(Keyring::decode(&v3[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -3,16 +3,27 @@
 //! it, and change the custodians the keyring is sealed to. Every change of the keyring is a
 //! compare-and-set on its generation, so two custodians cannot overwrite each other, and running
 //! servers load the new generation before their next write.
+//!
+//! Every generation is signed by the chain key of the one before (`keychain`): a process loads
+//! a stored keyring only as the signed successor of the one it holds, never an older one, and
+//! refuses anything else loudly (an error log, a `keyring.refused` audit entry, `/readyz` 503),
+//! sealing nothing under it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
+
 use crate::audit::{AuditEvent, Outcome};
+use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::domain::Category;
 use crate::envelope::rewrap_dek;
-use crate::keyring::{CustodianRecipient, Keyring, Passphrase, SealTo};
+use crate::keychain::{self, ChainProblem, Known, Link};
+use crate::keyring::{CustodianRecipient, Keyring, KeyringError, Passphrase, SealTo, Unlock};
+use crate::store::Stores;
 use crate::store::repo::{deks, keyring, records};
 use crate::vault::{Vault, VaultError};
 
@@ -37,6 +48,157 @@ pub struct OrphanReport {
     pub orphans: u64,
 }
 
+/// What a process trusts of the keyring it holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Tip {
+    pub generation: i64,
+    /// SHA-256 of the sealed keyring it was unsealed from.
+    pub sealed_sha256: Vec<u8>,
+    /// Its signed link; `None` for a keyring made before the chain.
+    pub link: Option<Link>,
+}
+
+/// One generation of the keyring's chain, as `vaultctl keyring verify` shows it. Public values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainEntry {
+    pub generation: i64,
+    /// The generation whose chain key signed this one (itself for the genesis).
+    pub signed_by: i64,
+    /// Hex of the generation's chain public key.
+    pub public_key: String,
+    /// Hex of the SHA-256 of its sealed keyring.
+    pub sealed_sha256: String,
+}
+
+/// The whole chain, checked from its genesis, and what the data store pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainReport {
+    /// The generation the vault holds.
+    pub generation: i64,
+    /// Oldest first; empty for a keyring made before the chain.
+    pub entries: Vec<ChainEntry>,
+    /// The data store's pin: (genesis generation, newest generation).
+    pub pinned: Option<(i64, i64)>,
+}
+
+fn refused(seen: i64, problem: ChainProblem) -> VaultError {
+    VaultError::Keyring(KeyringError::Refused { seen, problem })
+}
+
+fn refusal_event(seen: i64, known: Option<i64>, problem: &ChainProblem) -> AuditEvent {
+    let mut ev = AuditEvent::new("vault", "keyring.refused", Outcome::Refused);
+    ev.reason = Some(match known {
+        Some(k) => {
+            format!("keyring generation {seen} refused (the vault holds generation {k}): {problem}")
+        }
+        None => format!("keyring generation {seen} refused at start: {problem}"),
+    });
+    ev
+}
+
+/// Moves the data store's pin up to `tip`. A failure is logged, not fatal: the key store
+/// already holds the generation, and the next open moves the pin.
+async fn pin_tip(stores: &Stores, genesis: &Link, tip: &Link, now: DateTime<Utc>) {
+    match keyring::advance_pin(&stores.data, genesis, tip, now).await {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            generation = tip.generation,
+            "could not pin the keyring generation in the data store; the next start pins it"
+        ),
+    }
+}
+
+/// Makes a fresh keyring for every category the catalog collects, stores it sealed as
+/// generation 1 with its self-signed link, and pins it in the data store. Refuses when the key
+/// store already has a keyring, or the data store already pins one (its data belongs to it).
+pub(crate) async fn init_keyring(
+    stores: &Stores,
+    catalog: &Catalog,
+    seal_to: &SealTo,
+    now: DateTime<Utc>,
+) -> Result<(), VaultError> {
+    if keyring::sealed(&stores.keys).await?.is_some() {
+        return Err(VaultError::KeyringExists);
+    }
+    if let Some(p) = keyring::pin(&stores.data).await? {
+        return Err(VaultError::Invalid(format!(
+            "the data store already pins a keyring (generation {}, its chain starting at generation {}): its data belongs to that keyring, so a new one is refused. Put that keyring's key store back (vaultctl restore), or give a new, empty data store for a new vault",
+            p.generation, p.genesis_generation
+        )));
+    }
+    let k = Keyring::generate(catalog.collected_categories(), now)?;
+    let sealed = k.seal(seal_to)?;
+    let (Some(signer), Some(public)) = (k.chain_signer(), k.chain_public_key()) else {
+        return Err(VaultError::Keyring(KeyringError::Corrupt(
+            "a new keyring has no chain key",
+        )));
+    };
+    let link = keychain::sign(&signer, 1, &sealed, public);
+    keyring::insert_first(&stores.keys, sealed, seal_to, &link, now)
+        .await
+        // A concurrent init that won the race shows up as a primary-key conflict.
+        .map_err(|_| VaultError::KeyringExists)?;
+    keyring::insert_pin(&stores.data, &link, &link, now).await?;
+    Ok(())
+}
+
+/// Reads, judges and unseals the stored keyring for a process starting: its chain must verify
+/// from its genesis and agree with the data store's pin. A refusal is logged and audited (with
+/// no checkpoint: no audit key is trusted yet) and nothing is opened.
+pub(crate) async fn open_keyring(
+    stores: &Stores,
+    unlock: &Unlock,
+    clock: &dyn Clock,
+) -> Result<(Keyring, Tip), VaultError> {
+    let row = keyring::sealed(&stores.keys)
+        .await?
+        .ok_or(VaultError::KeyringMissing)?;
+    let sha = keychain::sealed_digest(&row.sealed);
+    let links = keyring::chain(&stores.keys).await?;
+    let pin = keyring::pin(&stores.data).await?;
+    let refuse = |problem: ChainProblem| async move {
+        tracing::error!(
+            generation = row.generation,
+            %problem,
+            "REFUSED the key store's keyring: it is not chained to the keyring the vault knows"
+        );
+        let ev = refusal_event(row.generation, None, &problem);
+        if let Err(e) = crate::audit::append_unsigned(&stores.data, clock, &[ev]).await {
+            tracing::error!(error = %e, "could not record the refusal in the audit log");
+        }
+        refused(row.generation, problem)
+    };
+    let link = match keychain::judge(&links, pin.as_ref(), row.generation, &sha, Known::Nothing) {
+        Ok(l) => l,
+        Err(p) => return Err(refuse(p).await),
+    };
+    let k = Keyring::unseal(&row.sealed, unlock)?;
+    match (&link, links.first()) {
+        (Some(l), Some(genesis)) => {
+            if k.chain_public_key().as_deref() != Some(l.public_key.as_slice()) {
+                return Err(refuse(ChainProblem::KeyMismatch {
+                    generation: l.generation,
+                })
+                .await);
+            }
+            pin_tip(stores, genesis, l, clock.now()).await;
+        }
+        _ => tracing::warn!(
+            generation = row.generation,
+            "the keyring carries no chain signature (it was made before the chain): until it is saved again, the key store alone vouches for it; run `vaultctl keyring reseal` to sign it"
+        ),
+    }
+    Ok((
+        k,
+        Tip {
+            generation: row.generation,
+            sealed_sha256: sha,
+            link,
+        },
+    ))
+}
+
 impl Vault {
     /// The current in-memory keyring.
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
@@ -46,26 +208,170 @@ impl Vault {
         }
     }
 
-    /// Loads the stored keyring if a custodian changed it since this one was loaded.
+    fn tip(&self) -> Tip {
+        match self.tip.lock() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The keyring and what is trusted of it, read together.
+    fn held(&self) -> (Arc<Keyring>, Tip) {
+        let k = match self.keyring.read() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        };
+        (k.clone(), self.tip())
+    }
+
+    fn set_refused(&self, value: Option<(i64, Vec<u8>)>) -> bool {
+        let mut r = match self.refused.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let changed = *r != value;
+        *r = value;
+        changed
+    }
+
+    /// Logs and audits a refused keyring (once per distinct stored keyring) and answers the
+    /// error every caller gets while it stays.
+    async fn refuse(
+        &self,
+        seen: i64,
+        sha: Vec<u8>,
+        known: i64,
+        problem: ChainProblem,
+    ) -> VaultError {
+        if self.set_refused(Some((seen, sha))) {
+            tracing::error!(
+                generation = seen,
+                held = known,
+                %problem,
+                "REFUSED the key store's keyring: it is not chained to the keyring this server holds; writes stop until it is"
+            );
+            let ev = refusal_event(seen, Some(known), &problem);
+            if let Err(e) = self.audit().append(vec![ev]).await {
+                tracing::error!(error = %e, "could not record the refusal in the audit log");
+            }
+        }
+        refused(seen, problem)
+    }
+
+    /// Loads the stored keyring if a custodian changed it since this one was loaded, and only
+    /// if it is the signed successor of this one; anything else (older, unsigned, signed by
+    /// another key, other bytes at the same generation) is refused and nothing is sealed under
+    /// it. Answers whether a newer keyring was loaded.
     pub async fn refresh_keyring(&self) -> Result<bool, VaultError> {
         let row = keyring::sealed(&self.stores().keys)
             .await?
             .ok_or(VaultError::KeyringMissing)?;
-        if row.generation == self.generation.load(Ordering::Acquire) {
+        let sha = keychain::sealed_digest(&row.sealed);
+        let tip = self.tip();
+        if row.generation == tip.generation && sha == tip.sealed_sha256 {
+            if self.set_refused(None) {
+                tracing::info!(
+                    generation = tip.generation,
+                    "the key store holds the keyring this server holds again"
+                );
+            }
             return Ok(false);
         }
+        let links = keyring::chain(&self.stores().keys).await?;
+        let pin = keyring::pin(&self.stores().data).await?;
+        let known = match &tip.link {
+            Some(l) => Known::Signed(l),
+            None => Known::Unsigned {
+                generation: tip.generation,
+            },
+        };
+        let link = match keychain::judge(&links, pin.as_ref(), row.generation, &sha, known) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                let p = ChainProblem::NoLink {
+                    generation: row.generation,
+                };
+                return Err(self.refuse(row.generation, sha, tip.generation, p).await);
+            }
+            Err(p) => return Err(self.refuse(row.generation, sha, tip.generation, p).await),
+        };
         let fresh = Keyring::unseal(&row.sealed, &self.unlock)?;
-        self.install(fresh, row.generation);
-        tracing::info!(generation = row.generation, "loaded a newer keyring");
+        if fresh.chain_public_key().as_deref() != Some(link.public_key.as_slice()) {
+            let p = ChainProblem::KeyMismatch {
+                generation: link.generation,
+            };
+            return Err(self.refuse(row.generation, sha, tip.generation, p).await);
+        }
+        let generation = row.generation;
+        if !self.install(
+            fresh,
+            Tip {
+                generation,
+                sealed_sha256: sha,
+                link: Some(link.clone()),
+            },
+        ) {
+            return Ok(false);
+        }
+        if let Some(genesis) = links.first() {
+            pin_tip(self.stores(), genesis, &link, self.now()).await;
+        }
+        self.set_refused(None);
+        tracing::info!(
+            generation,
+            "loaded a newer keyring, signed by the chain key of generation {}",
+            generation - 1
+        );
         Ok(true)
     }
 
-    fn install(&self, k: Keyring, generation: i64) {
-        match self.keyring.write() {
-            Ok(mut g) => *g = Arc::new(k),
-            Err(p) => *p.into_inner() = Arc::new(k),
+    /// Installs `k` unless a newer generation is already installed; answers whether it was.
+    fn install(&self, k: Keyring, tip: Tip) -> bool {
+        let mut g = match self.keyring.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut t = match self.tip.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        if tip.generation < t.generation {
+            return false;
         }
-        self.generation.store(generation, Ordering::Release);
+        self.generation.store(tip.generation, Ordering::Release);
+        *t = tip;
+        *g = Arc::new(k);
+        true
+    }
+
+    /// The keyring's chain, checked from its genesis (as every open checks it), and the data
+    /// store's pin: what `vaultctl keyring verify` prints. Refuses like a refresh would.
+    pub async fn keyring_chain(&self) -> Result<ChainReport, VaultError> {
+        self.refresh_keyring().await?;
+        let tip = self.tip();
+        let links = keyring::chain(&self.stores().keys).await?;
+        let pin = keyring::pin(&self.stores().data).await?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let entries = links
+            .iter()
+            .take_while(|l| l.generation <= tip.generation)
+            .enumerate()
+            .map(|(i, l)| ChainEntry {
+                generation: l.generation,
+                signed_by: if i == 0 {
+                    l.generation
+                } else {
+                    l.generation - 1
+                },
+                public_key: hex(&l.public_key),
+                sealed_sha256: hex(&l.sealed_sha256),
+            })
+            .collect();
+        Ok(ChainReport {
+            generation: tip.generation,
+            entries,
+            pinned: pin.map(|p| (p.genesis_generation, p.generation)),
+        })
     }
 
     /// The public recipients the keyring is sealed to (empty: sealed to a passphrase).
@@ -76,22 +382,80 @@ impl Vault {
     }
 
     /// Seals `k` to `to` and stores it as the next generation, if nobody changed it meanwhile.
-    async fn store_keyring(&self, k: Keyring, to: &SealTo) -> Result<(), VaultError> {
+    /// `k` gets a fresh chain key; its link is signed by the chain key of the keyring this vault
+    /// holds (a keyring made before the chain signs nothing: then the new generation is a new
+    /// chain's genesis, signed by itself and pinned in the data store).
+    pub(crate) async fn store_keyring(
+        &self,
+        mut k: Keyring,
+        to: &SealTo,
+    ) -> Result<(), VaultError> {
+        let (held, tip) = self.held();
+        k.renew_chain_key()?;
+        let (Some(own), Some(public)) = (k.chain_signer(), k.chain_public_key()) else {
+            return Err(VaultError::Keyring(KeyringError::Corrupt(
+                "a renewed keyring has no chain key",
+            )));
+        };
+        let previous = held.chain_signer();
         let sealed = k.seal(to)?;
-        let g = self.generation.load(Ordering::Acquire);
-        let r = keyring::replace(&self.stores().keys, g, sealed, to, self.now()).await?;
+        let g = tip.generation;
+        let link = keychain::sign(previous.as_ref().unwrap_or(&own), g + 1, &sealed, public);
+        let r = keyring::replace(&self.stores().keys, g, sealed, to, &link, self.now()).await?;
         if r != 1 {
             return Err(VaultError::Invalid(
                 "the keyring changed while this operation ran (another custodian?): run it again"
                     .into(),
             ));
         }
-        self.install(k, g + 1);
+        self.install(
+            k,
+            Tip {
+                generation: g + 1,
+                sealed_sha256: link.sealed_sha256.clone(),
+                link: Some(link.clone()),
+            },
+        );
+        let genesis = match tip.link {
+            Some(_) => keyring::chain(&self.stores().keys)
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| link.clone()),
+            None => link.clone(),
+        };
+        pin_tip(self.stores(), &genesis, &link, self.now()).await;
         Ok(())
     }
 
+    /// Stores the same keys again as the next generation, signed: the first time, it gives a
+    /// keyring made before the chain its chain key. Answers the new generation.
+    pub async fn reseal_keyring(&self, passphrase: Option<Passphrase>) -> Result<i64, VaultError> {
+        self.refresh_keyring().await?;
+        let to = self.reseal_target(passphrase).await?;
+        let k = self.keyring().duplicate()?;
+        let was_signed = self.tip().link.is_some();
+        self.store_keyring(k, &to).await?;
+        let g = self.tip().generation;
+        let how = if was_signed {
+            format!("signed by the chain key of generation {}", g - 1)
+        } else {
+            "the first signed generation: a new chain starts here".to_owned()
+        };
+        self.key_event(
+            "key.reseal",
+            Vec::new(),
+            format!("generation {g}: the same keys, a new chain key, {how}"),
+        )
+        .await?;
+        Ok(g)
+    }
+
     /// Whom to re-seal to: the stored recipients, or the passphrase the custodian gives.
-    async fn reseal_target(&self, passphrase: Option<Passphrase>) -> Result<SealTo, VaultError> {
+    pub(crate) async fn reseal_target(
+        &self,
+        passphrase: Option<Passphrase>,
+    ) -> Result<SealTo, VaultError> {
         let rs = self.recipients().await?;
         match (rs.is_empty(), passphrase) {
             (false, _) => Ok(SealTo::Recipients(rs)),
@@ -103,7 +467,7 @@ impl Vault {
         }
     }
 
-    async fn key_event(
+    pub(crate) async fn key_event(
         &self,
         action: &'static str,
         categories: Vec<Category>,

@@ -24,6 +24,7 @@ macro_rules! unscoped {
 pub(crate) use unscoped;
 
 mod access;
+mod anchor;
 mod audit;
 mod backup;
 mod catalog;
@@ -31,9 +32,11 @@ mod clock;
 mod crash;
 mod domain;
 mod envelope;
+mod keychain;
 mod keyring;
 mod keys;
 mod policy;
+mod reindex;
 mod reports;
 mod retention;
 mod session;
@@ -49,8 +52,12 @@ pub use access::{
     Principal, PrincipalId, Purposes, RequestId, RequestStatus, SubjectExport,
     WITHDRAWAL_WORKING_DAYS,
 };
+pub use anchor::{Anchor, AnchorOptions, AnchorSource, settle_audit_anchors};
 pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
-pub use backup::{BackupManifest, RestoreReport, backup, restore};
+pub use backup::{
+    BackupManifest, CarriedOver, RestoreOptions, RestoreReport, RestoredAudit, backup, restore,
+    restore_with,
+};
 pub use catalog::{
     Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
     RecordTypeDef, Retention, RetentionTrigger, Tier,
@@ -63,13 +70,16 @@ pub use domain::{
 pub use envelope::{
     CryptoError, DEK_FORMAT_V1, Dek, FIELD_FORMAT_V1, RecordKeys, WrappedDek, wrapped_kek_version,
 };
+pub use keychain::{ChainProblem, Link, sealed_digest, verify_chain, verify_link};
 pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
-pub use keys::{OrphanReport, RewrapProgress};
+pub use keys::{ChainEntry, ChainReport, OrphanReport, RewrapProgress};
 pub use policy::{
-    Action, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope, check_policy_texts,
+    Action, ApprovalAct, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope,
+    check_policy_texts,
 };
+pub use reindex::IndexRotation;
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use retention::{
     LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,

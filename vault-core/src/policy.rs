@@ -112,6 +112,9 @@ str_enum!(
         Block = "block",
         Unblock = "unblock",
         Transfer = "transfer",
+        Left = "left",
+        Hold = "hold",
+        PrincipalAdmin = "principal_admin",
     }
 );
 
@@ -127,6 +130,25 @@ impl Action {
                 | Action::Search
                 | Action::Transfer
         )
+    }
+}
+
+str_enum!(
+    /// What an access request asks a director to allow: reading the categories, or sending
+    /// them to a recipient. An approval is spent only by the act it was given for.
+    ApprovalAct, "approval act", {
+        Read = "read",
+        Transfer = "transfer",
+    }
+);
+
+impl ApprovalAct {
+    /// The action the decision is asked for.
+    pub fn action(self) -> Action {
+        match self {
+            ApprovalAct::Read => Action::Read,
+            ApprovalAct::Transfer => Action::Transfer,
+        }
     }
 }
 
@@ -240,6 +262,8 @@ pub struct Policy {
     cache: RwLock<HashMap<CacheKey, bool>>,
     holidays: BTreeSet<NaiveDate>,
     grants: Vec<Grant>,
+    /// (child, parent) role inheritances.
+    inherits: Vec<(Role, Role)>,
     protecting_states: BTreeSet<crate::transfer::Country>,
 }
 
@@ -337,6 +361,7 @@ impl Policy {
             cache: RwLock::new(HashMap::new()),
             holidays: parse_holidays(holidays.0, holidays.1)?,
             grants,
+            inherits,
             protecting_states: BTreeSet::new(),
         })
     }
@@ -352,6 +377,36 @@ impl Policy {
 
     pub fn grants(&self) -> &[Grant] {
         &self.grants
+    }
+
+    /// Whether `role`, or a role it inherits, holds `action` on any line of the policy.
+    pub(crate) fn role_holds(&self, role: Role, action: Action) -> bool {
+        let mut roles = vec![role];
+        let mut i = 0;
+        while let Some(r) = roles.get(i).copied() {
+            for (child, parent) in &self.inherits {
+                if *child == r && !roles.contains(parent) {
+                    roles.push(*parent);
+                }
+            }
+            i += 1;
+        }
+        self.grants
+            .iter()
+            .any(|g| g.action == action && roles.contains(&g.role))
+    }
+
+    /// Whether `role` holds `action` on `category` for `purpose` in every school (a grant
+    /// line whose school is `*`): for acts that reach the whole network, such as giving a
+    /// network-wide role.
+    pub(crate) fn holds_everywhere(
+        &self,
+        role: Role,
+        category: &Category,
+        action: Action,
+        purpose: &Purpose,
+    ) -> bool {
+        self.granted(role, "*", category, action, purpose)
     }
 
     /// Whether `role` is granted `action` on `category` for `purpose` in `school`, from cache.

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::access::{Principal, PrincipalId};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::domain::Purpose;
-use crate::domain::{Category, SubjectId};
+use crate::domain::{Category, SchoolId, SubjectId};
 use crate::policy::{Action, Decision, Role, Scope};
 use crate::store::repo::{audit, principals};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
@@ -87,17 +87,61 @@ impl Vault {
         principals::list(&self.stores().data).await
     }
 
-    /// Audit entries matching the filter, oldest first.
-    pub async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, VaultError> {
-        Ok(audit::query(&self.stores().data, f)
-            .await?
-            .into_iter()
-            .filter(|r| {
+    crate::unscoped! {
+        /// Audit entries matching the filter, oldest first, undecided: for fixtures.
+        async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, VaultError> {
+            let mut entries = audit::query(&self.stores().data, f).await?;
+            entries.retain(|r| {
                 f.category
                     .as_ref()
                     .is_none_or(|c| r.categories.iter().any(|x| x == c.as_str()))
-            })
-            .collect())
+            });
+            Ok(entries)
+        }
+    }
+
+    /// Audit entries matching the filter, for an auditor: with a subject, that subject's history
+    /// (decided and recorded in it, like `access_history`); without, the entries of the schools
+    /// where `p` may read the log, and entries that name no school only for a network-wide
+    /// auditor. The query itself is an audit entry.
+    pub(crate) async fn audit_log_as(
+        &self,
+        p: &Principal,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>, VaultError> {
+        if let Some(subject) = f.subject {
+            // Decides and records the read in the subject's history; the query below reads it.
+            self.history_read_as(p, subject).await?;
+        } else if !self.may_audit(p) {
+            return Err(VaultError::NotAuditor);
+        }
+        let identity = Category::parse("identity")?;
+        let why = Purpose::parse("audit")?;
+        let network = p.roles().iter().any(|(s, r)| {
+            *s == Scope::Network
+                && self
+                    .policy()
+                    .holds_everywhere(*r, &identity, Action::AuditRead, &why)
+        });
+        let mut may: BTreeMap<String, bool> = BTreeMap::new();
+        let mut entries = self.audit_query(f).await?;
+        entries.retain(|r| match &r.school {
+            None => network,
+            Some(s) => *may.entry(s.clone()).or_insert_with(|| {
+                SchoolId::parse(s).is_ok_and(|school| {
+                    crate::access::sees(p, &school)
+                        && self.decide(p, &school, &identity, Action::AuditRead, &why)
+                            == Decision::Allow
+                })
+            }),
+        });
+        if f.subject.is_none() {
+            let mut ev = AuditEvent::new(p.actor(), "audit.query", Outcome::Done);
+            ev.purpose = Some(why);
+            ev.reason = Some(format!("{} entries listed", entries.len()));
+            self.audit().append(vec![ev]).await?;
+        }
+        Ok(entries)
     }
 
     /// Every subject whose data `principal` touched in [since, until), with categories, times and

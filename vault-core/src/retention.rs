@@ -11,13 +11,29 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::access::Principal;
 use crate::audit::{AuditEvent, Outcome};
 use crate::catalog::RetentionTrigger;
-use crate::domain::{Category, RecordId, SchoolId, SubjectId};
+use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
+use crate::policy::Action;
 use crate::store::StoreError;
 use crate::store::repo::retention::{self as repo, Shred};
 use crate::store::repo::{deks, records, subjects};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Subject, Vault, VaultError};
+
+/// The purpose leavers and legal holds are recorded for: the school's legal duties.
+fn retention_purpose() -> Result<Purpose, VaultError> {
+    Ok(Purpose::parse("legal_administrative")?)
+}
+
+/// A hold's (or release's) reason, trimmed: at least five characters, so it names a case.
+fn hold_reason<'r>(reason: &'r str, what: &str) -> Result<&'r str, VaultError> {
+    let r = reason.trim();
+    if r.chars().count() < 5 {
+        return Err(VaultError::Invalid(what.to_owned()));
+    }
+    Ok(r)
+}
 
 /// Records shredded per pair of transactions in a sweep: a tenth of what a page of records has
 /// due, so a small sweep reports progress about ten times, between these bounds.
@@ -212,58 +228,134 @@ impl Planner {
 
 impl Vault {
     /// Records that a subject left the school (or a staff member left): the trigger of most
-    /// retention periods.
-    pub async fn mark_left(
+    /// retention periods, so it is decided (`left` on the subject's identity) and audited with
+    /// both the date given and the day it was recorded.
+    pub(crate) async fn mark_left_as(
         &self,
-        actor: &str,
+        p: &Principal,
         subject: SubjectId,
         at: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        self.subject(subject).await?;
-        subjects::set_left(&self.stores().data, subject, at).await?;
+        let subj = self.scoped_subject(p, subject).await?;
+        self.require_on_subject(
+            p,
+            &subj,
+            Action::Left,
+            &retention_purpose()?,
+            "subject.left",
+        )
+        .await?;
+        // A day in the future is refused: "left" records what happened, and a planned date
+        // would move every expiry. A past day is allowed (a leaver recorded late): the entry
+        // shows both dates.
+        if at > self.now() {
+            return Err(VaultError::Invalid(format!(
+                "the day a subject left ({}) is in the future: record it on or after that day",
+                at.date_naive()
+            )));
+        }
+        self.set_left(p.actor(), &subj, at).await
+    }
+
+    crate::unscoped! {
+        /// `mark_left` without a decision, for fixtures.
+        async fn mark_left(
+            &self,
+            actor: &str,
+            subject: SubjectId,
+            at: DateTime<Utc>,
+        ) -> Result<(), VaultError> {
+            let subj = self.subject(subject).await?;
+            self.set_left(actor.to_owned(), &subj, at).await
+        }
+    }
+
+    async fn set_left(
+        &self,
+        actor: String,
+        subj: &Subject,
+        at: DateTime<Utc>,
+    ) -> Result<(), VaultError> {
+        subjects::set_left(&self.stores().data, subj.id, at).await?;
         let mut ev = AuditEvent::new(actor, "subject.left", Outcome::Done);
-        ev.subject = Some(subject);
-        ev.reason = Some(format!("left on {}", at.date_naive()));
+        ev.school = Some(subj.school.clone());
+        ev.subject = Some(subj.id);
+        ev.reason = Some(format!(
+            "left on {}, recorded on {}",
+            at.date_naive(),
+            self.now().date_naive()
+        ));
         self.audit().append(vec![ev]).await?;
         Ok(())
     }
 
-    /// Places a legal hold on a subject, or on one of its records.
-    pub async fn place_hold(
+    /// Places a legal hold on a subject, or on one of its records (`hold` on its identity).
+    pub(crate) async fn place_hold_as(
         &self,
-        actor: &str,
+        p: &Principal,
         subject: SubjectId,
         record: Option<RecordId>,
         reason: &str,
     ) -> Result<LegalHold, VaultError> {
-        self.subject(subject).await?;
+        let reason = hold_reason(
+            reason,
+            "a legal hold needs a reason (a case number, a court order)",
+        )?;
+        let subj = self.scoped_subject(p, subject).await?;
+        self.require_on_subject(p, &subj, Action::Hold, &retention_purpose()?, "hold.place")
+            .await?;
+        if let Some(r) = record {
+            // Another school's record is as unknown as a random id.
+            self.scoped_record_any(p, r).await?;
+        }
+        self.insert_hold(p.actor(), &subj, record, reason).await
+    }
+
+    crate::unscoped! {
+        /// `place_hold` without a decision, for fixtures.
+        async fn place_hold(
+            &self,
+            actor: &str,
+            subject: SubjectId,
+            record: Option<RecordId>,
+            reason: &str,
+        ) -> Result<LegalHold, VaultError> {
+            let reason = hold_reason(reason, "a legal hold needs a reason (a case number, a court order)")?;
+            let subj = self.subject(subject).await?;
+            self.insert_hold(actor.to_owned(), &subj, record, reason).await
+        }
+    }
+
+    async fn insert_hold(
+        &self,
+        actor: String,
+        subj: &Subject,
+        record: Option<RecordId>,
+        reason: &str,
+    ) -> Result<LegalHold, VaultError> {
         if let Some(r) = record
-            && self.record_meta_any(r).await?.subject != subject
+            && self.record_meta_any(r).await?.subject != subj.id
         {
             return Err(VaultError::Invalid(format!(
-                "record {r} is not a record of subject {subject}"
+                "record {r} is not a record of subject {}",
+                subj.id
             )));
-        }
-        let reason = reason.trim();
-        if reason.chars().count() < 5 {
-            return Err(VaultError::Invalid(
-                "a legal hold needs a reason (a case number, a court order)".into(),
-            ));
         }
         let id = uuid::Uuid::new_v4().to_string();
         let hold = LegalHold {
             id: id.clone(),
-            subject,
+            subject: subj.id,
             record,
             reason: reason.to_owned(),
-            placed_by: actor.to_owned(),
+            placed_by: actor.clone(),
             placed_at: self.now(),
             released_at: None,
             release_reason: None,
         };
         repo::insert_hold(&self.stores().data, &hold).await?;
         let mut ev = AuditEvent::new(actor, "hold.place", Outcome::Done);
-        ev.subject = Some(subject);
+        ev.school = Some(subj.school.clone());
+        ev.subject = Some(subj.id);
         ev.record = record;
         ev.reason = Some(format!("hold {id}"));
         self.audit().append(vec![ev]).await?;
@@ -276,38 +368,94 @@ impl Vault {
             .ok_or_else(|| VaultError::NotFound(format!("legal hold {id}")))
     }
 
-    /// Releases a hold, with a reason.
-    pub async fn release_hold(
+    /// Releases a hold, with a reason. A hold on a subject of a school where the principal
+    /// holds no role is answered as not found, like a random id.
+    pub(crate) async fn release_hold_as(
         &self,
-        actor: &str,
+        p: &Principal,
         id: &str,
         reason: &str,
     ) -> Result<LegalHold, VaultError> {
+        let reason = hold_reason(reason, "releasing a hold needs a reason")?;
         let h = self.hold(id).await?;
-        if h.released_at.is_some() {
-            return Err(VaultError::Invalid(format!(
-                "legal hold {id} was already released"
-            )));
-        }
-        if reason.trim().chars().count() < 5 {
-            return Err(VaultError::Invalid(
-                "releasing a hold needs a reason".into(),
-            ));
-        }
-        repo::release_hold(&self.stores().data, id, self.now(), reason.trim()).await?;
-        let mut ev = AuditEvent::new(actor, "hold.release", Outcome::Done);
-        ev.subject = Some(h.subject);
-        ev.record = h.record;
-        ev.reason = Some(format!("hold {id}"));
-        self.audit().append(vec![ev]).await?;
-        self.hold(id).await
+        let subj = self
+            .scoped_subject(p, h.subject)
+            .await
+            .map_err(|_| VaultError::NotFound(format!("legal hold {id}")))?;
+        self.require_on_subject(
+            p,
+            &subj,
+            Action::Hold,
+            &retention_purpose()?,
+            "hold.release",
+        )
+        .await?;
+        self.end_hold(p.actor(), &subj, h, reason).await
     }
 
-    /// Every hold, active first.
-    pub async fn holds(&self) -> Result<Vec<LegalHold>, VaultError> {
-        let mut hs = repo::holds(&self.stores().data).await?;
+    crate::unscoped! {
+        /// `release_hold` without a decision, for fixtures.
+        async fn release_hold(
+            &self,
+            actor: &str,
+            id: &str,
+            reason: &str,
+        ) -> Result<LegalHold, VaultError> {
+            let reason = hold_reason(reason, "releasing a hold needs a reason")?;
+            let h = self.hold(id).await?;
+            let subj = self.subject(h.subject).await?;
+            self.end_hold(actor.to_owned(), &subj, h, reason).await
+        }
+    }
+
+    async fn end_hold(
+        &self,
+        actor: String,
+        subj: &Subject,
+        h: LegalHold,
+        reason: &str,
+    ) -> Result<LegalHold, VaultError> {
+        if h.released_at.is_some() {
+            return Err(VaultError::Invalid(format!(
+                "legal hold {} was already released",
+                h.id
+            )));
+        }
+        repo::release_hold(&self.stores().data, &h.id, self.now(), reason).await?;
+        let mut ev = AuditEvent::new(actor, "hold.release", Outcome::Done);
+        ev.school = Some(subj.school.clone());
+        ev.subject = Some(subj.id);
+        ev.record = h.record;
+        ev.reason = Some(format!("hold {}", h.id));
+        self.audit().append(vec![ev]).await?;
+        self.hold(&h.id).await
+    }
+
+    /// The holds of the schools where the principal places holds, active first.
+    pub(crate) async fn holds_as(&self, p: &Principal) -> Result<Vec<LegalHold>, VaultError> {
+        let identity = Category::parse("identity")?;
+        let why = retention_purpose()?;
+        let mut hs = Vec::new();
+        for h in repo::holds(&self.stores().data).await? {
+            let school = self.subject(h.subject).await?.school;
+            if crate::access::sees(p, &school)
+                && self.decide(p, &school, &identity, Action::Hold, &why)
+                    == crate::policy::Decision::Allow
+            {
+                hs.push(h);
+            }
+        }
         hs.sort_by_key(|h| h.released_at.is_some());
         Ok(hs)
+    }
+
+    crate::unscoped! {
+        /// Every hold, active first.
+        async fn holds(&self) -> Result<Vec<LegalHold>, VaultError> {
+            let mut hs = repo::holds(&self.stores().data).await?;
+            hs.sort_by_key(|h| h.released_at.is_some());
+            Ok(hs)
+        }
     }
 
     /// What expires when: every (record, category) whose rule gives a date, with its hold

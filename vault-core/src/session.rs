@@ -19,7 +19,9 @@ use crate::audit::{AuditRecord, AuditReport};
 use crate::catalog::Catalog;
 use crate::domain::{Category, FieldName, Iin, Purpose, RecordId, RecordType, SubjectId};
 use crate::keyring::CustodianRecipient;
-use crate::reports::IncidentReport;
+use crate::policy::{Role, Scope};
+use crate::reports::{AuditFilter, IncidentReport};
+use crate::retention::LegalHold;
 use crate::transfer::{Country, Disclosure, TransferDecision, TransferRequest};
 use crate::value::FieldValue;
 use crate::vault::{
@@ -322,6 +324,55 @@ impl<'v> Session<'v> {
     // ----- audit --------------------------------------------------------------------------------
 
     /// Checks the audit chain, for an auditor.
+    /// Audit entries matching a filter, for an auditor (see `Vault::audit_log_as`).
+    pub async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, VaultError> {
+        self.vault.audit_log_as(&self.principal, f).await
+    }
+
+    // ----- principals ---------------------------------------------------------------------------
+
+    /// Creates a principal with roles, if this principal administers principals in every
+    /// scope they name; its token is returned this once.
+    pub async fn create_principal(
+        &self,
+        name: &str,
+        roles: &[(Scope, Role)],
+    ) -> Result<(Principal, BearerToken), VaultError> {
+        self.vault
+            .create_principal_as(&self.principal, name, roles)
+            .await
+    }
+
+    // ----- retention ----------------------------------------------------------------------------
+
+    /// Records the day a subject left: the trigger of most retention periods.
+    pub async fn mark_left(&self, subject: SubjectId, at: DateTime<Utc>) -> Result<(), VaultError> {
+        self.vault.mark_left_as(&self.principal, subject, at).await
+    }
+
+    /// Places a legal hold on a subject or one of its records: nothing under it is shredded.
+    pub async fn place_hold(
+        &self,
+        subject: SubjectId,
+        record: Option<RecordId>,
+        reason: &str,
+    ) -> Result<LegalHold, VaultError> {
+        self.vault
+            .place_hold_as(&self.principal, subject, record, reason)
+            .await
+    }
+
+    pub async fn release_hold(&self, id: &str, reason: &str) -> Result<LegalHold, VaultError> {
+        self.vault
+            .release_hold_as(&self.principal, id, reason)
+            .await
+    }
+
+    /// The holds of the schools where this principal places holds.
+    pub async fn holds(&self) -> Result<Vec<LegalHold>, VaultError> {
+        self.vault.holds_as(&self.principal).await
+    }
+
     pub async fn verify_audit(&self) -> Result<AuditReport, VaultError> {
         if !self.vault.may_audit(&self.principal) {
             return Err(VaultError::NotAuditor);

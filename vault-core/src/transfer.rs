@@ -320,7 +320,14 @@ impl Vault {
         // Spent last, once nothing else can refuse: one use opens every category it covers.
         let mut via = Vec::new();
         for (req, opened) in self
-            .use_approvals(p, &subj, None, &needs_approval, &r.purpose)
+            .use_approvals(
+                p,
+                &subj,
+                None,
+                &needs_approval,
+                &r.purpose,
+                crate::policy::ApprovalAct::Transfer,
+            )
             .await?
         {
             via.push(format!("approval {req}"));
@@ -390,26 +397,27 @@ impl Vault {
         Ok((decision, sealed))
     }
 
-    /// The subject's disclosure ledger: to whom, where, what, why, on which basis, when.
-    /// A subject's disclosure ledger, for a principal who may read its consents.
+    /// A subject's disclosure ledger (to whom, where, what, why, on which basis, when), for a
+    /// principal who may read its consents; the read is recorded in the subject's history.
     pub(crate) async fn disclosures(
         &self,
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<Disclosure>, VaultError> {
         let subj = self.scoped_subject(p, subject).await?;
-        let identity = Category::parse("identity")?;
         let why = Purpose::parse("legal_administrative")?;
-        if self.decide(p, &subj.school, &identity, Action::ConsentRead, &why) != Decision::Allow {
-            return Err(VaultError::Forbidden {
-                category: identity.clone(),
-                reason: crate::policy::DenyReason::NotGranted {
-                    action: Action::ConsentRead,
-                    category: identity,
-                    purpose: why,
-                },
-            });
-        }
+        self.require_on_subject(p, &subj, Action::ConsentRead, &why, "transfer.ledger")
+            .await?;
+        let ev = self.event(
+            p,
+            "transfer.ledger",
+            Outcome::Done,
+            &subj,
+            None,
+            Vec::new(),
+            Some(&why),
+        );
+        self.audit().append(vec![ev]).await?;
         Ok(transfers::disclosures(&self.stores().data, subject).await?)
     }
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
 use crate::keyring::{KekInfo, Keyring, KeyringError, SealTo, Unlock};
-use crate::policy::{DenyReason, Policy, PolicyError};
+use crate::policy::{DenyReason, Policy, PolicyError, Role};
 use crate::store::repo::deks::DekRow;
 use crate::store::repo::records::{FieldRow, NewField, NewRows, RecordRow};
 use crate::store::repo::retention::Shred;
@@ -134,6 +134,14 @@ pub enum VaultError {
     NotFound(String),
     #[error("only an auditor may read the audit log")]
     NotAuditor,
+    #[error(
+        "this vault has principals already: a new one is added by a principal who administers principals (a director of the school, or the general director); give that person's --token-file"
+    )]
+    PrincipalsExist,
+    #[error(
+        "you may not give the role {role}@{scope}: that needs principal_admin there (a director of that school); a network-wide role, or one that approves, administers principals, holds keys, reads the audit log, shreds, transfers or unblocks, is given by the general director"
+    )]
+    MayNotAdminister { role: Role, scope: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -262,6 +270,10 @@ pub struct Vault {
     pub(crate) keyring: std::sync::RwLock<Arc<Keyring>>,
     /// The keyring row's generation the in-memory keyring came from.
     pub(crate) generation: std::sync::atomic::AtomicI64,
+    /// What is trusted of the in-memory keyring: its generation, sealed bytes and chain link.
+    pub(crate) tip: std::sync::Mutex<crate::keys::Tip>,
+    /// The stored keyring last refused (generation, SHA-256), so a refusal is logged once.
+    pub(crate) refused: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
     /// What unsealed it, kept to unseal a newer generation.
     pub(crate) unlock: Unlock,
     stores: Stores,
@@ -278,24 +290,16 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Makes a fresh keyring for every category the catalog collects and stores it sealed.
-    /// Refuses when the key store already has one.
+    /// Makes a fresh keyring for every category the catalog collects and stores it sealed, as
+    /// the self-signed start of its chain, pinned in the data store. Refuses when the key store
+    /// already has one, or the data store already pins one.
     pub async fn init_keyring(
         stores: &Stores,
         catalog: &Catalog,
         seal_to: &SealTo,
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        if keyring::sealed(&stores.keys).await?.is_some() {
-            return Err(VaultError::KeyringExists);
-        }
-        let keyring = Keyring::generate(catalog.collected_categories(), now)?;
-        let sealed = keyring.seal(seal_to)?;
-        keyring::insert_first(&stores.keys, sealed, seal_to, now)
-            .await
-            // A concurrent init that won the race shows up as a primary-key conflict.
-            .map_err(|_| VaultError::KeyringExists)?;
-        Ok(())
+        crate::keys::init_keyring(stores, catalog, seal_to, now).await
     }
 
     /// The sealed keyring exactly as stored: an age file.
@@ -322,19 +326,20 @@ impl Vault {
         unlock: Unlock,
         clock: Arc<dyn Clock>,
     ) -> Result<Vault, VaultError> {
-        let row = keyring::sealed(&stores.keys)
-            .await?
-            .ok_or(VaultError::KeyringMissing)?;
-        let keyring = Keyring::unseal(&row.sealed, &unlock)?;
+        // The stored keyring is judged (its chain from its genesis, the data store's pin)
+        // before it is unsealed; a refused one is never opened.
+        let (keyring, tip) = crate::keys::open_keyring(&stores, &unlock, clock.as_ref()).await?;
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
-        let audit = AuditLog::start(stores.data.clone(), keyring.audit_seed(), clock.clone())?;
+        let audit = AuditLog::start(&stores, keyring.audit_seed(), clock.clone())?;
         let writer = RecordWriter::start(stores.clone(), audit.chain());
         let vault = Vault {
             policy,
             keyring: std::sync::RwLock::new(Arc::new(keyring)),
-            generation: std::sync::atomic::AtomicI64::new(row.generation),
+            generation: std::sync::atomic::AtomicI64::new(tip.generation),
+            tip: std::sync::Mutex::new(tip),
+            refused: std::sync::Mutex::new(None),
             unlock,
             stores,
             rng: SystemRandom::new(),
@@ -346,9 +351,13 @@ impl Vault {
         Ok(vault)
     }
 
-    /// Both stores answer: what `/readyz` reports. The keyring is unsealed by construction.
+    /// Both stores answer, and the key store holds the keyring this vault holds or its signed
+    /// successor (loaded then): what `/readyz` reports. A refused keyring answers
+    /// `KeyringError::Refused`.
     pub async fn check_ready(&self) -> Result<(), VaultError> {
-        Ok(self.stores.ping().await?)
+        self.stores.ping().await?;
+        self.refresh_keyring().await?;
+        Ok(())
     }
 
     /// KEK versions and how many DEKs each wraps, for the custodian. No key bytes.
@@ -452,12 +461,18 @@ impl Vault {
         async fn create_subject(&self, new: NewSubject) -> Result<Subject, VaultError> {
             let id = SubjectId::new_random();
             let now = self.clock.now();
-            let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
-            if let Some(ix) = &iin_index
-                && subjects::iin_taken(&self.stores.data, ix, &new.school).await?
+            if new.iin.is_some() {
+                // A custodian may have begun or ended a blind-index rotation since this process
+                // loaded the keyring: an index under a destroyed key would never be found.
+                self.refresh_keyring().await?;
+            }
+            // During a blind-index rotation the IIN may be held under either key.
+            if let Some(i) = &new.iin
+                && subjects::iin_taken(&self.stores.data, self.iin_lookups(i), &new.school).await?
             {
                 return Err(VaultError::DuplicateIin);
             }
+            let iin_index = new.iin.as_ref().map(|i| self.iin_index(i));
             let subj = Subject {
                 id,
                 school: new.school,
@@ -474,14 +489,42 @@ impl Vault {
     /// Every subject with this IIN, oldest first: one per school at most, since a student who
     /// moves school is enrolled again there, and a school must not learn of another's enrolment.
     pub(crate) async fn subjects_by_iin(&self, iin: &Iin) -> Result<Vec<Subject>, VaultError> {
-        subjects::by_iin(&self.stores.data, self.iin_index(iin)).await
+        let found = subjects::by_iin(&self.stores.data, self.iin_lookups(iin)).await?;
+        if found.is_empty() && self.newer_index_key().await {
+            return subjects::by_iin(&self.stores.data, self.iin_lookups(iin)).await;
+        }
+        Ok(found)
     }
 
-    fn iin_index(&self, iin: &Iin) -> Vec<u8> {
-        self.keyring()
-            .blind_index("iin", iin.digits().as_bytes())
-            .as_bytes()
-            .to_vec()
+    /// After a miss: whether a custodian changed the blind-index keys since this process loaded
+    /// the keyring (a rotation begun or finished), so the lookup is worth trying again. A
+    /// keyring that cannot be loaded leaves the miss as it is; writes report the refusal.
+    async fn newer_index_key(&self) -> bool {
+        let before = self.keyring().index_key_id();
+        matches!(self.refresh_keyring().await, Ok(true)) && self.keyring().index_key_id() != before
+    }
+
+    /// The IIN's index for a new subject, under the newest blind-index key (the next one during
+    /// a rotation), with that key's identifier.
+    fn iin_index(&self, iin: &Iin) -> (Vec<u8>, Vec<u8>) {
+        let k = self.keyring();
+        let digits = iin.digits();
+        let ix = k
+            .blind_index_next("iin", digits.as_bytes())
+            .unwrap_or_else(|| k.blind_index("iin", digits.as_bytes()));
+        (ix.as_bytes().to_vec(), k.index_key_id().to_vec())
+    }
+
+    /// The IIN's indexes to look for, newest key first: during a blind-index rotation a subject
+    /// not yet moved is still under the old key.
+    fn iin_lookups(&self, iin: &Iin) -> Vec<Vec<u8>> {
+        let k = self.keyring();
+        let digits = iin.digits();
+        k.blind_index_next("iin", digits.as_bytes())
+            .into_iter()
+            .chain([k.blind_index("iin", digits.as_bytes())])
+            .map(|ix| ix.as_bytes().to_vec())
+            .collect()
     }
 
     crate::unscoped! {
@@ -494,8 +537,19 @@ impl Vault {
 
     crate::unscoped! {
         /// Finds a subject by IIN through the blind index, without the IIN ever being stored.
+        /// During a blind-index rotation it tries the new index, then the old.
         async fn find_subject_by_iin(&self, iin: &Iin) -> Result<Option<Subject>, VaultError> {
-            subjects::one_by_iin(&self.stores.data, self.iin_index(iin)).await
+            for again in [false, true] {
+                if again && !self.newer_index_key().await {
+                    break;
+                }
+                for ix in self.iin_lookups(iin) {
+                    if let Some(s) = subjects::one_by_iin(&self.stores.data, ix).await? {
+                        return Ok(Some(s));
+                    }
+                }
+            }
+            Ok(None)
         }
     }
 

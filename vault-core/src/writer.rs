@@ -123,6 +123,9 @@ async fn commit(
     let txn = crate::store::begin(&stores.keys)
         .await
         .map_err(StoreError::keys)?;
+    keyring::lock_for_write(&txn)
+        .await
+        .map_err(StoreError::keys)?;
     let generation = keyring::generation(&txn).await.map_err(StoreError::keys)?;
     let outcomes: Vec<Written> = recs
         .iter()

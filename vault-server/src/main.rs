@@ -30,7 +30,8 @@ struct Args {
     #[arg(long)]
     dev: bool,
     /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, passphrase_file,
-    /// policies, store_country, allow_store_outside_kz, trusted_proxies.
+    /// policies, store_country, allow_store_outside_kz, trusted_proxies, audit_witness,
+    /// audit_anchor_stdout.
     #[arg(long, env = "VAULT_CONFIG")]
     config: Option<PathBuf>,
     /// Folder of the embedded SQLite stores (data.db, keys.db). Default: vault-data.
@@ -64,6 +65,14 @@ struct Args {
     /// real client, for limiting failed sign-ins per client. Repeat, or comma-separate.
     #[arg(long, env = "VAULT_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxy: Vec<std::net::IpAddr>,
+    /// An append-only file on another volume that gets one JSON line per audit anchor (the
+    /// signed head of the audit chain, also kept in the key store); `vaultctl audit verify
+    /// --witness` checks the log against it.
+    #[arg(long, env = "VAULT_AUDIT_WITNESS")]
+    audit_witness: Option<PathBuf>,
+    /// Also print each audit anchor's JSON line on standard output, for the host's log shipper.
+    #[arg(long, env = "VAULT_AUDIT_ANCHOR_STDOUT")]
+    audit_anchor_stdout: bool,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -79,6 +88,8 @@ struct FileConfig {
     store_country: Option<String>,
     allow_store_outside_kz: Option<bool>,
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    audit_witness: Option<PathBuf>,
+    audit_anchor_stdout: Option<bool>,
 }
 
 /// The settings after merging flags, environment and the config file.
@@ -93,6 +104,8 @@ struct Settings {
     store_country: String,
     allow_outside: bool,
     trusted_proxies: Vec<std::net::IpAddr>,
+    audit_witness: Option<PathBuf>,
+    audit_anchor_stdout: bool,
 }
 
 fn settings(a: Args) -> Result<Settings> {
@@ -146,6 +159,8 @@ fn settings(a: Args) -> Result<Settings> {
         } else {
             a.trusted_proxy
         },
+        audit_witness: a.audit_witness.or(f.audit_witness),
+        audit_anchor_stdout: a.audit_anchor_stdout || f.audit_anchor_stdout.unwrap_or(false),
     })
 }
 
@@ -183,7 +198,7 @@ async fn dev_bootstrap(
 
 async fn dev_principals(vault: &Vault, data_dir: &Path) -> Result<()> {
     let school = Scope::School(SchoolId::parse("school-1")?);
-    let people: [(&str, &str, Scope, Role); 7] = [
+    let people: [(&str, &str, Scope, Role); 6] = [
         (
             "DIRECTOR",
             "Dev director (school-1)",
@@ -204,18 +219,25 @@ async fn dev_principals(vault: &Vault, data_dir: &Path) -> Result<()> {
             Role::PrivacyOfficer,
         ),
         ("TEACHER", "Dev teacher (school-1)", school, Role::Teacher),
-        (
-            "GENERAL_DIRECTOR",
-            "Dev general director",
-            Scope::Network,
-            Role::GeneralDirector,
-        ),
         ("AUDITOR", "Dev auditor", Scope::Network, Role::Auditor),
     ];
     let mut env =
         String::from("# Dev tokens, made once at the first --dev start. Never for real data.\n");
+    // The general director is the bootstrap principal (the only one the custodian's identity
+    // alone may make); it adds everyone else, as an administrator would.
+    let (admin, token) = vault
+        .bootstrap_principal(
+            "Dev general director",
+            &[(Scope::Network, Role::GeneralDirector)],
+        )
+        .await?;
+    env.push_str(&format!(
+        "export VAULT_GENERAL_DIRECTOR_TOKEN={}\n",
+        token.expose()
+    ));
+    let admin = vault.session(admin);
     for (var, name, scope, role) in people {
-        let (_, token) = vault.create_principal(name, &[(scope, role)]).await?;
+        let (_, token) = admin.create_principal(name, &[(scope, role)]).await?;
         env.push_str(&format!("export VAULT_{var}_TOKEN={}\n", token.expose()));
     }
     let path = data_dir.join("dev-tokens.env");
@@ -290,6 +312,16 @@ async fn run(args: Args) -> Result<()> {
     let vault = Vault::open(stores, Arc::new(policy), unlock)
         .await
         .context("unsealing the keyring")?;
+    if s.audit_witness.is_some() || s.audit_anchor_stdout {
+        vault
+            .configure_audit_anchors(vault_core::AnchorOptions {
+                witness_file: s.audit_witness.clone(),
+                stdout: s.audit_anchor_stdout,
+                ..Default::default()
+            })
+            .await
+            .context("configuring the audit witness")?;
+    }
     if first_dev_start {
         dev_principals(&vault, &s.data_dir).await?;
     }

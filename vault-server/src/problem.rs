@@ -105,6 +105,13 @@ impl From<VaultError> for ApiError {
         let msg = e.to_string();
         match e {
             VaultError::Domain(_) => ApiError::bad_request("invalid_input", msg),
+            // The key store's keyring is not chained to the one this server holds: nothing is
+            // sealed under it. The cause is in the server log and the audit log, not here.
+            VaultError::Keyring(vault_core::KeyringError::Refused { .. }) => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "keyring_refused",
+                "the vault refused the key store's keyring and stores nothing until a custodian puts it right; see the server log",
+            ),
             VaultError::UnknownRecordType(_) => {
                 ApiError::bad_request("unknown_record_type", msg).with_field("record_type")
             }
@@ -137,6 +144,10 @@ impl From<VaultError> for ApiError {
             VaultError::SelfApproval => ApiError::new(S::FORBIDDEN, "self_approval", msg),
             VaultError::NotApprover { .. } => ApiError::new(S::FORBIDDEN, "not_approver", msg),
             VaultError::NotAuditor => ApiError::new(S::FORBIDDEN, "not_auditor", msg),
+            VaultError::MayNotAdminister { .. } => {
+                ApiError::new(S::FORBIDDEN, "may_not_administer", msg)
+            }
+            VaultError::PrincipalsExist => ApiError::new(S::CONFLICT, "principals_exist", msg),
             other => ApiError::internal(other),
         }
     }

@@ -81,10 +81,20 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.vault.check_ready().await.map_err(|e| {
+        let refused = matches!(
+            e,
+            vault_core::VaultError::Keyring(vault_core::KeyringError::Refused { .. })
+        );
         let mut err = ApiError::internal(e);
         err.status = StatusCode::SERVICE_UNAVAILABLE;
-        err.code = "not_ready";
-        err.detail = "a store is unreachable; see the server log".into();
+        if refused {
+            // Loud: the cause goes to the log with the request, and the audit log has it.
+            err.code = "keyring_refused";
+            err.detail = "the key store holds a keyring that is not chained to the one this server holds (or an older one): nothing is written until a custodian puts it right; see the server log".into();
+        } else {
+            err.code = "not_ready";
+            err.detail = "a store is unreachable; see the server log".into();
+        }
         err
     })?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))

@@ -417,7 +417,14 @@ const SCHOOL2: [(&str, Role); 5] = [
     ("auditor", Role::Auditor),
 ];
 
-const AUDIT_TABLES: [&str; 3] = ["audit_log", "audit_head", "audit_checkpoints"];
+/// Evidence, not state: a denied call is audited (docs/API.md), and an audit checkpoint moves
+/// the anchor in the key store.
+const AUDIT_TABLES: [&str; 4] = [
+    "audit_log",
+    "audit_head",
+    "audit_checkpoints",
+    "audit_anchor",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

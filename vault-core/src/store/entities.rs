@@ -13,6 +13,10 @@ pub(crate) mod subject {
         pub school_id: String,
         pub kind: String,
         pub iin_index: Option<Vec<u8>>,
+        /// The identifier of the blind-index key `iin_index` is under (`Keyring::index_key_id`);
+        /// empty for rows made before blind-index rotation, which are under the current key.
+        #[serde(default)]
+        pub iin_key: Option<Vec<u8>>,
         pub created_at: DateTimeUtc,
         pub left_at: Option<DateTimeUtc>,
         pub blocked_at: Option<DateTimeUtc>,
@@ -102,6 +106,54 @@ pub(crate) mod keyring_row {
         pub generation: i64,
         pub sealed: Vec<u8>,
         pub recipients: String,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One generation's link in the keyring's chain (key store): public values only.
+pub(crate) mod keyring_link {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
+    #[sea_orm(table_name = "keyring_chain")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub generation: i64,
+        pub public_key: Vec<u8>,
+        pub signature: Vec<u8>,
+        pub sealed_sha256: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The data store's pin of the keyring's chain: one row, public values only.
+pub(crate) mod keyring_pin {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
+    #[sea_orm(table_name = "keyring_pin")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub genesis_generation: i64,
+        pub genesis_public_key: Vec<u8>,
+        pub generation: i64,
+        pub public_key: Vec<u8>,
+        pub sealed_sha256: Vec<u8>,
         pub updated_at: DateTimeUtc,
     }
 
@@ -263,6 +315,13 @@ pub(crate) mod access_request {
         pub reason: Option<String>,
         pub expires_at: Option<DateTimeUtc>,
         pub uses_left: Option<i32>,
+        /// `read` or `transfer`; backups made before the column existed hold read requests.
+        #[serde(default = "read_act")]
+        pub action: String,
+    }
+
+    fn read_act() -> String {
+        "read".to_owned()
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -361,6 +420,29 @@ pub(crate) mod audit_checkpoint {
         pub hash: Vec<u8>,
         pub signature: Vec<u8>,
         pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The audit anchor (key store): the newest signed head of the data store's audit chain.
+pub(crate) mod audit_anchor {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
+    #[sea_orm(table_name = "audit_anchor")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub seq: i64,
+        pub hash: Vec<u8>,
+        pub at: DateTimeUtc,
+        pub signature: Vec<u8>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,7 +5,7 @@ use actix_web::web;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use vault_core::{NewAccessRequest, Purpose, RecordId, RequestId, SubjectId};
+use vault_core::{ApprovalAct, NewAccessRequest, Purpose, RecordId, RequestId, SubjectId};
 
 use super::auth::Caller;
 use super::input::{categories, json, parse};
@@ -20,6 +20,8 @@ pub(super) struct CreateAccessRequest {
     record: Option<String>,
     categories: Vec<String>,
     purpose: String,
+    /// `read` (the default) or `transfer`: the act the approval will open.
+    action: Option<String>,
     justification: String,
 }
 
@@ -34,6 +36,10 @@ impl CreateAccessRequest {
                 .transpose()?,
             categories: categories(&self.categories)?,
             purpose: parse(Purpose::parse(&self.purpose), "purpose")?,
+            act: match self.action.as_deref() {
+                None => ApprovalAct::Read,
+                Some(a) => parse(ApprovalAct::parse(a), "action")?,
+            },
             justification: self.justification,
         })
     }

@@ -58,7 +58,8 @@ pub(super) fn request_json(r: &AccessRequest) -> Value {
     json!({ "id": r.id.to_string(), "requester": r.requester.to_string(), "school": r.school.as_str(),
             "subject": r.subject.to_string(), "record": r.record.map(|x| x.to_string()),
             "categories": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-            "purpose": r.purpose.as_str(), "justification": r.justification, "status": r.status.as_str(),
+            "purpose": r.purpose.as_str(), "action": r.act.as_str(),
+            "justification": r.justification, "status": r.status.as_str(),
             "created_at": r.created_at, "decided_by": r.decided_by.map(|x| x.to_string()),
             "decided_at": r.decided_at, "reason": r.reason, "expires_at": r.expires_at,
             "uses_left": r.uses_left })

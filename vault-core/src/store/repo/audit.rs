@@ -146,6 +146,22 @@ pub(crate) async fn head_seq(db: &Db) -> Result<Option<i64>, DbErr> {
         .map(|h| h.seq))
 }
 
+/// The hash of the signed checkpoint at `seq`, if there is one (a committed batch's).
+pub(crate) async fn checkpoint_hash(db: &Db, seq: i64) -> Result<Option<Vec<u8>>, DbErr> {
+    Ok(audit_checkpoint::Entity::find_by_id(seq)
+        .one(db)
+        .await?
+        .map(|c| c.hash))
+}
+
+/// The stored hash of the entry at `seq`, if the log holds it.
+pub(crate) async fn hash_at(db: &Db, seq: i64) -> Result<Option<Vec<u8>>, DbErr> {
+    Ok(audit_entry::Entity::find_by_id(seq)
+        .one(db)
+        .await?
+        .map(|e| e.hash))
+}
+
 /// Every entry about a subject, oldest first.
 pub(crate) async fn for_subject(db: &Db, subject: SubjectId) -> Result<Vec<AuditRecord>, DbErr> {
     Ok(audit_entry::Entity::find()

@@ -325,6 +325,10 @@ pub(crate) async fn destroy_groups(
     groups: &BTreeMap<&std::collections::BTreeSet<String>, Vec<String>>,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let txn = db.begin().await.map_err(StoreError::keys)?;
+    // It reads before it deletes: a writer from the start (see `keyring::lock_for_write`).
+    super::keyring::lock_for_write(&txn)
+        .await
+        .map_err(StoreError::keys)?;
     let held: Vec<(String, String)> = dek::Entity::find()
         .select_only()
         .column(dek::Column::RecordId)

@@ -1,12 +1,17 @@
 //! The key store's keyring row: the sealed keyring, its generation and the recipients it is
-//! sealed to (one per line; none for a passphrase).
+//! sealed to (one per line; none for a passphrase); the key store's chain of signed links, one
+//! per generation; and the data store's pin of that chain.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 
+use crate::keychain::{Link, Pin};
 use crate::keyring::{CustodianRecipient, SealTo};
-use crate::store::entities::keyring_row;
+use crate::store::entities::{keyring_link, keyring_pin, keyring_row};
 use crate::store::{Db, DbErr, StoreError, Txn};
 use crate::vault::VaultError;
 
@@ -61,36 +66,61 @@ pub(crate) async fn recipients(db: &Db) -> Result<Option<Vec<CustodianRecipient>
     ))
 }
 
-/// Stores the first keyring, at generation 1. A keyring already there is a primary-key conflict.
+fn link_model(l: &Link, now: DateTime<Utc>) -> keyring_link::ActiveModel {
+    keyring_link::ActiveModel {
+        generation: Set(l.generation),
+        public_key: Set(l.public_key.clone()),
+        signature: Set(l.signature.clone()),
+        sealed_sha256: Set(l.sealed_sha256.clone()),
+        created_at: Set(now),
+    }
+}
+
+/// Stores the first keyring, at generation 1, with its self-signed link, in one transaction.
+/// A keyring already there is a primary-key conflict.
 pub(crate) async fn insert_first(
     db: &Db,
     sealed: Vec<u8>,
     to: &SealTo,
+    link: &Link,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let txn = crate::store::begin(db).await.map_err(StoreError::keys)?;
     keyring_row::Entity::insert(keyring_row::ActiveModel {
         id: Set(KEYRING_ROW),
-        generation: Set(1),
+        generation: Set(link.generation),
         sealed: Set(sealed),
         recipients: Set(recipients_text(to)),
         updated_at: Set(now),
     })
-    .exec_without_returning(db)
+    .exec_without_returning(&txn)
     .await
     .map_err(StoreError::keys)?;
-    Ok(())
+    keyring_link::Entity::delete_many()
+        .exec(&txn)
+        .await
+        .map_err(StoreError::keys)?;
+    keyring_link::Entity::insert(link_model(link, now))
+        .exec_without_returning(&txn)
+        .await
+        .map_err(StoreError::keys)?;
+    txn.commit().await.map_err(StoreError::keys)
 }
 
-/// Replaces the keyring with generation `generation + 1` if it is still at `generation`;
-/// answers the rows changed (0: somebody else changed it meanwhile).
+/// Replaces the keyring with generation `generation + 1` if it is still at `generation`, and
+/// adds its link, in one transaction; answers the rows changed (0: somebody else changed it
+/// meanwhile, and nothing is written). Links beyond `generation` belong to no stored keyring
+/// and are dropped first.
 pub(crate) async fn replace(
     db: &Db,
     generation: i64,
     sealed: Vec<u8>,
     to: &SealTo,
+    link: &Link,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    Ok(keyring_row::Entity::update_many()
+    let txn = crate::store::begin(db).await.map_err(StoreError::keys)?;
+    let changed = keyring_row::Entity::update_many()
         .col_expr(keyring_row::Column::Sealed, Expr::value(sealed))
         .col_expr(
             keyring_row::Column::Recipients,
@@ -100,10 +130,111 @@ pub(crate) async fn replace(
         .col_expr(keyring_row::Column::UpdatedAt, Expr::value(now))
         .filter(keyring_row::Column::Id.eq(KEYRING_ROW))
         .filter(keyring_row::Column::Generation.eq(generation))
-        .exec(db)
+        .exec(&txn)
         .await
         .map_err(StoreError::keys)?
-        .rows_affected)
+        .rows_affected;
+    if changed != 1 {
+        txn.rollback().await.map_err(StoreError::keys)?;
+        return Ok(changed);
+    }
+    keyring_link::Entity::delete_many()
+        .filter(keyring_link::Column::Generation.gt(generation))
+        .exec(&txn)
+        .await
+        .map_err(StoreError::keys)?;
+    keyring_link::Entity::insert(link_model(link, now))
+        .exec_without_returning(&txn)
+        .await
+        .map_err(StoreError::keys)?;
+    txn.commit().await.map_err(StoreError::keys)?;
+    Ok(changed)
+}
+
+/// Every link of the key store's chain, oldest first.
+pub(crate) async fn chain(db: &Db) -> Result<Vec<Link>, StoreError> {
+    Ok(keyring_link::Entity::find()
+        .order_by_asc(keyring_link::Column::Generation)
+        .all(db)
+        .await
+        .map_err(StoreError::keys)?
+        .into_iter()
+        .map(|m| Link {
+            generation: m.generation,
+            public_key: m.public_key,
+            signature: m.signature,
+            sealed_sha256: m.sealed_sha256,
+        })
+        .collect())
+}
+
+/// The data store's pin of the chain, if there is one.
+pub(crate) async fn pin(data: &Db) -> Result<Option<Pin>, StoreError> {
+    Ok(keyring_pin::Entity::find_by_id(KEYRING_ROW)
+        .one(data)
+        .await
+        .map_err(StoreError::data)?
+        .map(|m| Pin {
+            genesis_generation: m.genesis_generation,
+            genesis_public_key: m.genesis_public_key,
+            generation: m.generation,
+            public_key: m.public_key,
+            sealed_sha256: m.sealed_sha256,
+        }))
+}
+
+/// Pins `tip` in the data store (with the chain's `genesis`): inserts the pin if there is none,
+/// otherwise moves it up, never down. Answers whether the pin changed.
+pub(crate) async fn advance_pin(
+    data: &Db,
+    genesis: &Link,
+    tip: &Link,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    if pin(data).await?.is_none() {
+        return insert_pin(data, genesis, tip, now).await.map(|_| true);
+    }
+    Ok(keyring_pin::Entity::update_many()
+        .col_expr(keyring_pin::Column::Generation, Expr::value(tip.generation))
+        .col_expr(
+            keyring_pin::Column::PublicKey,
+            Expr::value(tip.public_key.clone()),
+        )
+        .col_expr(
+            keyring_pin::Column::SealedSha256,
+            Expr::value(tip.sealed_sha256.clone()),
+        )
+        .col_expr(keyring_pin::Column::UpdatedAt, Expr::value(now))
+        .filter(keyring_pin::Column::Id.eq(KEYRING_ROW))
+        .filter(keyring_pin::Column::GenesisGeneration.eq(genesis.generation))
+        .filter(keyring_pin::Column::Generation.lt(tip.generation))
+        .exec(data)
+        .await
+        .map_err(StoreError::data)?
+        .rows_affected
+        == 1)
+}
+
+/// The first pin; a pin already there is a primary-key conflict.
+pub(crate) async fn insert_pin(
+    data: &Db,
+    genesis: &Link,
+    tip: &Link,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    keyring_pin::Entity::insert(keyring_pin::ActiveModel {
+        id: Set(KEYRING_ROW),
+        genesis_generation: Set(genesis.generation),
+        genesis_public_key: Set(genesis.public_key.clone()),
+        generation: Set(tip.generation),
+        public_key: Set(tip.public_key.clone()),
+        sealed_sha256: Set(tip.sealed_sha256.clone()),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(data)
+    .await
+    .map_err(StoreError::data)?;
+    Ok(())
 }
 
 /// The keyring's generation, read inside a key-store transaction.
@@ -114,4 +245,25 @@ pub(crate) async fn generation(txn: &Txn) -> Result<Option<i64>, DbErr> {
         .into_tuple()
         .one(txn)
         .await
+}
+
+/// Takes the key store's write lock at the start of a transaction that reads before it writes.
+/// On SQLite a deferred transaction that has read and then writes fails with SQLITE_BUSY_SNAPSHOT
+/// if another connection committed meanwhile (an audit anchor, a rotation), which no busy
+/// timeout waits out; a write first makes the transaction a writer from its first statement.
+/// It changes no row (there is no row 0). PostgreSQL has no such failure, so it is not sent
+/// there: the record write path pays no extra round trip.
+pub(crate) async fn lock_for_write(txn: &Txn) -> Result<(), DbErr> {
+    if txn.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return Ok(());
+    }
+    keyring_row::Entity::update_many()
+        .col_expr(
+            keyring_row::Column::Generation,
+            Expr::col(keyring_row::Column::Generation),
+        )
+        .filter(keyring_row::Column::Id.eq(0))
+        .exec(txn)
+        .await?;
+    Ok(())
 }

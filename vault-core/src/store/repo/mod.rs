@@ -3,7 +3,9 @@
 //! store they came from here, except where a caller needs the driver's error itself.
 
 pub(crate) mod audit;
+pub(crate) mod audit_anchor;
 pub(crate) mod break_glass;
+pub(crate) mod carry;
 pub(crate) mod consents;
 pub(crate) mod deks;
 pub(crate) mod keyring;

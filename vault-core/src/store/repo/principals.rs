@@ -35,6 +35,19 @@ impl RoleRow {
     }
 }
 
+/// Whether any principal was ever made (revoked ones count).
+pub(crate) async fn any(db: &Db) -> Result<bool, StoreError> {
+    Ok(principal::Entity::find()
+        .select_only()
+        .column(principal::Column::Id)
+        .limit(1)
+        .into_tuple::<String>()
+        .one(db)
+        .await
+        .map_err(StoreError::data)?
+        .is_some())
+}
+
 /// Stores a principal, then its roles.
 pub(crate) async fn insert(
     db: &Db,

@@ -7,6 +7,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use crate::access::{AccessRequest, PrincipalId, RequestId, RequestStatus};
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
+use crate::policy::ApprovalAct;
 use crate::store::codec::{categories_list, corrupt, parse_categories};
 use crate::store::entities::access_request;
 use crate::store::{Db, StoreError};
@@ -53,6 +54,7 @@ fn decode(m: RequestRow) -> Result<AccessRequest, VaultError> {
             .map_err(|_| VaultError::CorruptRow("record id"))?,
         categories: parse_categories(&m.categories)?,
         purpose: corrupt(Purpose::parse(&m.purpose), "purpose")?,
+        act: ApprovalAct::parse(&m.action).map_err(|_| VaultError::CorruptRow("approval act"))?,
         justification: m.justification,
         status: status(&m.status)?,
         created_at: m.created_at,
@@ -79,6 +81,7 @@ pub(crate) async fn insert(db: &Db, r: &AccessRequest) -> Result<(), StoreError>
         record_id: Set(r.record.map(|r| r.to_string())),
         categories: Set(categories_list(&r.categories)),
         purpose: Set(r.purpose.as_str().to_owned()),
+        action: Set(r.act.as_str().to_owned()),
         justification: Set(r.justification.clone()),
         status: Set(r.status.as_str().into()),
         created_at: Set(r.created_at),
@@ -195,6 +198,7 @@ pub(crate) async fn usable(
     requester: PrincipalId,
     subject: SubjectId,
     purpose: &Purpose,
+    act: ApprovalAct,
     now: DateTime<Utc>,
 ) -> Result<Vec<RequestRow>, StoreError> {
     access_request::Entity::find()
@@ -202,6 +206,7 @@ pub(crate) async fn usable(
         .filter(access_request::Column::SubjectId.eq(subject.to_string()))
         .filter(access_request::Column::Status.eq(RequestStatus::Approved.as_str()))
         .filter(access_request::Column::Purpose.eq(purpose.as_str()))
+        .filter(access_request::Column::Action.eq(act.as_str()))
         .filter(access_request::Column::ExpiresAt.gt(now))
         .filter(access_request::Column::UsesLeft.gt(0))
         .order_by_asc(access_request::Column::ExpiresAt)

@@ -43,9 +43,11 @@ macro_rules! tables {
         $m!(shred_log, "shred_log");
         $m!(disclosure, "disclosures");
         $m!(transfer_ground, "transfer_grounds");
+        $m!(keyring_pin, "keyring_pin");
     };
     ($m:ident, keys) => {
         $m!(keyring_row, "keyring");
+        $m!(keyring_link, "keyring_chain");
         $m!(dek, "deks");
     };
 }
@@ -100,9 +102,19 @@ pub(crate) async fn dump(
     Ok(out)
 }
 
+/// The audit tables, which a restore keeps from the live store when the live log continues the
+/// backup's: the entries made since the backup are evidence, not state to roll back.
+pub(crate) const AUDIT_TABLES: &[&str] = &["audit_log", "audit_head", "audit_checkpoints"];
+
 /// Replaces every row of one store (the key store with `keys`) inside `txn` with the JSON
-/// lines of `plain`; answers how many rows it inserted.
-pub(crate) async fn load(txn: &Txn, plain: &[u8], keys: bool) -> Result<u64, VaultError> {
+/// lines of `plain`, except the tables named in `keep`, which stay as they are; answers how
+/// many rows it inserted.
+pub(crate) async fn load(
+    txn: &Txn,
+    plain: &[u8],
+    keys: bool,
+    keep: &[&str],
+) -> Result<u64, VaultError> {
     let mut by_table: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for line in plain.lines() {
         let line = line.map_err(io)?;
@@ -125,6 +137,10 @@ pub(crate) async fn load(txn: &Txn, plain: &[u8], keys: bool) -> Result<u64, Vau
     } else {
         tables!(name, data);
     }
+    names.retain(|t| !keep.contains(t));
+    for t in keep {
+        by_table.remove(*t);
+    }
     for t in names.iter().rev() {
         txn.execute_unprepared(&format!("DELETE FROM {t}"))
             .await
@@ -132,7 +148,11 @@ pub(crate) async fn load(txn: &Txn, plain: &[u8], keys: bool) -> Result<u64, Vau
     }
     macro_rules! load_one {
         ($e:ident, $name:literal) => {{
-            let rows = by_table.remove($name).unwrap_or_default();
+            let rows = if keep.contains(&$name) {
+                Vec::new()
+            } else {
+                by_table.remove($name).unwrap_or_default()
+            };
             let models: Vec<$e::ActiveModel> = rows
                 .into_iter()
                 .map(|v| {
@@ -160,6 +180,18 @@ pub(crate) async fn load(txn: &Txn, plain: &[u8], keys: bool) -> Result<u64, Vau
         )));
     }
     Ok(n)
+}
+
+/// The head of the audit chain in a data-store backup: (sequence, hash), `None` for an empty
+/// log.
+pub(crate) fn backed_up_audit_head(data: &[u8]) -> Option<(i64, Vec<u8>)> {
+    data.lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Line>(&l).ok())
+        .filter(|l| l.t == "audit_head")
+        .filter_map(|l| serde_json::from_value::<audit_head::Model>(l.row).ok())
+        .map(|h| (h.seq, h.hash))
+        .find(|(seq, _)| *seq > 0)
 }
 
 /// The (record, categories) of every shred in the shred log of a data-store backup; lines that
