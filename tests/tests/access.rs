@@ -1225,7 +1225,16 @@ async fn a_shred_or_a_block_is_told_only_after_the_decision(backend: Backend) {
         }
     };
     assert_eq!(listed(&s.nurse).await, vec![live]);
-    assert!(listed(&auditor).await.is_empty());
+    // A role with no grant to view the school's subjects is refused the listing outright.
+    let err = v
+        .session(auditor.clone())
+        .records(s.student)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VaultError::Forbidden { .. }),
+        "the auditor lists no records: {err}"
+    );
     // An empty write says nothing of a block, to anyone.
     v.session(s.privacy.clone()).block(s.student).await.unwrap();
     for p in [&auditor, &s.admissions] {

@@ -661,12 +661,30 @@ impl Vault {
     }
 
     /// A subject's records (metadata only), for a principal of its school.
+    /// A subject's metadata (kind, school, dates, blocked), for a principal granted `view` in
+    /// its school. No value is opened, but that a child is enrolled and blocked is personal
+    /// data too, so the call is decided like any other; a refusal is audited.
+    pub(crate) async fn subject_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+    ) -> Result<Subject, VaultError> {
+        let subj = self.scoped_subject(p, subject).await?;
+        let why = purpose(LEGAL_ADMINISTRATIVE)?;
+        self.require_on_subject(p, &subj, Action::View, &why, "subject.view")
+            .await?;
+        Ok(subj.into_inner())
+    }
+
     pub(crate) async fn subject_records_as(
         &self,
         p: &Principal,
         subject: SubjectId,
     ) -> Result<Vec<RecordMeta>, VaultError> {
         let subj = self.scoped_subject(p, subject).await?;
+        let why = purpose(LEGAL_ADMINISTRATIVE)?;
+        self.require_on_subject(p, &subj, Action::View, &why, "records.list")
+            .await?;
         let mut out = Vec::new();
         let mut may: BTreeMap<RecordType, bool> = BTreeMap::new();
         for id in self.subject_record_ids(subject).await? {

@@ -115,6 +115,7 @@ str_enum!(
         Left = "left",
         Hold = "hold",
         PrincipalAdmin = "principal_admin",
+        View = "view",
     }
 );
 

@@ -74,13 +74,9 @@ impl<'v> Session<'v> {
         self.vault.create_subject_as(&self.principal, new).await
     }
 
-    /// A subject of a school where the principal holds a role.
+    /// A subject of a school where the principal is granted `view`.
     pub async fn subject(&self, id: SubjectId) -> Result<Subject, VaultError> {
-        Ok(self
-            .vault
-            .scoped_subject(&self.principal, id)
-            .await?
-            .into_inner())
+        self.vault.subject_as(&self.principal, id).await
     }
 
     /// Finds a subject by IIN, for a principal granted `search`; audited. A subject of a school

@@ -164,9 +164,7 @@ const TABLE: &[Op] = &[
     Op {
         id: "getSubject",
         path: "/v1/subjects/$subject",
-        need: Need::Everyone(
-            "any role of the subject's school may know it exists: school, kind, dates, no personal data",
-        ),
+        need: Need::All(&[("identity", "view", LA)]),
         cross: Cross::Ids("director"),
         ..BASE
     },
@@ -183,9 +181,7 @@ const TABLE: &[Op] = &[
     Op {
         id: "listRecords",
         path: "/v1/subjects/$subject/records",
-        need: Need::Everyone(
-            "metadata only (ids, type, version, dates), for any role of the subject's school",
-        ),
+        need: Need::All(&[("identity", "view", LA)]),
         cross: Cross::Ids("director"),
         ..BASE
     },
