@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sea_orm::ConnectionTrait;
-use vault_core::{AnchorOptions, AnchorSource, AuditProblem, Vault};
+use vault_core::{Anchor, AnchorOptions, AnchorSource, AuditProblem, Vault};
 use vault_tests::audit_edit::{anchored_seq, copy_anchor, cut_after, max_seq, put_anchor_back};
 use vault_tests::{Backend, TestVault, on_both_backends};
 
@@ -23,6 +23,19 @@ async fn busy(v: &Vault, n: usize) {
             .await
             .unwrap();
     }
+}
+
+/// An anchor after 4 batches (and a copy of its key-store row), then the newest after 6 more,
+/// which names the head `n`.
+async fn two_anchors(t: &TestVault) -> (Anchor, Vec<sea_orm::Value>, Anchor, i64) {
+    busy(&t.vault, 4).await;
+    let old = t.vault.sync_audit_anchor().await.unwrap();
+    let copy = copy_anchor(&t.stores.config).await;
+    busy(&t.vault, 6).await;
+    let newest = t.vault.sync_audit_anchor().await.unwrap();
+    let n = max_seq(&t.stores.config).await;
+    assert_eq!(newest.seq, n);
+    (old, copy, newest, n)
 }
 
 async fn problem(v: &Vault) -> Option<AuditProblem> {
@@ -123,13 +136,7 @@ async fn a_cut_tail_is_named_by_the_key_store_anchor(backend: Backend) {
 
 async fn an_older_anchor_put_back_is_caught_by_the_running_server(backend: Backend) {
     let t = TestVault::new(backend).await;
-    busy(&t.vault, 4).await;
-    let old = t.vault.sync_audit_anchor().await.unwrap();
-    let copy = copy_anchor(&t.stores.config).await;
-    busy(&t.vault, 6).await;
-    let newest = t.vault.sync_audit_anchor().await.unwrap();
-    let n = max_seq(&t.stores.config).await;
-    assert_eq!(newest.seq, n);
+    let (old, copy, newest, n) = two_anchors(&t).await;
 
     // Both stores edited: the log cut back to the old anchor's entry, the old (validly signed)
     // anchor row put back in the key store. The key store and the data store now agree.
@@ -178,13 +185,7 @@ async fn a_witness_file_names_a_cut_both_stores_hide(backend: Backend) {
         ..Default::default()
     };
     t.vault.configure_audit_anchors(opts.clone()).await.unwrap();
-    busy(&t.vault, 4).await;
-    let old = t.vault.sync_audit_anchor().await.unwrap();
-    let copy = copy_anchor(&t.stores.config).await;
-    busy(&t.vault, 6).await;
-    let newest = t.vault.sync_audit_anchor().await.unwrap();
-    let n = max_seq(&t.stores.config).await;
-    assert_eq!(newest.seq, n);
+    let (old, copy, newest, n) = two_anchors(&t).await;
 
     // One JSON line per anchor, the seq only going up, the newest naming the head.
     let text = std::fs::read_to_string(&witness).unwrap();
