@@ -294,6 +294,27 @@ fn good_copy(s: &Snapshot) -> Snapshot {
     }
 }
 
+/// The attacker's own identity and a keyring sealed to the custodian and to them, made with
+/// the real vaultctl on scratch stores (kept alive by the first value).
+async fn attackers_keyring(backend: Backend, s: &Server) -> (TestStores, PathBuf, Place) {
+    let scratch = TestStores::new(backend).await;
+    let attacker = scratch.dir.path().join("attacker.txt");
+    Unlock::generate_identity_file(&attacker).unwrap();
+    let made = Place::of_stores(&scratch);
+    made.vaultctl_ok(
+        &attacker,
+        &[
+            "keyring",
+            "init",
+            "--recipient",
+            &recipient_of(&custodian(s)),
+            "--recipient",
+            &recipient_of(&attacker),
+        ],
+    );
+    (scratch, attacker, made)
+}
+
 fn custodian(s: &Server) -> PathBuf {
     s.stores.dir.path().join("vault-data/dev-custodian.txt")
 }
@@ -401,21 +422,7 @@ async fn a_keyring_made_elsewhere_with_the_next_generation_is_refused(backend: B
 
     // The attacker: their own identity, a keyring for the custodian and themselves, made with
     // the real vaultctl on scratch stores.
-    let scratch = TestStores::new(backend).await;
-    let attacker = scratch.dir.path().join("attacker.txt");
-    Unlock::generate_identity_file(&attacker).unwrap();
-    let made = Place::of_stores(&scratch);
-    made.vaultctl_ok(
-        &attacker,
-        &[
-            "keyring",
-            "init",
-            "--recipient",
-            &recipient_of(&custodian(&s)),
-            "--recipient",
-            &recipient_of(&attacker),
-        ],
-    );
+    let (_scratch, attacker, made) = attackers_keyring(backend, &s).await;
     let forged = made.snapshot();
     place.put_row(&forged, good.generation + 1);
     // Its self-signed link too, renumbered to the next generation, beside the real chain.
@@ -470,21 +477,7 @@ async fn a_whole_chain_made_elsewhere_is_refused(backend: Backend) {
 
     // The attacker builds a complete, valid chain of their own up to generation 3 and copies
     // the row and every link in: the key store alone now says it all holds together.
-    let scratch = TestStores::new(backend).await;
-    let attacker = scratch.dir.path().join("attacker.txt");
-    Unlock::generate_identity_file(&attacker).unwrap();
-    let made = Place::of_stores(&scratch);
-    made.vaultctl_ok(
-        &attacker,
-        &[
-            "keyring",
-            "init",
-            "--recipient",
-            &recipient_of(&custodian(&s)),
-            "--recipient",
-            &recipient_of(&attacker),
-        ],
-    );
+    let (_scratch, attacker, made) = attackers_keyring(backend, &s).await;
     for _ in 0..2 {
         made.vaultctl_ok(&attacker, &["keyring", "rotate", "--category", "identity"]);
     }
