@@ -19,6 +19,7 @@ mod m20261210_000008_keyring_pin;
 mod m20261211_000009_audit_anchor;
 mod m20261211_000010_request_action;
 mod m20261212_000011_iin_index_key;
+mod m20261213_000012_keyring_shares;
 
 /// Migrations of the data store.
 #[derive(Debug)]
@@ -51,6 +52,7 @@ impl MigratorTrait for KeyMigrator {
             Box::new(m20261127_000002_key_store::Migration),
             Box::new(m20261210_000007_keyring_chain::Migration),
             Box::new(m20261211_000009_audit_anchor::Migration),
+            Box::new(m20261213_000012_keyring_shares::Migration),
         ]
     }
 }

@@ -531,3 +531,10 @@ pub mod audit_edit {
         assert_eq!(r.rows_affected(), 1);
     }
 }
+
+/// Bytes from hexadecimal (either case), as `sqlite3`'s `hex()` and `psql`'s `encode` print.
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect()
+}

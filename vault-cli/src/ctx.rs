@@ -21,9 +21,10 @@ pub struct GlobalArgs {
         default_value = "policies"
     )]
     policies: PathBuf,
-    /// The custodian's age identity file (from age-keygen) that unseals the keyring.
+    /// The custodian's age identity file (from age-keygen) that unseals the keyring. For a
+    /// keyring sealed M-of-N, repeat it once per custodian present.
     #[arg(long, global = true, env = "VAULT_IDENTITY")]
-    identity: Option<PathBuf>,
+    identity: Vec<PathBuf>,
     /// A file whose first line is the keyring's passphrase (to seal it at init, or to unseal).
     #[arg(long, global = true, env = "VAULT_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
@@ -67,7 +68,7 @@ impl StoreArgs {
 /// The context a command runs in: the global options and the loaded policies.
 pub struct Ctx {
     stores: StoreArgs,
-    identity: Option<PathBuf>,
+    identity: Vec<PathBuf>,
     passphrase_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
     policy: Arc<Policy>,
@@ -104,10 +105,10 @@ impl Ctx {
     }
 
     pub fn unlock(&self) -> Result<Unlock> {
-        match (&self.identity, &self.passphrase_file) {
-            (Some(i), _) => Ok(Unlock::identity_file(i)?),
-            (None, Some(p)) => Ok(Unlock::Passphrase(passphrase(p)?)),
-            (None, None) => bail!(
+        match (self.identity.is_empty(), &self.passphrase_file) {
+            (false, _) => Ok(Unlock::identity_files(&self.identity)?),
+            (true, Some(p)) => Ok(Unlock::Passphrase(passphrase(p)?)),
+            (true, None) => bail!(
                 "this command unseals the keyring: give --identity FILE (or --passphrase-file FILE)"
             ),
         }

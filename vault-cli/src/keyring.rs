@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::Subcommand;
-use vault_core::{Category, CustodianRecipient, SealTo, Vault};
+use vault_core::{Category, CustodianRecipient, Quorum, QuorumSeal, SealTo, Vault};
 
 use crate::ctx::{Ctx, passphrase};
 use crate::output::{outln, review_line};
@@ -22,6 +22,33 @@ pub enum Cmd {
         /// A custodian's public key (from `age-keygen`); repeat for several custodians.
         #[arg(long = "recipient")]
         recipients: Vec<String>,
+        /// Seal M-of-N: any this many of the --recipient custodians unseal it together, fewer
+        /// cannot. Without it, any one custodian unseals it.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=32))]
+        threshold: Option<u8>,
+    },
+    /// Seal the same keys to a new quorum of custodians (M-of-N), as a new signed generation:
+    /// a new quorum key, a new share for each --recipient; old shares open nothing from then
+    /// on. Every record stays readable. Running servers must be restarted and unsealed with the
+    /// new shares. Also turns a keyring sealed to recipients into a quorum.
+    ///
+    /// Example: vaultctl keyring reshare --threshold 3 --recipient age1... (x5) --identity a.txt --identity b.txt
+    Reshare {
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=32))]
+        threshold: u8,
+        /// A custodian's public key (from `age-keygen`); one per custodian of the new quorum.
+        #[arg(long = "recipient", required = true)]
+        recipients: Vec<String>,
+    },
+    /// Give your share to a sealed server: decrypts the share sealed to --identity (here, on
+    /// this machine) and sends it to the server, which opens when enough custodians have given
+    /// theirs. A share travels only over https:// or to a loopback address.
+    ///
+    /// Example: vaultctl keyring unseal --server http://127.0.0.1:8080 --identity custodian.txt
+    Unseal {
+        /// The sealed server's base URL.
+        #[arg(long)]
+        server: String,
     },
     /// Write the sealed keyring (an age file) for an off-site emergency copy. It stays sealed:
     /// only a custodian's identity opens it, e.g. with `age -d -i custodian.txt keyring.age`.
@@ -118,15 +145,22 @@ pub enum RecipientCmd {
 
 pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
     match cmd {
-        Cmd::Init { recipients } => {
+        Cmd::Init {
+            recipients,
+            threshold,
+        } => {
             let seal_to = match (ctx.passphrase_file(), recipients.is_empty()) {
+                (Some(_), _) if threshold.is_some() => {
+                    bail!("--threshold deals shares to --recipient custodians, not to a passphrase")
+                }
                 (Some(f), true) => SealTo::Passphrase(passphrase(f)?, None),
-                (None, false) => SealTo::Recipients(
-                    recipients
-                        .iter()
-                        .map(|r| CustodianRecipient::parse(r))
-                        .collect::<Result<_, _>>()?,
-                ),
+                (None, false) => {
+                    let rs = parse_recipients(&recipients)?;
+                    match threshold {
+                        Some(m) => SealTo::Quorum(QuorumSeal::deal(m, &rs)?),
+                        None => SealTo::Recipients(rs),
+                    }
+                }
                 (Some(_), false) => bail!("seal to recipients or to a passphrase, not both"),
                 (None, true) => {
                     bail!("name at least one --recipient age1... (or --passphrase-file)")
@@ -140,6 +174,65 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 "keyring created with a key for each of {} categories",
                 catalog.collected_categories().count()
             );
+            if let SealTo::Quorum(q) = &seal_to {
+                quorum_lines(out, q.quorum());
+            }
+        }
+        Cmd::Reshare {
+            threshold,
+            recipients,
+        } => {
+            let rs = parse_recipients(&recipients)?;
+            let vault = ctx.vault().await?;
+            let q = vault.reshare(threshold, &rs).await?;
+            outln!(
+                out,
+                "the keyring is sealed to a new quorum (the same keys, a new generation)"
+            );
+            quorum_lines(out, &q);
+            outln!(
+                out,
+                "the old shares open nothing now: restart every running server and unseal it with the new shares"
+            );
+        }
+        Cmd::Unseal { server } => {
+            let base = server.trim_end_matches('/');
+            check_share_route(base)?;
+            let stores = ctx.stores().await?;
+            let (quorum, shares) = vault_core::custodian_shares(&stores, &ctx.unlock()?).await?;
+            let url = format!("{base}/unseal");
+            for share in shares {
+                let n = share.number();
+                let body = zeroize::Zeroizing::new(
+                    serde_json::json!({ "share": share.to_text().as_str() }).to_string(),
+                );
+                let answer = ureq::post(&url)
+                    .config()
+                    .http_status_as_error(false)
+                    .build()
+                    .content_type("application/json")
+                    .send(body.as_bytes())
+                    .with_context(|| format!("cannot reach {url}"))?;
+                let status = answer.status().as_u16();
+                let text = answer.into_body().read_to_string().unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match status {
+                    200 if v["sealed"] == false => {
+                        outln!(out, "share {n} given: the vault is unsealed");
+                        return Ok(());
+                    }
+                    200 => outln!(
+                        out,
+                        "share {n} given: {} of {} shares, waiting for the other custodians",
+                        v["given"].as_array().map_or(0, Vec::len),
+                        quorum.threshold
+                    ),
+                    _ => bail!(
+                        "share {n} was not taken ({status}): {}",
+                        v["detail"].as_str().unwrap_or(text.as_str())
+                    ),
+                }
+            }
         }
         Cmd::Export { out: path } => {
             let stores = ctx.stores().await?;
@@ -188,6 +281,9 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 );
             } else {
                 outln!(out, "blind-index keys: 1");
+            }
+            if let Some(q) = vault.quorum().await? {
+                quorum_lines(out, &q);
             }
             outln!(out, "{}", review_line(vault.catalog()));
         }
@@ -337,13 +433,61 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                         .await?;
                     outln!(out, "the keyring is no longer sealed to {recipient}");
                 }
-                RecipientCmd::List => {
-                    for r in vault.recipients().await? {
-                        outln!(out, "{r}");
+                RecipientCmd::List => match vault.quorum().await? {
+                    Some(q) => quorum_lines(out, &q),
+                    None => {
+                        for r in vault.recipients().await? {
+                            outln!(out, "{r}");
+                        }
                     }
-                }
+                },
             }
         }
+    }
+    Ok(())
+}
+
+fn parse_recipients(rs: &[String]) -> Result<Vec<CustodianRecipient>> {
+    Ok(rs
+        .iter()
+        .map(|r| CustodianRecipient::parse(r))
+        .collect::<Result<_, _>>()?)
+}
+
+fn quorum_lines(out: &mut String, q: &Quorum) {
+    outln!(
+        out,
+        "sealed to a quorum: any {} of {} custodians unseal it together",
+        q.threshold,
+        q.holders.len()
+    );
+    for (x, c) in &q.holders {
+        outln!(out, "  share {x}: {c}");
+    }
+}
+
+/// A share is half of the vault's keys for a 2-of-N quorum: it never crosses a network in clear.
+fn check_share_route(base: &str) -> Result<()> {
+    if base.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = base.strip_prefix("http://") else {
+        bail!("--server must be an http:// or https:// URL, e.g. http://127.0.0.1:8080");
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "a share must not cross the network in clear: use https:// (the school's TLS terminator) or run this on the server's host against http://127.0.0.1:PORT"
+        );
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ const COMMANDS: &[&[&str]] = &[
     &["keyring", "rotate-index"],
     &["keyring", "verify"],
     &["keyring", "reseal"],
+    &["keyring", "reshare"],
+    &["keyring", "unseal"],
     &["keyring", "recipient", "add"],
     &["keyring", "recipient", "remove"],
     &["keyring", "recipient", "list"],

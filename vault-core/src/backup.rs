@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::keyring::{CustodianRecipient, Passphrase, Unlock};
+use crate::quorum::QuorumSeal;
 use crate::store::repo::carry;
 pub use crate::store::repo::carry::CarriedOver;
 use crate::store::repo::retention::ShredRow;
@@ -86,6 +87,9 @@ pub struct RestoreOptions {
     pub replace_audit_log: bool,
 }
 
+/// The quorum's shares, beside the sealed stores of a backup of a quorum-sealed vault.
+const SHARES_FILE: &str = "shares.json";
+
 fn io(e: impl std::fmt::Display) -> VaultError {
     VaultError::Invalid(format!("backup: {e}"))
 }
@@ -131,6 +135,10 @@ pub async fn backup(
             dir.display()
         ))
     })?;
+    // A quorum-sealed keyring's backup is sealed to the quorum key: its shares go beside it.
+    if let Some(q) = keyring::quorum(&stores.keys).await? {
+        std::fs::write(dir.join(SHARES_FILE), q.to_file()?).map_err(io)?;
+    }
     let mut rows = BTreeMap::new();
     let data = tables::dump(&stores.data, false, &mut rows).await?;
     let keys = tables::dump(&stores.keys, true, &mut rows).await?;
@@ -219,6 +227,12 @@ pub async fn restore_with(
             ))
         })
         .and_then(|b| BackupManifest::parse(&b))?;
+    let quorum_unlock = match std::fs::read(dir.join(SHARES_FILE)) {
+        Ok(b) => Some(QuorumSeal::from_file(&b)?.unlock_with(unlock)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(format!("cannot read {SHARES_FILE}: {e}"))),
+    };
+    let unlock = quorum_unlock.as_ref().unwrap_or(unlock);
     let data = open_file(dir, "data.jsonl.age", unlock)?;
     let keys = open_file(dir, "keys.jsonl.age", unlock)?;
     let expected = manifest.expected_rows()?;

@@ -68,8 +68,32 @@ pub enum KeyringError {
         seen: i64,
         problem: crate::keychain::ChainProblem,
     },
+    /// A quorum cannot be dealt as asked (threshold, custodians).
+    #[error("{0}")]
+    QuorumSpec(String),
+    /// A share given back is refused; names its number when it has one, never its value.
+    #[error("{}", share_refused(*.x, .why))]
+    ShareRefused { x: Option<u8>, why: &'static str },
+    #[error(
+        "the keyring is sealed to a quorum of custodians: {given} of the {threshold} shares needed were given. Each custodian gives their own (`vaultctl keyring unseal --identity FILE`, or one --identity per custodian to a local command)"
+    )]
+    NotEnoughShares { given: usize, threshold: u8 },
+    #[error(
+        "the shares given rebuild a key that is not the one the keyring is sealed to: the key store's shares were changed; restore the `keyring_shares` rows from a backup"
+    )]
+    QuorumMismatch,
+    /// A change that would bypass the quorum (adding a recipient to a quorum-sealed keyring).
+    #[error("{0}")]
+    QuorumSealed(&'static str),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+}
+
+fn share_refused(x: Option<u8>, why: &str) -> String {
+    match x {
+        Some(x) => format!("share {x} is refused: {why}"),
+        None => format!("the share is refused: {why}"),
+    }
 }
 
 /// A custodian's public age recipient (`age1...`). Public: safe to print.
@@ -108,6 +132,9 @@ impl CustodianRecipient {
     pub(crate) fn as_age(&self) -> &dyn age::Recipient {
         &self.0
     }
+    pub(crate) fn from_age(r: age::x25519::Recipient) -> Self {
+        CustodianRecipient(r)
+    }
 }
 
 impl std::fmt::Display for CustodianRecipient {
@@ -136,6 +163,8 @@ pub enum SealTo {
     Recipients(Vec<CustodianRecipient>),
     /// A passphrase, with scrypt's log2 work factor (`None`: age's default, about 1 s here).
     Passphrase(Passphrase, Option<u8>),
+    /// A quorum: any M of N custodians together (`QuorumSeal::deal`).
+    Quorum(crate::quorum::QuorumSeal),
 }
 
 /// What unseals the keyring: the custodian's identities, or the passphrase.
@@ -163,6 +192,17 @@ impl Unlock {
             return Err(KeyringError::NoIdentity { path: shown });
         }
         Ok(Unlock::Identities(ids))
+    }
+
+    /// Reads several identity files (one per custodian of a quorum at a local ceremony).
+    pub fn identity_files(paths: &[std::path::PathBuf]) -> Result<Self, KeyringError> {
+        let mut all = Vec::new();
+        for p in paths {
+            if let Unlock::Identities(ids) = Self::identity_file(p)? {
+                all.extend(ids);
+            }
+        }
+        Ok(Unlock::Identities(all))
     }
 
     /// A freshly generated X25519 identity, kept in memory only.
@@ -614,6 +654,10 @@ impl Keyring {
                     ));
                 }
                 age::Encryptor::with_recipients(rs.iter().map(|r| &r.0 as &dyn age::Recipient))
+                    .map_err(|e| KeyringError::Seal(e.to_string()))?
+            }
+            SealTo::Quorum(q) => {
+                age::Encryptor::with_recipients(std::iter::once(q.quorum().key.as_age()))
                     .map_err(|e| KeyringError::Seal(e.to_string()))?
             }
             SealTo::Passphrase(p, work) => {

@@ -23,6 +23,7 @@ use crate::domain::Category;
 use crate::envelope::rewrap_dek;
 use crate::keychain::{self, ChainProblem, Known, Link};
 use crate::keyring::{CustodianRecipient, Keyring, KeyringError, Passphrase, SealTo, Unlock};
+use crate::quorum::{Quorum, QuorumSeal};
 use crate::store::Stores;
 use crate::store::repo::{deks, keyring, records};
 use crate::vault::{Vault, VaultError};
@@ -146,11 +147,15 @@ pub(crate) async fn init_keyring(
 /// Reads, judges and unseals the stored keyring for a process starting: its chain must verify
 /// from its genesis and agree with the data store's pin. A refusal is logged and audited (with
 /// no checkpoint: no audit key is trusted yet) and nothing is opened.
+///
+/// A keyring sealed to a quorum is unsealed with the quorum key, rebuilt from the shares the
+/// given identities open (or given directly, as the server's unsealer does); the unlock
+/// answered is what unsealed it, kept to unseal newer generations.
 pub(crate) async fn open_keyring(
     stores: &Stores,
-    unlock: &Unlock,
+    unlock: Unlock,
     clock: &dyn Clock,
-) -> Result<(Keyring, Tip), VaultError> {
+) -> Result<(Keyring, Tip, Unlock), VaultError> {
     let row = keyring::sealed(&stores.keys)
         .await?
         .ok_or(VaultError::KeyringMissing)?;
@@ -173,7 +178,29 @@ pub(crate) async fn open_keyring(
         Ok(l) => l,
         Err(p) => return Err(refuse(p).await),
     };
-    let k = Keyring::unseal(&row.sealed, unlock)?;
+    let quorum = keyring::quorum(&stores.keys).await?;
+    let unlock = match (&quorum, unlock) {
+        (Some(q), Unlock::Identities(ids)) => {
+            let shares = q.open_with(&ids)?;
+            if shares.is_empty() {
+                // Perhaps the rebuilt quorum key itself (an emergency copy).
+                Unlock::Identities(ids)
+            } else {
+                q.combine(&shares)?
+            }
+        }
+        (_, u) => u,
+    };
+    let k = match (Keyring::unseal(&row.sealed, &unlock), &quorum) {
+        (Ok(k), _) => k,
+        (Err(KeyringError::Unseal(_)), Some(q)) => {
+            return Err(VaultError::Keyring(KeyringError::NotEnoughShares {
+                given: 0,
+                threshold: q.quorum().threshold,
+            }));
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     match (&link, links.first()) {
         (Some(l), Some(genesis)) => {
             if k.chain_public_key().as_deref() != Some(l.public_key.as_slice()) {
@@ -196,6 +223,7 @@ pub(crate) async fn open_keyring(
             sealed_sha256: sha,
             link,
         },
+        unlock,
     ))
 }
 
@@ -295,7 +323,17 @@ impl Vault {
             }
             Err(p) => return Err(self.refuse(row.generation, sha, tip.generation, p).await),
         };
-        let fresh = Keyring::unseal(&row.sealed, &self.unlock)?;
+        let fresh = match Keyring::unseal(&row.sealed, &self.unlock) {
+            Ok(k) => k,
+            Err(KeyringError::Unseal(_))
+                if keyring::quorum(&self.stores().keys).await?.is_some() =>
+            {
+                return Err(VaultError::Keyring(KeyringError::QuorumSealed(
+                    "the keyring was sealed to a new quorum since this process unsealed it: restart it and unseal it with the new shares (`vaultctl keyring unseal`)",
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if fresh.chain_public_key().as_deref() != Some(link.public_key.as_slice()) {
             let p = ChainProblem::KeyMismatch {
                 generation: link.generation,
@@ -451,11 +489,15 @@ impl Vault {
         Ok(g)
     }
 
-    /// Whom to re-seal to: the stored recipients, or the passphrase the custodian gives.
+    /// Whom to re-seal to: the stored quorum (its shares unchanged), the stored recipients, or
+    /// the passphrase the custodian gives.
     pub(crate) async fn reseal_target(
         &self,
         passphrase: Option<Passphrase>,
     ) -> Result<SealTo, VaultError> {
+        if let Some(q) = keyring::quorum(&self.stores().keys).await? {
+            return Ok(SealTo::Quorum(q));
+        }
         let rs = self.recipients().await?;
         match (rs.is_empty(), passphrase) {
             (false, _) => Ok(SealTo::Recipients(rs)),
@@ -678,9 +720,67 @@ impl Vault {
         .await
     }
 
+    /// The quorum the keyring is sealed to, if it is sealed M-of-N. Public values.
+    pub async fn quorum(&self) -> Result<Option<Quorum>, VaultError> {
+        Ok(keyring::quorum(&self.stores().keys)
+            .await?
+            .map(|q| q.quorum().clone()))
+    }
+
+    /// Seals the same keys to a new quorum: a new quorum key, dealt as shares to `custodians`,
+    /// any `threshold` of whom unseal it, stored as a new signed generation. The KEKs, the
+    /// blind-index key and the audit key are the keyring's own and do not change, so every
+    /// record stays readable; the old shares open nothing from this generation on. Also the way
+    /// from recipients or a passphrase to a quorum.
+    pub async fn reshare(
+        &self,
+        threshold: u8,
+        custodians: &[CustodianRecipient],
+    ) -> Result<Quorum, VaultError> {
+        self.refresh_keyring().await?;
+        let before = keyring::quorum(&self.stores().keys).await?;
+        let seal = QuorumSeal::deal(threshold, custodians)?;
+        let quorum = seal.quorum().clone();
+        let k = self.keyring().duplicate()?;
+        self.store_keyring(k, &SealTo::Quorum(seal)).await?;
+        let was = match before {
+            Some(q) => format!("{} of {}", q.quorum().threshold, q.quorum().holders.len()),
+            None => "sealed without a quorum".to_owned(),
+        };
+        let holders: Vec<String> = quorum
+            .holders
+            .iter()
+            .map(|(x, c)| format!("share {x} to {c}"))
+            .collect();
+        self.key_event(
+            "key.reshare",
+            Vec::new(),
+            format!(
+                "generation {}: the same keys sealed to a new quorum key, {} of {} (was {was}): {}",
+                self.tip().generation,
+                quorum.threshold,
+                quorum.holders.len(),
+                holders.join(", ")
+            ),
+        )
+        .await?;
+        Ok(quorum)
+    }
+
+    /// Refuses a recipient change on a quorum-sealed keyring: a recipient would open it alone.
+    async fn refuse_on_quorum(&self) -> Result<(), VaultError> {
+        if keyring::quorum(&self.stores().keys).await?.is_some() {
+            return Err(VaultError::Keyring(KeyringError::QuorumSealed(
+                "the keyring is sealed to a quorum of custodians: a single recipient would open it alone. Change the custodians with `vaultctl keyring reshare --threshold M --recipient ...`",
+            )));
+        }
+        Ok(())
+    }
+
     /// Re-seals the keyring to one more custodian. Only the keyring is re-encrypted.
     pub async fn add_recipient(&self, r: CustodianRecipient) -> Result<(), VaultError> {
         self.refresh_keyring().await?;
+        self.refuse_on_quorum().await?;
         let mut rs = self.recipients().await?;
         if rs.is_empty() {
             return Err(VaultError::Invalid(
@@ -700,6 +800,7 @@ impl Vault {
     /// Re-seals the keyring without one custodian; the last one cannot be removed.
     pub async fn remove_recipient(&self, r: &CustodianRecipient) -> Result<(), VaultError> {
         self.refresh_keyring().await?;
+        self.refuse_on_quorum().await?;
         let rs: Vec<_> = self.recipients().await?;
         if !rs.contains(r) {
             return Err(VaultError::Invalid(format!("{r} is not a recipient")));
@@ -715,4 +816,235 @@ impl Vault {
         self.key_event("key.recipient_remove", Vec::new(), format!("recipient {r}"))
             .await
     }
+}
+
+/// How far an unseal ceremony is: how many shares are needed and which were given. Public.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsealProgress {
+    pub threshold: u8,
+    pub custodians: usize,
+    /// The numbers of the shares given so far, lowest first.
+    pub given: Vec<u8>,
+}
+
+/// A server started on a keyring sealed to a quorum, before it holds M shares: it takes them
+/// one by one (`vaultctl keyring unseal`), each checked against its commitment and audited,
+/// and opens the vault when it has enough. The shares are kept in memory only, zeroed on drop.
+pub struct Unsealer {
+    stores: Stores,
+    policy: Arc<crate::policy::Policy>,
+    seal: QuorumSeal,
+    given: tokio::sync::Mutex<BTreeMap<u8, crate::quorum::Share>>,
+}
+
+impl std::fmt::Debug for Unsealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealer").finish_non_exhaustive()
+    }
+}
+
+/// What giving a share came to.
+#[derive(Debug)]
+pub enum Unsealed {
+    /// More shares are needed.
+    Waiting(UnsealProgress),
+    /// Enough were given: the quorum key is rebuilt; `Unsealer::open` opens the vault with it.
+    Complete(QuorumKey),
+}
+
+/// The rebuilt quorum key, between the last share and the vault's opening. No Debug of the key.
+pub struct QuorumKey {
+    unlock: Unlock,
+    numbers: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuorumKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuorumKey").finish_non_exhaustive()
+    }
+}
+
+fn ceremony_event(action: &'static str, outcome: Outcome, reason: String) -> AuditEvent {
+    let mut ev = AuditEvent::new("custodian", action, outcome);
+    ev.reason = Some(reason);
+    ev
+}
+
+impl Unsealer {
+    /// An unsealer for the stored keyring, if it is sealed to a quorum (`None`: it is not, and
+    /// opens with an identity or passphrase). Shares that `unlock`'s identities open (a host's
+    /// own share, say) count as given.
+    pub async fn new(
+        stores: Stores,
+        policy: Arc<crate::policy::Policy>,
+        unlock: Option<&Unlock>,
+    ) -> Result<Option<Unsealer>, VaultError> {
+        let Some(seal) = keyring::quorum(&stores.keys).await? else {
+            return Ok(None);
+        };
+        let mut given = BTreeMap::new();
+        if let Some(Unlock::Identities(ids)) = unlock {
+            for s in seal.open_with(ids)? {
+                given.insert(s.number(), s);
+            }
+        }
+        let u = Unsealer {
+            stores,
+            policy,
+            seal,
+            given: tokio::sync::Mutex::new(given),
+        };
+        let p = u.progress().await;
+        for x in &p.given {
+            u.record(ceremony_event(
+                "keyring.share_given",
+                Outcome::Done,
+                format!("share {x} of the quorum ({}) opened by the server's own identity at start; {} of {} given", u.holder(*x), p.given.len(), p.threshold),
+            ))
+            .await;
+        }
+        Ok(Some(u))
+    }
+
+    fn holder(&self, x: u8) -> String {
+        self.seal
+            .quorum()
+            .holders
+            .iter()
+            .find(|(n, _)| *n == x)
+            .map_or_else(|| "no custodian".to_owned(), |(_, c)| c.to_string())
+    }
+
+    /// The quorum the keyring is sealed to.
+    pub fn quorum(&self) -> &Quorum {
+        self.seal.quorum()
+    }
+
+    pub async fn progress(&self) -> UnsealProgress {
+        let given = self.given.lock().await;
+        UnsealProgress {
+            threshold: self.seal.quorum().threshold,
+            custodians: self.seal.quorum().holders.len(),
+            given: given.keys().copied().collect(),
+        }
+    }
+
+    /// Records a ceremony step. No audit key is trusted before the keyring opens, so the
+    /// entries are chained unsigned; the first signed checkpoint after opening covers them.
+    async fn record(&self, ev: AuditEvent) {
+        let clock = crate::clock::SystemClock;
+        if let Err(e) = crate::audit::append_unsigned(&self.stores.data, &clock, &[ev]).await {
+            tracing::error!(error = %e, "could not record an unseal step in the audit log");
+        }
+    }
+
+    /// Takes one custodian's share: refused (and audited) unless it is a share dealt for this
+    /// keyring; a share given twice counts once. With the threshold reached, rebuilds the
+    /// quorum key and opens the vault.
+    pub async fn give(&self, share: crate::quorum::Share) -> Result<Unsealed, VaultError> {
+        let mut given = self.given.lock().await;
+        let x = share.number();
+        if let Err(e) = self.seal.check(&share) {
+            drop(given);
+            tracing::warn!(share = x, error = %e, "refused a share at unseal");
+            self.record(ceremony_event(
+                "keyring.share_refused",
+                Outcome::Refused,
+                e.to_string(),
+            ))
+            .await;
+            return Err(e.into());
+        }
+        let again = given.insert(x, share).is_some();
+        let (n, threshold) = (given.len(), self.seal.quorum().threshold);
+        self.record(ceremony_event(
+            "keyring.share_given",
+            Outcome::Done,
+            format!(
+                "share {x} of the quorum ({}){}; {n} of {threshold} given",
+                self.holder(x),
+                if again { ", given again" } else { "" }
+            ),
+        ))
+        .await;
+        if n < usize::from(threshold) {
+            let given = given.keys().copied().collect();
+            return Ok(Unsealed::Waiting(UnsealProgress {
+                threshold,
+                custodians: self.seal.quorum().holders.len(),
+                given,
+            }));
+        }
+        let shares: Vec<_> = std::mem::take(&mut *given).into_values().collect();
+        let unlock = match self.seal.combine(&shares) {
+            Ok(u) => u,
+            Err(e) => {
+                // Every share passed its check, so the stored commitments and key disagree:
+                // start again from none rather than keep shares that cannot combine.
+                self.record(ceremony_event(
+                    "keyring.unseal",
+                    Outcome::Refused,
+                    e.to_string(),
+                ))
+                .await;
+                return Err(e.into());
+            }
+        };
+        let numbers = shares.iter().map(|s| s.number()).collect();
+        Ok(Unsealed::Complete(QuorumKey { unlock, numbers }))
+    }
+
+    /// Opens the vault with the rebuilt quorum key. Run it on the runtime the vault is to live
+    /// on: the vault's writers are tasks of the runtime that opens it.
+    pub async fn open(&self, key: QuorumKey) -> Result<Vault, VaultError> {
+        let vault = Vault::open(self.stores.clone(), self.policy.clone(), key.unlock).await?;
+        let numbers: Vec<String> = key.numbers.iter().map(u8::to_string).collect();
+        vault
+            .key_event(
+                "keyring.unseal",
+                Vec::new(),
+                format!(
+                    "the keyring (generation {}) unsealed with shares {} of a {}-of-{} quorum",
+                    vault.tip().generation,
+                    numbers.join(", "),
+                    self.seal.quorum().threshold,
+                    self.seal.quorum().holders.len()
+                ),
+            )
+            .await?;
+        Ok(vault)
+    }
+}
+
+/// The shares of the stored quorum that `unlock`'s identities open, checked, with the quorum:
+/// what a custodian's `vaultctl keyring unseal` decrypts on their own machine and gives to a
+/// sealed server. Errors when the keyring is not sealed to a quorum or no share opens.
+pub async fn custodian_shares(
+    stores: &Stores,
+    unlock: &Unlock,
+) -> Result<(Quorum, Vec<crate::quorum::Share>), VaultError> {
+    let seal = keyring::quorum(&stores.keys).await?.ok_or_else(|| {
+        VaultError::Invalid(
+            "the keyring is not sealed to a quorum of custodians: there is no share to give".into(),
+        )
+    })?;
+    let Unlock::Identities(ids) = unlock else {
+        return Err(VaultError::Invalid(
+            "a share is sealed to a custodian's identity: give --identity FILE".into(),
+        ));
+    };
+    let shares = seal.open_with(ids)?;
+    if shares.is_empty() {
+        let holders: Vec<String> = seal
+            .quorum()
+            .holders
+            .iter()
+            .map(|(_, c)| c.to_string())
+            .collect();
+        return Err(VaultError::Invalid(format!(
+            "none of the shares is sealed to the identity given; they are sealed to {}",
+            holders.join(", ")
+        )));
+    }
+    Ok((seal.quorum().clone(), shares))
 }

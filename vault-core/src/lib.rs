@@ -36,6 +36,7 @@ mod keychain;
 mod keyring;
 mod keys;
 mod policy;
+mod quorum;
 mod reindex;
 mod reports;
 mod retention;
@@ -74,11 +75,15 @@ pub use keychain::{ChainProblem, Link, sealed_digest, verify_chain, verify_link}
 pub use keyring::{
     BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
 };
-pub use keys::{ChainEntry, ChainReport, OrphanReport, RewrapProgress};
+pub use keys::{
+    ChainEntry, ChainReport, OrphanReport, QuorumKey, RewrapProgress, UnsealProgress, Unsealed,
+    Unsealer, custodian_shares,
+};
 pub use policy::{
     Action, ApprovalAct, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope,
     check_policy_texts,
 };
+pub use quorum::{MAX_CUSTODIANS, Quorum, QuorumSeal, Share};
 pub use reindex::IndexRotation;
 pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
 pub use retention::{

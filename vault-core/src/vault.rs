@@ -328,7 +328,8 @@ impl Vault {
     ) -> Result<Vault, VaultError> {
         // The stored keyring is judged (its chain from its genesis, the data store's pin)
         // before it is unsealed; a refused one is never opened.
-        let (keyring, tip) = crate::keys::open_keyring(&stores, &unlock, clock.as_ref()).await?;
+        let (keyring, tip, unlock) =
+            crate::keys::open_keyring(&stores, unlock, clock.as_ref()).await?;
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }

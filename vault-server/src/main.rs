@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Deserialize;
 use vault_core::{
-    Catalog, Passphrase, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock, Vault,
-    VaultError,
+    Catalog, Passphrase, Policy, Role, SchoolId, Scope, SealTo, StoreConfig, Stores, Unlock,
+    Unsealer, Vault, VaultError,
 };
 
 use vault_server::api::{AppState, AuthFailures};
@@ -283,7 +283,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let stores = Stores::open(&config).await.context("opening the stores")?;
     let mut first_dev_start = false;
-    let unlock = if s.dev {
+    let unlock: Option<Unlock> = if s.dev {
         eprintln!("==================================================================");
         eprintln!(
             " DEV MODE: dev keyring and tokens in {}.",
@@ -293,25 +293,43 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("==================================================================");
         let (id, first) = dev_bootstrap(&stores, catalog, &s.data_dir).await?;
         first_dev_start = first;
-        Unlock::identity_file(&id)?
+        Some(Unlock::identity_file(&id)?)
     } else {
         match (&s.identity, &s.passphrase_file) {
-            (Some(p), _) => Unlock::identity_file(p)?,
+            (Some(p), _) => Some(Unlock::identity_file(p)?),
             (None, Some(f)) => {
                 let text = std::fs::read_to_string(f)
                     .with_context(|| format!("reading the passphrase file {}", f.display()))?;
-                Unlock::Passphrase(Passphrase::new(
+                Some(Unlock::Passphrase(Passphrase::new(
                     text.lines().next().unwrap_or("").to_owned(),
-                ))
+                )))
             }
-            (None, None) => bail!(
-                "no custodian identity: pass --identity FILE or --passphrase-file FILE (or VAULT_IDENTITY), or --dev to try the vault"
-            ),
+            (None, None) => None,
         }
     };
-    let vault = Vault::open(stores, Arc::new(policy), unlock)
+    let policy = Arc::new(policy);
+    let listener =
+        TcpListener::bind(&s.listen).with_context(|| format!("cannot listen on {}", s.listen))?;
+    let addr = listener.local_addr()?;
+    let unsealer = Unsealer::new(stores.clone(), policy.clone(), unlock.as_ref())
         .await
-        .context("unsealing the keyring")?;
+        .context("reading the keyring's quorum")?;
+    // A sealed start has announced its address already: that line is printed once.
+    let (vault, announced) = match (unsealer, unlock) {
+        (Some(u), unlock) if u.progress().await.given.len() < usize::from(u.quorum().threshold) => {
+            drop(unlock);
+            (serve_sealed(&listener, addr, u).await?, true)
+        }
+        (_, Some(unlock)) => (
+            Vault::open(stores, policy, unlock)
+                .await
+                .context("unsealing the keyring")?,
+            false,
+        ),
+        (_, None) => bail!(
+            "no custodian identity: pass --identity FILE or --passphrase-file FILE (or VAULT_IDENTITY), or --dev to try the vault"
+        ),
+    };
     if s.audit_witness.is_some() || s.audit_anchor_stdout {
         vault
             .configure_audit_anchors(vault_core::AnchorOptions {
@@ -336,9 +354,6 @@ async fn run(args: Args) -> Result<()> {
             .await?;
     }
 
-    let listener =
-        TcpListener::bind(&s.listen).with_context(|| format!("cannot listen on {}", s.listen))?;
-    let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
     let state = web::Data::new(AppState {
         vault,
@@ -347,7 +362,9 @@ async fn run(args: Args) -> Result<()> {
         trusted_proxies: s.trusted_proxies.clone(),
     });
     tracing::info!(%addr, "vault-server listening");
-    println!("listening on http://{addr}");
+    if !announced {
+        println!("listening on http://{addr}");
+    }
     HttpServer::new(move || startup::app(state.clone()))
         .shutdown_timeout(30)
         // A client that has not sent its request head within 5 s, or whose connection idles, is cut.
@@ -358,6 +375,64 @@ async fn run(args: Args) -> Result<()> {
         .run()
         .await?;
     Ok(())
+}
+
+/// Serves the sealed app on `listener` until enough custodians have given their shares, then
+/// stops it (letting the last answer go out) and hands back the opened vault. Connections that
+/// arrive meanwhile wait in the listener's queue for the full app.
+async fn serve_sealed(
+    listener: &TcpListener,
+    addr: std::net::SocketAddr,
+    u: Unsealer,
+) -> Result<Vault> {
+    let p = u.progress().await;
+    tracing::warn!(
+        threshold = p.threshold,
+        custodians = p.custodians,
+        given = p.given.len(),
+        "SEALED: the keyring is sealed to a quorum of custodians; give shares with `vaultctl keyring unseal --server http://{addr}`"
+    );
+    println!("listening on http://{addr}");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<vault_server::api::unseal::OpenRequest>(1);
+    let state = web::Data::new(vault_server::api::unseal::SealedState {
+        unsealer: u,
+        open: tx,
+    });
+    let app_state = state.clone();
+    let server = HttpServer::new(move || startup::sealed_app(app_state.clone()))
+        .workers(1)
+        .client_request_timeout(std::time::Duration::from_secs(5))
+        .listen(listener.try_clone()?)?
+        .run();
+    let handle = server.handle();
+    let mut running = actix_web::rt::spawn(server);
+    loop {
+        tokio::select! {
+            request = rx.recv() => {
+                let Some((key, reply)) = request else {
+                    bail!("the sealed server stopped before it was unsealed");
+                };
+                // Opened here, on the main runtime, where the vault's writers live on.
+                match state.unsealer.open(key).await {
+                    Ok(vault) => {
+                        let _ = reply.send(Ok(()));
+                        tracing::info!("the vault is unsealed; the full app takes over");
+                        handle.stop(true).await;
+                        let _ = running.await;
+                        return Ok(vault);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the quorum key was rebuilt but the vault did not open; still sealed");
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            done = &mut running => {
+                done.context("the sealed server failed")?.context("the sealed server failed")?;
+                bail!("stopped while sealed")
+            }
+        }
+    }
 }
 
 #[actix_web::main]

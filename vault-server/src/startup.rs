@@ -67,12 +67,36 @@ pub fn app(
         .default_service(web::to(api::not_found))
 }
 
-/// The routes outside `/v1`: liveness, readiness, metrics and the API description.
+/// The routes outside `/v1`: liveness, readiness, metrics, the API description and the
+/// unseal ceremony's status.
 pub fn operational(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_text))
-        .route("/openapi.json", web::get().to(openapi));
+        .route("/openapi.json", web::get().to(openapi))
+        .configure(api::unseal::open_routes);
+}
+
+/// The app of a server whose keyring is sealed to a quorum, until enough custodians have
+/// given their shares: liveness, readiness (503 `sealed`), the API description and `/unseal`;
+/// everything else 503 `sealed`.
+pub fn sealed_app(
+    state: web::Data<api::unseal::SealedState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .route("/healthz", web::get().to(healthz))
+        .route("/openapi.json", web::get().to(openapi))
+        .configure(api::unseal::sealed_routes)
+        .default_service(web::to(api::unseal::sealed))
 }
 
 async fn healthz() -> HttpResponse {

@@ -19,7 +19,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Server, start};
+use common::{Server, start, vaultctl_bin};
 use serde_json::json;
 use vault_core::{KeyringError, StoreConfig, Stores, Unlock, Vault, VaultError};
 use vault_tests::{Backend, TestStores, on_both_backends, policy};
@@ -30,16 +30,6 @@ on_both_backends!(
     an_older_generation_put_back_is_refused,
     a_rotation_by_vaultctl_is_picked_up_by_the_running_server,
 );
-
-fn vaultctl_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_vault-server")).with_file_name("vaultctl");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build -p vault-cli; cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
 
 /// One pair of stores as `vaultctl` and the shells reach them.
 struct Place {

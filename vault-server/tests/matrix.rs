@@ -117,7 +117,13 @@ const EXEMPT: &[(&str, &str)] = &[(
 )];
 
 /// Paths outside `/v1`: operations endpoints.
-const NOT_V1: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+const NOT_V1: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/unseal",
+];
 
 const CONSENT_BODY: &str = r#"{"given_by":"guardian","guardian":"$guardian","method":"paper",
  "evidence_ref":"scan 2026/78","text_version":"v3","categories":["health"],

@@ -138,6 +138,32 @@ pub(crate) mod keyring_link {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// One custodian's share of the quorum key of a keyring sealed M-of-N (key store): an age
+/// file to the custodian, and a commitment to the share it holds.
+pub(crate) mod keyring_share {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(
+        Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize,
+    )]
+    #[sea_orm(table_name = "keyring_shares")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub x: i32,
+        pub threshold: i32,
+        pub quorum_recipient: String,
+        pub custodian: String,
+        pub sealed: Vec<u8>,
+        pub commitment: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The data store's pin of the keyring's chain: one row, public values only.
 pub(crate) mod keyring_pin {
     use sea_orm::entity::prelude::*;

@@ -25,6 +25,7 @@ mod me;
 mod output;
 mod records;
 mod subjects;
+pub mod unseal;
 
 pub use access_requests::{approve, create_access_request, deny, pending_requests, revoke};
 pub use audit::verify_audit;

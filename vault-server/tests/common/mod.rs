@@ -113,6 +113,12 @@ pub async fn start_full(backend: Backend, shared: Option<&Server>, extra: &[&str
         Some(other) => other.stores.clone(),
         None => std::sync::Arc::new(TestStores::new(backend).await),
     };
+    start_on(stores, extra)
+}
+
+/// Starts a server on stores another server used before (a restart).
+pub fn start_on(stores: std::sync::Arc<TestStores>, extra: &[&str]) -> Server {
+    let backend = stores.backend;
     let data = stores.dir.path().join("vault-data");
     let mut urls: Vec<&str> = match backend {
         Backend::Postgres => vec![
@@ -277,4 +283,52 @@ impl Server {
             assert!(!log.contains(&m), "the server log holds {m}");
         }
     }
+}
+
+/// The real `vaultctl`, next to `vault-server` in the target folder (`cargo test --workspace`
+/// builds it; for one test alone run `cargo build -p vault-cli` first).
+pub fn vaultctl_bin() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_vault-server")).with_file_name("vaultctl");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p vault-cli; cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// `vaultctl` over the stores of a server from `start`, with the identities given (none from
+/// the environment); answers its output after checking it did not panic.
+pub fn vaultctl_as(
+    stores: &TestStores,
+    identities: &[&Path],
+    args: &[&str],
+) -> std::process::Output {
+    let mut c = Command::new(vaultctl_bin());
+    c.arg("--policies")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"));
+    match stores.backend {
+        Backend::Sqlite => {
+            c.arg("--data-dir")
+                .arg(stores.dir.path().join("vault-data"));
+        }
+        Backend::Postgres => {
+            c.arg("--data-url").arg(&stores.config.data_url);
+            c.arg("--keys-url").arg(&stores.config.keys_url);
+        }
+    }
+    for i in identities {
+        c.arg("--identity").arg(i);
+    }
+    let o = c
+        .env_remove("VAULT_IDENTITY")
+        .env_remove("VAULT_PASSPHRASE_FILE")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_TOKEN_FILE")
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "vaultctl {args:?}: {err}");
+    o
 }

@@ -10,8 +10,9 @@ use sea_orm::{
 };
 
 use crate::keychain::{Link, Pin};
-use crate::keyring::{CustodianRecipient, SealTo};
-use crate::store::entities::{keyring_link, keyring_pin, keyring_row};
+use crate::keyring::{CustodianRecipient, KeyringError, SealTo};
+use crate::quorum::{DealtShare, Quorum, QuorumSeal};
+use crate::store::entities::{keyring_link, keyring_pin, keyring_row, keyring_share};
 use crate::store::{Db, DbErr, StoreError, Txn};
 use crate::vault::VaultError;
 
@@ -32,7 +33,92 @@ fn recipients_text(to: &SealTo) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         SealTo::Passphrase(..) => String::new(),
+        SealTo::Quorum(q) => q.quorum().key.to_string(),
     }
+}
+
+/// Replaces the quorum's shares inside `txn` with those of `to` when it is a quorum, and
+/// removes them when it is not: the share rows always belong to the stored keyring.
+async fn put_shares(txn: &Txn, to: &SealTo, now: DateTime<Utc>) -> Result<(), StoreError> {
+    keyring_share::Entity::delete_many()
+        .exec(txn)
+        .await
+        .map_err(StoreError::keys)?;
+    let SealTo::Quorum(q) = to else {
+        return Ok(());
+    };
+    let rows: Vec<keyring_share::ActiveModel> = q
+        .shares
+        .iter()
+        .map(|d| keyring_share::ActiveModel {
+            x: Set(i32::from(d.x)),
+            threshold: Set(i32::from(q.quorum().threshold)),
+            quorum_recipient: Set(q.quorum().key.to_string()),
+            custodian: Set(d.custodian.to_string()),
+            sealed: Set(d.sealed.clone()),
+            commitment: Set(d.commitment.to_vec()),
+            created_at: Set(now),
+        })
+        .collect();
+    keyring_share::Entity::insert_many(rows)
+        .exec_without_returning(txn)
+        .await
+        .map_err(StoreError::keys)?;
+    Ok(())
+}
+
+/// The quorum the stored keyring is sealed to, with its sealed shares; `None` when it is
+/// sealed to recipients or a passphrase. Rows that do not agree with each other are refused.
+pub(crate) async fn quorum(db: &Db) -> Result<Option<QuorumSeal>, VaultError> {
+    let rows = keyring_share::Entity::find()
+        .order_by_asc(keyring_share::Column::X)
+        .all(db)
+        .await
+        .map_err(StoreError::keys)?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let corrupt = |why| VaultError::Keyring(KeyringError::Corrupt(why));
+    let threshold =
+        u8::try_from(first.threshold).map_err(|_| corrupt("a share threshold out of range"))?;
+    let key = CustodianRecipient::parse(&first.quorum_recipient)?;
+    let mut shares = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if r.threshold != first.threshold || r.quorum_recipient != first.quorum_recipient {
+            return Err(corrupt(
+                "the key store's shares belong to different quorums",
+            ));
+        }
+        let x = u8::try_from(r.x)
+            .ok()
+            .filter(|x| *x != 0)
+            .ok_or(corrupt("a share number out of range"))?;
+        let commitment: [u8; 32] = r
+            .commitment
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("a share commitment of the wrong length"))?;
+        shares.push(DealtShare {
+            x,
+            custodian: CustodianRecipient::parse(&r.custodian)?,
+            sealed: r.sealed.clone(),
+            commitment,
+        });
+    }
+    if usize::from(threshold) > shares.len() || threshold < 2 {
+        return Err(corrupt(
+            "the key store holds fewer shares than its threshold",
+        ));
+    }
+    let holders = shares.iter().map(|d| (d.x, d.custodian.clone())).collect();
+    Ok(Some(QuorumSeal {
+        quorum: Quorum {
+            threshold,
+            key,
+            holders,
+        },
+        shares,
+    }))
 }
 
 /// The stored keyring, if there is one.
@@ -104,6 +190,7 @@ pub(crate) async fn insert_first(
         .exec_without_returning(&txn)
         .await
         .map_err(StoreError::keys)?;
+    put_shares(&txn, to, now).await?;
     txn.commit().await.map_err(StoreError::keys)
 }
 
@@ -147,6 +234,7 @@ pub(crate) async fn replace(
         .exec_without_returning(&txn)
         .await
         .map_err(StoreError::keys)?;
+    put_shares(&txn, to, now).await?;
     txn.commit().await.map_err(StoreError::keys)?;
     Ok(changed)
 }

@@ -48,6 +48,7 @@ macro_rules! tables {
     ($m:ident, keys) => {
         $m!(keyring_row, "keyring");
         $m!(keyring_link, "keyring_chain");
+        $m!(keyring_share, "keyring_shares");
         $m!(dek, "deks");
     };
 }
