@@ -23,6 +23,11 @@ const FORMAT_V2: u8 = 2;
 /// Format 3: format 2 with the next blind-index key after the chain seed, written only while a
 /// blind-index rotation is under way (before and after one, the keyring is format 2).
 const FORMAT_V3: u8 = 3;
+/// Formats 4 and 5: formats 2 and 3 with whom the keyring is sealed to at the end (`SealTarget`),
+/// so that a save reseals to what the authenticated keyring says, never to what the key store's
+/// row says.
+const FORMAT_V4: u8 = 4;
+const FORMAT_V5: u8 = 5;
 /// Domain string of a blind-index key's identifier (an HMAC of it under the key).
 const INDEX_KEY_ID: &[u8] = b"school-vault/blind-index-key-id/v1\0";
 const MAX_CATEGORIES: usize = 1024;
@@ -259,6 +264,37 @@ pub struct Keyring {
     /// The Ed25519 seed whose key signs the next generation (`None`: a format-1 keyring, made
     /// before the chain; it gets one on its next save).
     chain_seed: Option<SecretKey>,
+    /// Whom this generation is sealed to (`None`: a keyring saved before formats 4 and 5).
+    sealed_to: Option<SealTarget>,
+}
+
+/// Whom a keyring generation is sealed to, as the keyring itself records it (public values).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SealTarget {
+    Passphrase,
+    Recipients(Vec<String>),
+    /// The quorum key's recipient, the threshold, and each share's number and commitment.
+    Quorum {
+        threshold: u8,
+        key: String,
+        commitments: Vec<(u8, [u8; 32])>,
+    },
+}
+
+impl SealTarget {
+    pub(crate) fn of(to: &SealTo) -> SealTarget {
+        match to {
+            SealTo::Passphrase(..) => SealTarget::Passphrase,
+            SealTo::Recipients(rs) => {
+                SealTarget::Recipients(rs.iter().map(ToString::to_string).collect())
+            }
+            SealTo::Quorum(q) => SealTarget::Quorum {
+                threshold: q.quorum().threshold,
+                key: q.quorum().key.to_string(),
+                commitments: q.commitments(),
+            },
+        }
+    }
 }
 
 /// An HMAC of an identifier under the blind-index key: lets the vault find a subject by IIN
@@ -312,6 +348,7 @@ impl Keyring {
             None,
             audit_seed,
             Some(chain_seed),
+            None,
         ))
     }
 
@@ -322,6 +359,7 @@ impl Keyring {
         blind_next: Option<SecretKey>,
         audit_seed: SecretKey,
         chain_seed: Option<SecretKey>,
+        sealed_to: Option<SealTarget>,
     ) -> Self {
         let blind_hmac = hmac::Key::new(hmac::HMAC_SHA256, blind_index.expose());
         let blind_next = blind_next.map(|k| {
@@ -336,7 +374,18 @@ impl Keyring {
             blind_next,
             audit_seed,
             chain_seed,
+            sealed_to,
         }
+    }
+
+    /// Whom this generation was sealed to, if it says (formats 4 and 5).
+    pub(crate) fn sealed_to(&self) -> Option<&SealTarget> {
+        self.sealed_to.as_ref()
+    }
+
+    /// Records whom the next save seals to; written into the keyring itself.
+    pub(crate) fn set_sealed_to(&mut self, to: &SealTo) {
+        self.sealed_to = Some(SealTarget::of(to));
     }
 
     /// The key that signs the next generation, if this keyring has one (format 2).
@@ -543,10 +592,16 @@ impl Keyring {
             .blind_next
             .as_ref()
             .filter(|_| self.chain_seed.is_some());
-        out.push(match (&self.chain_seed, next) {
-            (Some(_), Some(_)) => FORMAT_V3,
-            (Some(_), None) => FORMAT_V2,
-            (None, _) => FORMAT_V1,
+        let target = self
+            .sealed_to
+            .as_ref()
+            .filter(|_| self.chain_seed.is_some());
+        out.push(match (&self.chain_seed, next, target) {
+            (Some(_), Some(_), Some(_)) => FORMAT_V5,
+            (Some(_), None, Some(_)) => FORMAT_V4,
+            (Some(_), Some(_), None) => FORMAT_V3,
+            (Some(_), None, None) => FORMAT_V2,
+            (None, _, _) => FORMAT_V1,
         });
         out.extend_from_slice(&self.created.timestamp().to_be_bytes());
         out.extend_from_slice(self.blind_index.expose());
@@ -568,6 +623,9 @@ impl Keyring {
                 out.extend_from_slice(e.key.expose());
             }
         }
+        if let Some(t) = target {
+            encode_target(&mut out, t);
+        }
         out
     }
 
@@ -578,7 +636,10 @@ impl Keyring {
             return Err(KeyringError::Corrupt("not a vault keyring"));
         }
         let format = r.u8()?;
-        if !matches!(format, FORMAT_V1 | FORMAT_V2 | FORMAT_V3) {
+        if !matches!(
+            format,
+            FORMAT_V1 | FORMAT_V2 | FORMAT_V3 | FORMAT_V4 | FORMAT_V5
+        ) {
             return Err(KeyringError::Corrupt("unknown keyring format version"));
         }
         let created = r.time()?;
@@ -589,7 +650,7 @@ impl Keyring {
         } else {
             None
         };
-        let blind_next = if format == FORMAT_V3 {
+        let blind_next = if matches!(format, FORMAT_V3 | FORMAT_V5) {
             Some(r.key()?)
         } else {
             None
@@ -630,6 +691,11 @@ impl Keyring {
                 return Err(KeyringError::Corrupt("duplicate category"));
             }
         }
+        let sealed_to = if format >= FORMAT_V4 {
+            Some(decode_target(&mut r)?)
+        } else {
+            None
+        };
         if !r.0.is_empty() {
             return Err(KeyringError::Corrupt("trailing bytes after the keyring"));
         }
@@ -640,6 +706,7 @@ impl Keyring {
             blind_next,
             audit_seed,
             chain_seed,
+            sealed_to,
         ))
     }
 
@@ -697,6 +764,91 @@ impl Keyring {
             .read_to_end(&mut plain)
             .map_err(|_| KeyringError::Corrupt("the sealed keyring failed authentication"))?;
         Self::decode(&plain)
+    }
+}
+
+const TARGET_PASSPHRASE: u8 = 1;
+const TARGET_RECIPIENTS: u8 = 2;
+const TARGET_QUORUM: u8 = 3;
+
+fn put_text(out: &mut Vec<u8>, t: &str) {
+    out.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    out.extend_from_slice(t.as_bytes());
+}
+
+fn encode_target(out: &mut Vec<u8>, t: &SealTarget) {
+    match t {
+        SealTarget::Passphrase => out.push(TARGET_PASSPHRASE),
+        SealTarget::Recipients(rs) => {
+            out.push(TARGET_RECIPIENTS);
+            out.extend_from_slice(&(rs.len() as u16).to_be_bytes());
+            for r in rs {
+                put_text(out, r);
+            }
+        }
+        SealTarget::Quorum {
+            threshold,
+            key,
+            commitments,
+        } => {
+            out.push(TARGET_QUORUM);
+            out.push(*threshold);
+            put_text(out, key);
+            out.push(commitments.len() as u8);
+            for (x, c) in commitments {
+                out.push(*x);
+                out.extend_from_slice(c);
+            }
+        }
+    }
+}
+
+fn decode_target(r: &mut Reader<'_>) -> Result<SealTarget, KeyringError> {
+    let text = |r: &mut Reader<'_>| -> Result<String, KeyringError> {
+        let n = usize::from(r.u16()?);
+        let t = std::str::from_utf8(r.take(n)?)
+            .map_err(|_| KeyringError::Corrupt("a recipient that is not UTF-8"))?;
+        CustodianRecipient::parse(t).map_err(|_| KeyringError::Corrupt("an invalid recipient"))?;
+        Ok(t.to_owned())
+    };
+    match r.u8()? {
+        TARGET_PASSPHRASE => Ok(SealTarget::Passphrase),
+        TARGET_RECIPIENTS => {
+            let n = usize::from(r.u16()?);
+            if n == 0 || n > MAX_CATEGORIES {
+                return Err(KeyringError::Corrupt("a recipient count out of range"));
+            }
+            (0..n)
+                .map(|_| text(r))
+                .collect::<Result<_, _>>()
+                .map(SealTarget::Recipients)
+        }
+        TARGET_QUORUM => {
+            let threshold = r.u8()?;
+            let key = text(r)?;
+            let n = r.u8()?;
+            if threshold < 2 || threshold > n {
+                return Err(KeyringError::Corrupt("a quorum threshold out of range"));
+            }
+            let mut commitments = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let x = r.u8()?;
+                let mut c = [0u8; 32];
+                c.copy_from_slice(r.take(32)?);
+                if x == 0 || commitments.iter().any(|(y, _)| *y == x) {
+                    return Err(KeyringError::Corrupt(
+                        "a share number out of range or twice",
+                    ));
+                }
+                commitments.push((x, c));
+            }
+            Ok(SealTarget::Quorum {
+                threshold,
+                key,
+                commitments,
+            })
+        }
+        _ => Err(KeyringError::Corrupt("an unknown seal target")),
     }
 }
 
@@ -869,6 +1021,41 @@ mod tests {
         // Damage to a format-3 keyring is refused like any other.
         for cut in 0..v3.len() {
             assert!(Keyring::decode(&v3[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    /// Formats 4 and 5 carry whom the keyring is sealed to, and round-trip it exactly.
+    #[test]
+    fn formats_4_and_5_carry_the_seal_target() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let (_, r1) = Unlock::generate_identity();
+        let (_, r2) = Unlock::generate_identity();
+        let quorum = crate::quorum::QuorumSeal::deal(2, &[r1.clone(), r2.clone()]).unwrap();
+        for to in [
+            SealTo::Recipients(vec![r1.clone(), r2.clone()]),
+            SealTo::Quorum(quorum),
+            SealTo::Passphrase(Passphrase::new("p".into()), None),
+        ] {
+            let mut kr = Keyring::generate(&cats(), now).unwrap();
+            kr.set_sealed_to(&to);
+            let v4 = kr.encode();
+            assert_eq!(v4[MAGIC.len()], FORMAT_V4);
+            let back = Keyring::decode(&v4).unwrap();
+            assert_eq!(back.sealed_to(), Some(&SealTarget::of(&to)));
+            assert_eq!(*back.encode(), *v4);
+            kr.begin_index_rotation().unwrap();
+            let v5 = kr.encode();
+            assert_eq!(v5[MAGIC.len()], FORMAT_V5);
+            assert_eq!(
+                Keyring::decode(&v5).unwrap().sealed_to(),
+                Some(&SealTarget::of(&to))
+            );
+            for cut in 0..v5.len() {
+                assert!(Keyring::decode(&v5[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut extra = v5.to_vec();
+            extra.push(0);
+            assert!(Keyring::decode(&extra).is_err());
         }
     }
 

@@ -22,7 +22,9 @@ use crate::clock::Clock;
 use crate::domain::Category;
 use crate::envelope::rewrap_dek;
 use crate::keychain::{self, ChainProblem, Known, Link};
-use crate::keyring::{CustodianRecipient, Keyring, KeyringError, Passphrase, SealTo, Unlock};
+use crate::keyring::{
+    CustodianRecipient, Keyring, KeyringError, Passphrase, SealTarget, SealTo, Unlock,
+};
 use crate::quorum::{Quorum, QuorumSeal};
 use crate::store::Stores;
 use crate::store::repo::{deks, keyring, records};
@@ -128,7 +130,8 @@ pub(crate) async fn init_keyring(
             p.generation, p.genesis_generation
         )));
     }
-    let k = Keyring::generate(catalog.collected_categories(), now)?;
+    let mut k = Keyring::generate(catalog.collected_categories(), now)?;
+    k.set_sealed_to(seal_to);
     let sealed = k.seal(seal_to)?;
     let (Some(signer), Some(public)) = (k.chain_signer(), k.chain_public_key()) else {
         return Err(VaultError::Keyring(KeyringError::Corrupt(
@@ -430,6 +433,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let (held, tip) = self.held();
         k.renew_chain_key()?;
+        k.set_sealed_to(to);
         let (Some(own), Some(public)) = (k.chain_signer(), k.chain_public_key()) else {
             return Err(VaultError::Keyring(KeyringError::Corrupt(
                 "a renewed keyring has no chain key",
@@ -495,7 +499,49 @@ impl Vault {
         &self,
         passphrase: Option<Passphrase>,
     ) -> Result<SealTo, VaultError> {
-        if let Some(q) = keyring::quorum(&self.stores().keys).await? {
+        let stored = keyring::quorum(&self.stores().keys).await?;
+        // What the keyring itself says it is sealed to, authenticated by age and the chain:
+        // the key store's row and share table are only believed where they agree with it, so
+        // an administrator who edits them cannot get the next generation sealed to their key.
+        match self.keyring().sealed_to() {
+            Some(SealTarget::Quorum {
+                key, commitments, ..
+            }) => {
+                let matches = stored.as_ref().is_some_and(|q| {
+                    q.quorum().key.to_string() == *key && q.commitments() == *commitments
+                });
+                return match stored {
+                    Some(q) if matches => Ok(SealTo::Quorum(q)),
+                    _ => Err(VaultError::Keyring(KeyringError::QuorumSealed(
+                        "the key store's shares are not the ones dealt for this keyring (the keyring_shares table was changed): nothing was sealed. Put the table back from a backup, or deal new shares with `vaultctl keyring reshare`",
+                    ))),
+                };
+            }
+            Some(SealTarget::Recipients(rs)) => {
+                let rs = rs
+                    .iter()
+                    .map(|r| CustodianRecipient::parse(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if self.recipients().await.ok().as_ref() != Some(&rs) {
+                    tracing::warn!(
+                        "the key store's recipient list differs from the one the keyring was sealed to: resealing to the keyring's own list"
+                    );
+                }
+                return Ok(SealTo::Recipients(rs));
+            }
+            Some(SealTarget::Passphrase) => {
+                return match passphrase {
+                    Some(p) => Ok(SealTo::Passphrase(p, None)),
+                    None => Err(VaultError::Invalid(
+                        "the keyring is sealed to a passphrase: give it (--passphrase-file) to re-seal"
+                            .into(),
+                    )),
+                };
+            }
+            // A keyring saved before it recorded its target: the key store's word, once.
+            None => {}
+        }
+        if let Some(q) = stored {
             return Ok(SealTo::Quorum(q));
         }
         let rs = self.recipients().await?;
@@ -769,7 +815,9 @@ impl Vault {
 
     /// Refuses a recipient change on a quorum-sealed keyring: a recipient would open it alone.
     async fn refuse_on_quorum(&self) -> Result<(), VaultError> {
-        if keyring::quorum(&self.stores().keys).await?.is_some() {
+        let sealed_to_quorum =
+            matches!(self.keyring().sealed_to(), Some(SealTarget::Quorum { .. }));
+        if sealed_to_quorum || keyring::quorum(&self.stores().keys).await?.is_some() {
             return Err(VaultError::Keyring(KeyringError::QuorumSealed(
                 "the keyring is sealed to a quorum of custodians: a single recipient would open it alone. Change the custodians with `vaultctl keyring reshare --threshold M --recipient ...`",
             )));
@@ -781,7 +829,12 @@ impl Vault {
     pub async fn add_recipient(&self, r: CustodianRecipient) -> Result<(), VaultError> {
         self.refresh_keyring().await?;
         self.refuse_on_quorum().await?;
-        let mut rs = self.recipients().await?;
+        let mut rs = match self.reseal_target(None).await {
+            Ok(SealTo::Recipients(rs)) => rs,
+            Ok(_) => Vec::new(),
+            Err(VaultError::Invalid(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if rs.is_empty() {
             return Err(VaultError::Invalid(
                 "the keyring is sealed to a passphrase; it cannot also have recipients".into(),
@@ -801,7 +854,12 @@ impl Vault {
     pub async fn remove_recipient(&self, r: &CustodianRecipient) -> Result<(), VaultError> {
         self.refresh_keyring().await?;
         self.refuse_on_quorum().await?;
-        let rs: Vec<_> = self.recipients().await?;
+        let rs: Vec<_> = match self.reseal_target(None).await {
+            Ok(SealTo::Recipients(rs)) => rs,
+            Ok(_) => Vec::new(),
+            Err(VaultError::Invalid(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if !rs.contains(r) {
             return Err(VaultError::Invalid(format!("{r} is not a recipient")));
         }

@@ -188,6 +188,11 @@ impl QuorumSeal {
         &self.quorum
     }
 
+    /// Each share's number and commitment, as the keyring itself records them.
+    pub(crate) fn commitments(&self) -> Vec<(u8, [u8; 32])> {
+        self.shares.iter().map(|d| (d.x, d.commitment)).collect()
+    }
+
     /// Checks a share given back against the commitment stored when it was dealt.
     pub(crate) fn check(&self, share: &Share) -> Result<&DealtShare, KeyringError> {
         let dealt =

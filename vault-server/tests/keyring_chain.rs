@@ -660,3 +660,45 @@ async fn a_keyring_from_before_the_chain_opens_and_is_signed_on_its_next_save(ba
         "{e:?}"
     );
 }
+
+on_both_backends!(an_edited_recipient_list_is_never_sealed_to);
+
+/// The key store's `recipients` column is what the keyring row says it is sealed to, and the
+/// key-store DBA can write it. Before the keyring recorded its own target (formats 4 and 5),
+/// the next rotation sealed the new generation to every line of that column: the attacker's
+/// key among them. Now a save seals to what the unsealed keyring says.
+async fn an_edited_recipient_list_is_never_sealed_to(backend: Backend) {
+    let s = start(backend).await;
+    let place = Place::of_server(&s);
+    let attacker = s.stores.dir.path().join("attacker.txt");
+    let theirs = Unlock::generate_identity_file(&attacker)
+        .unwrap()
+        .to_string();
+    let before = place.sql(true, "SELECT recipients FROM keyring");
+    place.sql(
+        true,
+        &format!("UPDATE keyring SET recipients = recipients || '\n{theirs}'"),
+    );
+    let out = place.vaultctl_ok(
+        &custodian(&s),
+        &["keyring", "rotate", "--category", "identity"],
+    );
+    assert!(out.contains("version 2"), "{out}");
+    let stores = Stores::open(&place.config).await.unwrap();
+    let sealed = Vault::sealed_keyring(&stores).await.unwrap();
+    assert!(
+        vault_core::Keyring::unseal(&sealed, &Unlock::identity_file(&attacker).unwrap()).is_err(),
+        "the new generation is not sealed to the key the administrator added"
+    );
+    assert!(
+        vault_core::Keyring::unseal(&sealed, &Unlock::identity_file(&custodian(&s)).unwrap())
+            .is_ok()
+    );
+    assert_eq!(
+        place.sql(true, "SELECT recipients FROM keyring"),
+        before,
+        "the row names the keyring's own recipients again"
+    );
+    assert_eq!(readyz(&s).status, 200);
+    s.stop(&[]);
+}

@@ -339,14 +339,26 @@ async fn two_of_three_then_three_of_five(backend: Backend) {
     // A backup is sealed to the quorum key and carries the sealed shares beside it: a restore
     // takes three custodians, as the keyring does.
     let backup = dir.join("backup");
-    ok(vaultctl_as(&stores, &[], &["backup", "--out", backup.to_str().unwrap()]));
+    ok(vaultctl_as(
+        &stores,
+        &[],
+        &["backup", "--out", backup.to_str().unwrap()],
+    ));
     let shares_file = std::fs::read_to_string(backup.join("shares.json")).unwrap();
     assert!(shares_file.contains(&five[3].1), "{shares_file}");
     let from = ["restore", "--from", backup.to_str().unwrap(), "--force"];
     let err = refused(vaultctl_as(&stores, &[&five[0].0, &five[1].0], &from));
     assert!(err.contains("2 of the 3 shares"), "{err}");
-    ok(vaultctl_as(&stores, &[&five[0].0, &five[1].0, &five[2].0], &from));
-    let out = ok(vaultctl_as(&stores, &[&five[0].0, &five[3].0, &five[4].0], &["keyring", "status"]));
+    ok(vaultctl_as(
+        &stores,
+        &[&five[0].0, &five[1].0, &five[2].0],
+        &from,
+    ));
+    let out = ok(vaultctl_as(
+        &stores,
+        &[&five[0].0, &five[3].0, &five[4].0],
+        &["keyring", "status"],
+    ));
     assert!(out.contains("any 3 of 5"), "{out}");
 
     // Every step of the ceremonies is in the audit log; no share is in any of it.
