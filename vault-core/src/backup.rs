@@ -135,10 +135,16 @@ pub async fn backup(
             dir.display()
         ))
     })?;
-    // A quorum-sealed keyring's backup is sealed to the quorum key: its shares go beside it.
-    if let Some(q) = keyring::quorum(&stores.keys).await? {
-        std::fs::write(dir.join(SHARES_FILE), q.to_file()?).map_err(io)?;
-    }
+    // A quorum-sealed keyring's backup is sealed to the quorum key its shares rebuild (not to
+    // the row's recipients column), and the shares go beside it.
+    let quorum = keyring::quorum(&stores.keys).await?;
+    let recipients = match &quorum {
+        Some(q) => {
+            std::fs::write(dir.join(SHARES_FILE), q.to_file()?).map_err(io)?;
+            vec![q.quorum().key.clone()]
+        }
+        None => recipients,
+    };
     let mut rows = BTreeMap::new();
     let data = tables::dump(&stores.data, false, &mut rows).await?;
     let keys = tables::dump(&stores.keys, true, &mut rows).await?;

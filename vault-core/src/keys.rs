@@ -181,28 +181,27 @@ pub(crate) async fn open_keyring(
         Ok(l) => l,
         Err(p) => return Err(refuse(p).await),
     };
-    let quorum = keyring::quorum(&stores.keys).await?;
-    let unlock = match (&quorum, unlock) {
-        (Some(q), Unlock::Identities(ids)) => {
-            let shares = q.open_with(&ids)?;
-            if shares.is_empty() {
-                // Perhaps the rebuilt quorum key itself (an emergency copy).
-                Unlock::Identities(ids)
-            } else {
-                q.combine(&shares)?
-            }
+    // What was given opens the keyring directly (a custodian of a keyring sealed to
+    // recipients, or the rebuilt quorum key itself): share rows are then never looked at, so
+    // rows an administrator put in the key store can neither seal the vault nor steer it.
+    let (k, unlock) = match Keyring::unseal(&row.sealed, &unlock) {
+        Ok(k) => (k, unlock),
+        Err(KeyringError::Unseal(e)) => {
+            let Some(q) = keyring::quorum(&stores.keys).await? else {
+                return Err(KeyringError::Unseal(e).into());
+            };
+            let Unlock::Identities(ids) = &unlock else {
+                return Err(KeyringError::NotEnoughShares {
+                    given: 0,
+                    threshold: q.quorum().threshold,
+                }
+                .into());
+            };
+            let shares = q.open_with(ids)?;
+            let key = q.combine(&shares)?;
+            (Keyring::unseal(&row.sealed, &key)?, key)
         }
-        (_, u) => u,
-    };
-    let k = match (Keyring::unseal(&row.sealed, &unlock), &quorum) {
-        (Ok(k), _) => k,
-        (Err(KeyringError::Unseal(_)), Some(q)) => {
-            return Err(VaultError::Keyring(KeyringError::NotEnoughShares {
-                given: 0,
-                threshold: q.quorum().threshold,
-            }));
-        }
-        (Err(e), _) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
     };
     match (&link, links.first()) {
         (Some(l), Some(genesis)) => {
@@ -505,10 +504,14 @@ impl Vault {
         // an administrator who edits them cannot get the next generation sealed to their key.
         match self.keyring().sealed_to() {
             Some(SealTarget::Quorum {
-                key, commitments, ..
+                threshold,
+                key,
+                commitments,
             }) => {
                 let matches = stored.as_ref().is_some_and(|q| {
-                    q.quorum().key.to_string() == *key && q.commitments() == *commitments
+                    q.quorum().threshold == *threshold
+                        && q.quorum().key.to_string() == *key
+                        && q.commitments() == *commitments
                 });
                 return match stored {
                     Some(q) if matches => Ok(SealTo::Quorum(q)),
@@ -538,11 +541,15 @@ impl Vault {
                     )),
                 };
             }
-            // A keyring saved before it recorded its target: the key store's word, once.
+            // A keyring saved before it recorded its target, which was never sealed to a
+            // quorum (quorums came with the target): share rows are not its own and are
+            // ignored; its recipient list is the key store's word, once (docs/THREAT_MODEL.md).
             None => {}
         }
-        if let Some(q) = stored {
-            return Ok(SealTo::Quorum(q));
+        if stored.is_some() {
+            tracing::warn!(
+                "the key store holds quorum shares that this keyring was never sealed to: ignored"
+            );
         }
         let rs = self.recipients().await?;
         match (rs.is_empty(), passphrase) {
@@ -817,7 +824,7 @@ impl Vault {
     async fn refuse_on_quorum(&self) -> Result<(), VaultError> {
         let sealed_to_quorum =
             matches!(self.keyring().sealed_to(), Some(SealTarget::Quorum { .. }));
-        if sealed_to_quorum || keyring::quorum(&self.stores().keys).await?.is_some() {
+        if sealed_to_quorum {
             return Err(VaultError::Keyring(KeyringError::QuorumSealed(
                 "the keyring is sealed to a quorum of custodians: a single recipient would open it alone. Change the custodians with `vaultctl keyring reshare --threshold M --recipient ...`",
             )));
@@ -893,7 +900,13 @@ pub struct Unsealer {
     policy: Arc<crate::policy::Policy>,
     seal: QuorumSeal,
     given: tokio::sync::Mutex<BTreeMap<u8, crate::quorum::Share>>,
+    /// Shares refused so far: the first few are audited one by one, then one in a hundred, so
+    /// an unauthenticated flood of bogus shares cannot grow the audit log without bound.
+    refused: std::sync::atomic::AtomicU64,
 }
+
+/// Refused shares audited one by one before only every hundredth is.
+const REFUSALS_AUDITED: u64 = 20;
 
 impl std::fmt::Debug for Unsealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -940,6 +953,13 @@ impl Unsealer {
         let Some(seal) = keyring::quorum(&stores.keys).await? else {
             return Ok(None);
         };
+        // What was given opens the keyring itself: no ceremony (share rows an administrator
+        // added to a keyring sealed to recipients do not seal the server).
+        if let (Some(u), Some(row)) = (unlock, keyring::sealed(&stores.keys).await?)
+            && Keyring::unseal(&row.sealed, u).is_ok()
+        {
+            return Ok(None);
+        }
         let mut given = BTreeMap::new();
         if let Some(Unlock::Identities(ids)) = unlock {
             for s in seal.open_with(ids)? {
@@ -951,6 +971,7 @@ impl Unsealer {
             policy,
             seal,
             given: tokio::sync::Mutex::new(given),
+            refused: std::sync::atomic::AtomicU64::new(0),
         };
         let p = u.progress().await;
         for x in &p.given {
@@ -1004,13 +1025,21 @@ impl Unsealer {
         let x = share.number();
         if let Err(e) = self.seal.check(&share) {
             drop(given);
-            tracing::warn!(share = x, error = %e, "refused a share at unseal");
-            self.record(ceremony_event(
-                "keyring.share_refused",
-                Outcome::Refused,
-                e.to_string(),
-            ))
-            .await;
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(share = x, refused = n, error = %e, "refused a share at unseal");
+            if n <= REFUSALS_AUDITED || n.is_multiple_of(100) {
+                let more = if n > REFUSALS_AUDITED {
+                    format!(" ({n} shares refused since this server started)")
+                } else {
+                    String::new()
+                };
+                self.record(ceremony_event(
+                    "keyring.share_refused",
+                    Outcome::Refused,
+                    format!("{e}{more}"),
+                ))
+                .await;
+            }
             return Err(e.into());
         }
         let again = given.insert(x, share).is_some();
@@ -1033,12 +1062,14 @@ impl Unsealer {
                 given,
             }));
         }
-        let shares: Vec<_> = std::mem::take(&mut *given).into_values().collect();
-        let unlock = match self.seal.combine(&shares) {
+        // The shares stay until the vault has opened: an open that fails (a store down, say)
+        // is tried again by the next share given, without the ceremony starting over.
+        let unlock = match self.seal.combine(given.values()) {
             Ok(u) => u,
             Err(e) => {
                 // Every share passed its check, so the stored commitments and key disagree:
                 // start again from none rather than keep shares that cannot combine.
+                given.clear();
                 self.record(ceremony_event(
                     "keyring.unseal",
                     Outcome::Refused,
@@ -1048,7 +1079,7 @@ impl Unsealer {
                 return Err(e.into());
             }
         };
-        let numbers = shares.iter().map(|s| s.number()).collect();
+        let numbers = given.keys().copied().collect();
         Ok(Unsealed::Complete(QuorumKey { unlock, numbers }))
     }
 
@@ -1056,6 +1087,7 @@ impl Unsealer {
     /// on: the vault's writers are tasks of the runtime that opens it.
     pub async fn open(&self, key: QuorumKey) -> Result<Vault, VaultError> {
         let vault = Vault::open(self.stores.clone(), self.policy.clone(), key.unlock).await?;
+        self.given.lock().await.clear();
         let numbers: Vec<String> = key.numbers.iter().map(u8::to_string).collect();
         vault
             .key_event(

@@ -252,7 +252,10 @@ impl QuorumSeal {
 
     /// Rebuilds the quorum key from at least `threshold` distinct, checked shares, and proves
     /// it is the key the keyring is sealed to.
-    pub(crate) fn combine(&self, shares: &[Share]) -> Result<Unlock, KeyringError> {
+    pub(crate) fn combine<'a>(
+        &self,
+        shares: impl IntoIterator<Item = &'a Share>,
+    ) -> Result<Unlock, KeyringError> {
         let mut distinct: BTreeMap<u8, &Share> = BTreeMap::new();
         for s in shares {
             self.check(s)?;

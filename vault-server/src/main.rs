@@ -401,6 +401,9 @@ async fn serve_sealed(
     let app_state = state.clone();
     let server = HttpServer::new(move || startup::sealed_app(app_state.clone()))
         .workers(1)
+        // One request a connection: no kept-alive connection reaches the sealed app after the
+        // handover.
+        .keep_alive(actix_web::http::KeepAlive::Disabled)
         .client_request_timeout(std::time::Duration::from_secs(5))
         .listen(listener.try_clone()?)?
         .run();

@@ -700,5 +700,81 @@ async fn an_edited_recipient_list_is_never_sealed_to(backend: Backend) {
         "the row names the keyring's own recipients again"
     );
     assert_eq!(readyz(&s).status, 200);
+    drop(stores);
+    let stores = Stores::open(&place.config).await.unwrap();
+
+    // The same administrator copies in a quorum of their own (shares sealed to themselves, from
+    // `vaultctl keyring init --threshold 2` on scratch stores): the custodian's next save
+    // ignores rows this keyring was never sealed to, and the server does not come up sealed.
+    let scratch = TestStores::new(backend).await;
+    let made = Place::of_stores(&scratch);
+    let a2 = scratch.dir.path().join("attacker-2.txt");
+    let theirs2 = Unlock::generate_identity_file(&a2).unwrap().to_string();
+    made.vaultctl_ok(
+        &attacker,
+        &[
+            "keyring",
+            "init",
+            "--threshold",
+            "2",
+            "--recipient",
+            &theirs,
+            "--recipient",
+            &theirs2,
+        ],
+    );
+    let unhex = |h: &str| match backend {
+        Backend::Sqlite => format!("X'{h}'"),
+        Backend::Postgres => format!("decode('{h}', 'hex')"),
+    };
+    let hexed = |c: &str| match backend {
+        Backend::Sqlite => format!("hex({c})"),
+        Backend::Postgres => format!("encode({c}, 'hex')"),
+    };
+    let rows = made.sql(
+        true,
+        &format!(
+            "SELECT x, threshold, quorum_recipient, custodian, {}, {} FROM keyring_shares",
+            hexed("sealed"),
+            hexed("commitment")
+        ),
+    );
+    let copy_in = || {
+        for row in rows.lines() {
+            let c: Vec<&str> = row.split('|').collect();
+            place.sql(
+                true,
+                &format!(
+                    "INSERT INTO keyring_shares (x, threshold, quorum_recipient, custodian, sealed, commitment, created_at) VALUES ({}, {}, '{}', '{}', {}, {}, '2026-12-03T00:00:00Z')",
+                    c[0], c[1], c[2], c[3], unhex(c[4]), unhex(c[5])
+                ),
+            );
+        }
+        assert_eq!(place.count(true, "keyring_shares"), 2);
+    };
+    copy_in();
+    let out = place.vaultctl_ok(
+        &custodian(&s),
+        &["keyring", "rotate", "--category", "identity"],
+    );
+    assert!(out.contains("version 3"), "{out}");
+    // Still sealed to the custodian's own list (a quorum-sealed one would not open with it).
+    let sealed = Vault::sealed_keyring(&stores).await.unwrap();
+    assert!(
+        vault_core::Keyring::unseal(&sealed, &Unlock::identity_file(&custodian(&s)).unwrap())
+            .is_ok()
+    );
+    assert_eq!(place.sql(true, "SELECT recipients FROM keyring"), before);
+    assert_eq!(
+        place.count(true, "keyring_shares"),
+        0,
+        "the foreign rows are gone"
+    );
+    // Put in again, they do not make a restarted server come up sealed.
+    copy_in();
+    let shared = s.stores.clone();
     s.stop(&[]);
+    let again = common::start_on(shared, &[]);
+    assert_eq!(readyz(&again).status, 200, "{}", readyz(&again).text());
+    again.stop(&[]);
 }

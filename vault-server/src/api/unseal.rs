@@ -59,11 +59,13 @@ pub fn open_routes(cfg: &mut web::ServiceConfig) {
 
 /// Every other request to a sealed server.
 pub async fn sealed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+    let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "sealed",
         "the vault is sealed: its keyring opens only when enough custodians have given their shares (`vaultctl keyring unseal`)",
-    ))
+    );
+    e.retry_after = Some(5);
+    Err(e)
 }
 
 async fn sealed_status(s: web::Data<SealedState>) -> HttpResponse {
@@ -72,7 +74,7 @@ async fn sealed_status(s: web::Data<SealedState>) -> HttpResponse {
 
 async fn sealed_ready(s: web::Data<SealedState>) -> Result<HttpResponse, ApiError> {
     let p = s.unsealer.progress().await;
-    Err(ApiError::new(
+    let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "sealed",
         format!(
@@ -80,7 +82,9 @@ async fn sealed_ready(s: web::Data<SealedState>) -> Result<HttpResponse, ApiErro
             p.given.len(),
             p.threshold
         ),
-    ))
+    );
+    e.retry_after = Some(5);
+    Err(e)
 }
 
 async fn give_share(
