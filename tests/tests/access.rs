@@ -17,6 +17,7 @@ use vault_core::{
 use vault_tests::{Backend, TestVault, contains, on_both_backends};
 
 on_both_backends!(
+    two_bootstraps_at_once_make_one_principal,
     approvals_gate_special_reads,
     break_glass_opens_at_once_and_must_be_reviewed,
     consent_gates_special_categories_and_withdrawal_ends_it,
@@ -1286,4 +1287,33 @@ async fn a_hold_on_another_schools_record_answers_as_for_a_random_id(backend: Ba
     }
     assert_eq!(said[0], said[1]);
     assert!(said[0].contains("does not exist"), "{}", said[0]);
+}
+
+/// The first principal is made with the custodian's identity alone, once. Eight bootstraps at
+/// once (two custodians racing, or a retried command) made eight general directors when the
+/// check and the insert were separate; under the table's write lock they make one.
+async fn two_bootstraps_at_once_make_one_principal(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    let roles = [(Scope::parse("*").unwrap(), Role::GeneralDirector)];
+    let names: Vec<String> = (0..8).map(|i| format!("Director {i}")).collect();
+    let results =
+        futures::future::join_all(names.iter().map(|n| t.vault.bootstrap_principal(n, &roles)))
+            .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert!(
+            matches!(r, Err(VaultError::PrincipalsExist)),
+            "{:?}",
+            r.as_ref().err()
+        );
+    }
+    let db = t.stores.raw_data().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id FROM principals",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one principal in the store");
 }

@@ -416,7 +416,7 @@ impl Vault {
             name: &str,
             roles: &[(Scope, Role)],
         ) -> Result<(Principal, BearerToken), VaultError> {
-            self.insert_principal("admin", name, roles).await
+            self.insert_principal("admin", name, roles, false).await
         }
     }
 
@@ -429,15 +429,23 @@ impl Vault {
         name: &str,
         roles: &[(Scope, Role)],
     ) -> Result<(Principal, BearerToken), VaultError> {
-        if principals::any(&self.stores().data).await? {
+        let refused = || async {
             // A custodian trying to mint someone to act as is worth a line in the log.
             let mut ev = AuditEvent::new("bootstrap", "principal.create", Outcome::Denied);
             ev.school = one_school(roles);
             ev.reason = Some("principals exist already: refused without an administrator".into());
             self.audit().append(vec![ev]).await?;
-            return Err(VaultError::PrincipalsExist);
+            Err(VaultError::PrincipalsExist)
+        };
+        if principals::any(&self.stores().data).await? {
+            return refused().await;
         }
-        self.insert_principal("bootstrap", name, roles).await
+        // Checked again, and inserted, under the table's write lock: two bootstraps at once
+        // make one principal, not two.
+        match self.insert_principal("bootstrap", name, roles, true).await {
+            Err(VaultError::PrincipalsExist) => refused().await,
+            other => other,
+        }
     }
 
     /// Whether `p` may give `role` held in `scope`: `principal_admin` in that school, or, for a
@@ -504,7 +512,7 @@ impl Vault {
                 });
             }
         }
-        self.insert_principal(&by.actor(), name, roles).await
+        self.insert_principal(&by.actor(), name, roles, false).await
     }
 
     async fn insert_principal(
@@ -512,6 +520,7 @@ impl Vault {
         actor: &str,
         name: &str,
         roles: &[(Scope, Role)],
+        first: bool,
     ) -> Result<(Principal, BearerToken), VaultError> {
         let name = text("a principal's name", name, 1)?;
         if roles.is_empty() {
@@ -526,7 +535,14 @@ impl Vault {
         let token = BearerToken(Zeroizing::new(format!("vt_{}", hex::encode(&raw[..]))));
         let id = PrincipalId::new_random();
         let now = self.now();
-        principals::insert(&self.stores().data, id, &name, token.hash(), now, roles).await?;
+        if first {
+            let db = &self.stores().data;
+            if !principals::insert_first(db, id, &name, token.hash(), now, roles).await? {
+                return Err(VaultError::PrincipalsExist);
+            }
+        } else {
+            principals::insert(&self.stores().data, id, &name, token.hash(), now, roles).await?;
+        }
         let mut ev = AuditEvent::new(actor, "principal.create", Outcome::Done);
         // In the school's own log when every role is held there, so its auditor sees it.
         ev.school = one_school(roles);

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 use crate::access::PrincipalId;
@@ -57,6 +58,66 @@ pub(crate) async fn insert(
     now: DateTime<Utc>,
     roles: &[(Scope, Role)],
 ) -> Result<(), StoreError> {
+    let txn = crate::store::begin(db).await.map_err(StoreError::data)?;
+    insert_in(&txn, id, name, token_hash, now, roles).await?;
+    txn.commit().await.map_err(StoreError::data)
+}
+
+/// Inserts the first principal, only if there is none, in one transaction that holds the
+/// principals table's write lock from its first statement: of two bootstraps at once, one
+/// waits for the other and then finds a principal. Answers whether it inserted.
+pub(crate) async fn insert_first(
+    db: &Db,
+    id: PrincipalId,
+    name: &str,
+    token_hash: Vec<u8>,
+    now: DateTime<Utc>,
+    roles: &[(Scope, Role)],
+) -> Result<bool, StoreError> {
+    let txn = crate::store::begin(db).await.map_err(StoreError::data)?;
+    match txn.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            txn.execute_unprepared("LOCK TABLE principals IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(StoreError::data)?;
+        }
+        // SQLite: a write first takes the database's write lock (a deferred transaction that
+        // only read would both see no principal, then both write).
+        _ => {
+            principal::Entity::update_many()
+                .col_expr(principal::Column::Name, Expr::col(principal::Column::Name))
+                .filter(principal::Column::Id.eq(""))
+                .exec(&txn)
+                .await
+                .map_err(StoreError::data)?;
+        }
+    }
+    let exists = principal::Entity::find()
+        .select_only()
+        .column(principal::Column::Id)
+        .limit(1)
+        .into_tuple::<String>()
+        .one(&txn)
+        .await
+        .map_err(StoreError::data)?
+        .is_some();
+    if exists {
+        txn.rollback().await.map_err(StoreError::data)?;
+        return Ok(false);
+    }
+    insert_in(&txn, id, name, token_hash, now, roles).await?;
+    txn.commit().await.map_err(StoreError::data)?;
+    Ok(true)
+}
+
+async fn insert_in(
+    txn: &crate::store::Txn,
+    id: PrincipalId,
+    name: &str,
+    token_hash: Vec<u8>,
+    now: DateTime<Utc>,
+    roles: &[(Scope, Role)],
+) -> Result<(), StoreError> {
     principal::Entity::insert(principal::ActiveModel {
         id: Set(id.to_string()),
         name: Set(name.to_owned()),
@@ -64,7 +125,7 @@ pub(crate) async fn insert(
         created_at: Set(now),
         revoked_at: Set(None),
     })
-    .exec_without_returning(db)
+    .exec_without_returning(txn)
     .await
     .map_err(StoreError::data)?;
     let rows = roles.iter().map(|(s, r)| principal_role::ActiveModel {
@@ -73,7 +134,7 @@ pub(crate) async fn insert(
         role: Set(r.as_str().to_owned()),
     });
     principal_role::Entity::insert_many(rows)
-        .exec_without_returning(db)
+        .exec_without_returning(txn)
         .await
         .map_err(StoreError::data)?;
     Ok(())
