@@ -353,12 +353,26 @@ async fn a_restore_over_a_diverged_audit_log_refuses_or_names_the_range(backend:
             && err.to_string().contains("--replace-audit-log"),
         "{err}"
     );
+    let err = vault_core::restore_with(
+        v.stores(),
+        &dir,
+        &unlock,
+        vault_core::RestoreOptions {
+            replace_audit_log: true,
+            audit_archive: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("needs --audit-archive"), "{err}");
+    let archive = t.stores.dir.path().join("replaced-audit.age");
     let r = vault_core::restore_with(
         v.stores(),
         &dir,
         &unlock,
         vault_core::RestoreOptions {
             replace_audit_log: true,
+            audit_archive: Some(archive.clone()),
         },
     )
     .await
@@ -367,9 +381,27 @@ async fn a_restore_over_a_diverged_audit_log_refuses_or_names_the_range(backend:
         r.audit,
         vault_core::RestoredAudit::Replaced {
             first: 1,
-            last: newest
+            last: newest,
+            archive: archive.clone(),
         }
     );
+    // The archive is an age file the custodian opens with the standard tool; it holds every
+    // entry the store no longer does, the changed one included.
+    let o = vault_tests::tool("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&t.identity)
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let entries = text
+        .lines()
+        .filter(|l| l.starts_with(r#"{"t":"audit_log""#))
+        .count();
+    assert_eq!(entries as i64, newest, "{text}");
+    assert!(text.contains(r#"{"t":"audit_head""#));
 }
 
 /// Review finding: a DBA who emptied the live audit log made the restore take it for new

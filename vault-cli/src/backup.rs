@@ -24,10 +24,15 @@ pub struct RestoreArgs {
     /// blocks, withdrawals, spent approvals, shreds and audit log are kept).
     #[arg(long)]
     force: bool,
-    /// Restore even when today's audit log does not continue the backup's: its entries are
-    /// lost, and the restore's audit entry names the range removed.
-    #[arg(long)]
+    /// Restore even when today's audit log does not continue the backup's: its entries leave
+    /// the store (written first to --audit-archive), and the restore's audit entry names the
+    /// range removed.
+    #[arg(long, requires = "audit_archive")]
     replace_audit_log: bool,
+    /// With --replace-audit-log: a new file where the live audit log is written, sealed like a
+    /// backup, before it is replaced.
+    #[arg(long)]
+    audit_archive: Option<PathBuf>,
 }
 
 pub async fn backup(args: BackupArgs, ctx: &Ctx, out: &mut String) -> Result<()> {
@@ -53,6 +58,7 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
         from,
         force,
         replace_audit_log,
+        audit_archive,
     } = args;
     if !force {
         bail!(
@@ -61,7 +67,10 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
     }
     let unlock = ctx.unlock()?;
     let stores = ctx.stores().await?;
-    let opts = vault_core::RestoreOptions { replace_audit_log };
+    let opts = vault_core::RestoreOptions {
+        replace_audit_log,
+        audit_archive,
+    };
     let r = vault_core::restore_with(&stores, &from, &unlock, opts).await?;
     let vault = Vault::open(stores, ctx.policy().clone(), unlock).await?;
     let c = r.carried_over;
@@ -70,9 +79,14 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
             format!("audit log kept ({since_backup} entries since the backup)")
         }
         RestoredAudit::Loaded => "audit log loaded from the backup (the live one was empty)".into(),
-        RestoredAudit::Replaced { first, last } => {
-            format!("audit entries {first} to {last} of the replaced log were removed")
-        }
+        RestoredAudit::Replaced {
+            first,
+            last,
+            archive,
+        } => format!(
+            "audit entries {first} to {last} of the replaced log were removed from the store, after being written to {}",
+            archive.display()
+        ),
     };
     let kept = format!(
         "kept today's {} revocations, {} blocks, {} consent withdrawals, {} approval states, {} legal holds, {} unreviewed break-glass accesses",

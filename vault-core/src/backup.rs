@@ -75,16 +75,25 @@ pub enum RestoredAudit {
     /// The live log was empty (a restore onto new stores): the backup's log was loaded.
     Loaded,
     /// The live log did not continue the backup's and `replace_audit_log` was given: entries
-    /// `first..=last` of the live log are gone, which the restore's own entry names.
-    Replaced { first: i64, last: i64 },
+    /// `first..=last` of the live log are gone from the store, which the restore's own entry
+    /// names; they were written first to `archive` (an age file sealed like a backup).
+    Replaced {
+        first: i64,
+        last: i64,
+        archive: std::path::PathBuf,
+    },
 }
 
 /// How a restore treats what it would remove.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
-    /// Replace a live audit log that does not continue the backup's (its entries are lost, and
-    /// the restore's entry names the range); without it, such a restore is refused.
+    /// Replace a live audit log that does not continue the backup's (its entries leave the
+    /// store, and the restore's entry names the range); without it, such a restore is refused.
     pub replace_audit_log: bool,
+    /// Where the live audit log is written, sealed like a backup, before it is replaced: the
+    /// evidence is kept, never only dropped. Needed with `replace_audit_log` when the restore
+    /// replaces the log; a file that exists is not overwritten.
+    pub audit_archive: Option<std::path::PathBuf>,
 }
 
 /// The quorum's shares, beside the sealed stores of a backup of a quorum-sealed vault.
@@ -188,6 +197,39 @@ fn open_file(dir: &Path, name: &str, unlock: &Unlock) -> Result<Vec<u8>, VaultEr
     Ok(out)
 }
 
+/// Writes the live audit log (entries, head, checkpoints: JSON lines as in a backup) to `path`,
+/// sealed to whom a backup is sealed to (the keyring's recipients or quorum key, or the
+/// passphrase that unseals it), before a restore replaces it.
+async fn archive_audit(stores: &Stores, path: &Path, unlock: &Unlock) -> Result<(), VaultError> {
+    let plain = tables::dump_audit(&stores.data).await?;
+    let sealed = match unlock {
+        Unlock::Passphrase(p) => seal(&plain, &[], Some(p))?,
+        Unlock::Identities(_) => {
+            let to = match keyring::quorum(&stores.keys).await? {
+                Some(q) => vec![q.quorum().key.clone()],
+                None => keyring::recipients(&stores.keys)
+                    .await?
+                    .ok_or(VaultError::KeyringMissing)?,
+            };
+            seal(&plain, &to, None)?
+        }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            io(format!(
+                "cannot create the audit archive {} (it must not exist yet): {e}; nothing was restored",
+                path.display()
+            ))
+        })?;
+    f.write_all(&sealed)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io(format!("writing the audit archive {}: {e}", path.display())))?;
+    Ok(())
+}
+
 /// The live shred log. Stores are migrated when opened, so the table is always there: a read
 /// that fails is a failure, never "nothing to replay", or a restore would silently bring back
 /// data that was destroyed after the backup.
@@ -285,12 +327,22 @@ pub async fn restore_with(
         };
         if !opts.replace_audit_log {
             return Err(io(format!(
-                "{why}, so restoring would leave entries 1 to {last} out; nothing was restored. Run `vaultctl audit verify` to see what was changed, keep a copy of the log, then run again with --replace-audit-log: the restore's own entry names the range removed"
+                "{why}, so restoring would leave entries 1 to {last} out; nothing was restored. Run `vaultctl audit verify` to see what was changed, then run again with --replace-audit-log --audit-archive FILE: the live log is written to FILE first, and the restore's own entry names the range removed"
             )));
         }
+        let Some(archive) = opts.audit_archive.clone() else {
+            return Err(io(format!(
+                "{why}: --replace-audit-log needs --audit-archive FILE, where the live log is written (sealed like a backup) before it is replaced; nothing was restored"
+            )));
+        };
+        archive_audit(stores, &archive, unlock).await?;
         // Entries the backup shares with the live log cannot be told apart here: report the
         // whole live log as replaced, which is what the restore does to it.
-        RestoredAudit::Replaced { first: 1, last }
+        RestoredAudit::Replaced {
+            first: 1,
+            last,
+            archive,
+        }
     };
     let keep: &[&str] = match audit {
         RestoredAudit::Kept { .. } => tables::AUDIT_TABLES,

@@ -45,6 +45,11 @@ macro_rules! tables {
         $m!(transfer_ground, "transfer_grounds");
         $m!(keyring_pin, "keyring_pin");
     };
+    ($m:ident, audit) => {
+        $m!(audit_entry, "audit_log");
+        $m!(audit_head, "audit_head");
+        $m!(audit_checkpoint, "audit_checkpoints");
+    };
     ($m:ident, keys) => {
         $m!(keyring_row, "keyring");
         $m!(keyring_link, "keyring_chain");
@@ -75,6 +80,21 @@ pub(crate) async fn dump(
     keys: bool,
     rows: &mut BTreeMap<String, u64>,
 ) -> Result<Vec<u8>, VaultError> {
+    dump_part(db, if keys { Part::Keys } else { Part::Data }, rows).await
+}
+
+/// Which tables a dump reads.
+enum Part {
+    Data,
+    Keys,
+    Audit,
+}
+
+async fn dump_part(
+    db: &Db,
+    part: Part,
+    rows: &mut BTreeMap<String, u64>,
+) -> Result<Vec<u8>, VaultError> {
     let txn = snapshot(db).await?;
     let mut out = Vec::new();
     macro_rules! dump_one {
@@ -94,13 +114,25 @@ pub(crate) async fn dump(
             }
         }};
     }
-    if keys {
-        tables!(dump_one, keys);
-    } else {
-        tables!(dump_one, data);
+    match part {
+        Part::Keys => {
+            tables!(dump_one, keys);
+        }
+        Part::Data => {
+            tables!(dump_one, data);
+        }
+        Part::Audit => {
+            tables!(dump_one, audit);
+        }
     }
     txn.commit().await.map_err(StoreError::data)?;
     Ok(out)
+}
+
+/// The audit tables of the data store as JSON lines, read in one snapshot: what a restore
+/// that replaces the log archives first.
+pub(crate) async fn dump_audit(db: &Db) -> Result<Vec<u8>, VaultError> {
+    dump_part(db, Part::Audit, &mut BTreeMap::new()).await
 }
 
 /// The audit tables, which a restore keeps from the live store when the live log continues the
