@@ -14,6 +14,9 @@ on_both_backends!(
     a_cut_tail_is_named_by_the_key_store_anchor,
     an_older_anchor_put_back_is_caught_by_the_running_server,
     a_witness_file_names_a_cut_both_stores_hide,
+    a_rotated_audit_key_verifies_across_the_boundary,
+    the_old_audit_key_signs_nothing_after_a_rotation,
+    a_process_with_the_old_key_stops_signing_until_it_loads_the_new,
 );
 
 /// Appends `n` batches of one entry each, each with its signed checkpoint.
@@ -234,4 +237,149 @@ async fn a_witness_file_names_a_cut_both_stores_hide(backend: Backend) {
         problem(&t.vault).await,
         Some(AuditProblem::AnchorDiffers { seq, source: AnchorSource::Witness, .. }) if seq == n
     ));
+}
+
+/// The audit-signing seed the vault holds now (the second key of the test hook's list).
+async fn audit_seed(v: &Vault) -> Vec<u8> {
+    v.test_hooks_key_material().await.unwrap()[1].clone()
+}
+
+/// A checkpoint's signed message, as an outside verifier rebuilds it.
+fn checkpoint_message(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut m = b"school-vault/audit-checkpoint/v1\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// Checkpoints as stored: (seq, hash, signature).
+async fn checkpoints(t: &TestVault) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+    let db = t.stores.raw_data().await;
+    db.query_all_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        "SELECT seq, hash, signature FROM audit_checkpoints ORDER BY seq",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.try_get::<i64>("", "seq").unwrap(),
+            r.try_get::<Vec<u8>>("", "hash").unwrap(),
+            r.try_get::<Vec<u8>>("", "signature").unwrap(),
+        )
+    })
+    .collect()
+}
+
+fn signed_by(seed: &[u8], seq: i64, hash: &[u8], sig: &[u8]) -> bool {
+    use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+    let pair = Ed25519KeyPair::from_seed_unchecked(seed).unwrap();
+    UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref())
+        .verify(&checkpoint_message(seq, hash), sig)
+        .is_ok()
+}
+
+/// Checkpoints before a rotation are the old key's, those from the rotation's own entry on
+/// the new key's; `verify` passes over both, in this process and in a fresh one that reads the
+/// retired key from the stored keyring.
+async fn a_rotated_audit_key_verifies_across_the_boundary(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    busy(&t.vault, 3).await;
+    let old = audit_seed(&t.vault).await;
+    assert_eq!(t.vault.rotate_audit_key(None).await.unwrap(), 1);
+    let new = audit_seed(&t.vault).await;
+    assert_ne!(old, new, "the audit key changed");
+    busy(&t.vault, 3).await;
+    let cps = checkpoints(&t).await;
+    let boundary = cps
+        .iter()
+        .position(|(seq, hash, sig)| signed_by(&new, *seq, hash, sig))
+        .expect("a checkpoint under the new key");
+    assert!(boundary >= 3, "{boundary}");
+    for (i, (seq, hash, sig)) in cps.iter().enumerate() {
+        let key = if i < boundary { &old } else { &new };
+        assert!(signed_by(key, *seq, hash, sig), "checkpoint {seq}");
+    }
+    let r = t.vault.verify_audit().await.unwrap();
+    assert!(r.problem.is_none(), "{:?}", r.problem);
+    assert_eq!(r.checkpoints, cps.len() as u64);
+    t.vault.sync_audit_anchor().await.unwrap();
+    let t = t.reopen().await.unwrap();
+    let r = t.vault.verify_audit().await.unwrap();
+    assert!(r.problem.is_none(), "after a restart: {:?}", r.problem);
+    // Rotated twice: both retired keys still verify their checkpoints.
+    assert_eq!(t.vault.rotate_audit_key(None).await.unwrap(), 2);
+    busy(&t.vault, 2).await;
+    let r = t.vault.verify_audit().await.unwrap();
+    assert!(
+        r.problem.is_none(),
+        "after a second rotation: {:?}",
+        r.problem
+    );
+}
+
+/// A custodian who left took the old audit key. With write access to the data store, a
+/// checkpoint re-signed with it after the rotation is refused: along the chain keys only move
+/// forward.
+async fn the_old_audit_key_signs_nothing_after_a_rotation(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    busy(&t.vault, 2).await;
+    let old = audit_seed(&t.vault).await;
+    t.vault.rotate_audit_key(None).await.unwrap();
+    busy(&t.vault, 2).await;
+    let (seq, hash, _) = checkpoints(&t).await.pop().unwrap();
+    let forged = ring::signature::Ed25519KeyPair::from_seed_unchecked(&old)
+        .unwrap()
+        .sign(&checkpoint_message(seq, &hash));
+    let db = t.stores.raw_data().await;
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            "UPDATE audit_checkpoints SET signature = $1 WHERE seq = $2"
+        }
+        _ => "UPDATE audit_checkpoints SET signature = ? WHERE seq = ?",
+    };
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        db.get_database_backend(),
+        sql,
+        [forged.as_ref().to_vec().into(), seq.into()],
+    ))
+    .await
+    .unwrap();
+    let r = t.vault.verify_audit().await.unwrap();
+    assert_eq!(r.problem, Some(AuditProblem::BadCheckpoint { seq }));
+}
+
+/// Two processes on the same stores; one rotates the audit key. The other, still holding the
+/// old key, chains its entries without checkpoints (nothing signed by the old key follows one
+/// signed by the new), and signs with the new key once it loads the keyring (its readiness
+/// check does). The log verifies throughout.
+async fn a_process_with_the_old_key_stops_signing_until_it_loads_the_new(backend: Backend) {
+    let t = TestVault::new(backend).await;
+    busy(&t.vault, 2).await;
+    let custodian = Vault::open(
+        t.stores.open().await,
+        vault_tests::policy().await,
+        vault_core::Unlock::identity_file(&t.identity).unwrap(),
+    )
+    .await
+    .unwrap();
+    custodian.rotate_audit_key(None).await.unwrap();
+    let before = checkpoints(&t).await.len();
+    busy(&t.vault, 3).await;
+    assert_eq!(
+        checkpoints(&t).await.len(),
+        before,
+        "the stale process signed nothing"
+    );
+    let r = custodian.verify_audit().await.unwrap();
+    assert!(r.problem.is_none(), "{:?}", r.problem);
+    assert_eq!(r.entries, max_seq(&t.stores.config).await as u64);
+    t.vault.check_ready().await.unwrap();
+    busy(&t.vault, 2).await;
+    assert_eq!(checkpoints(&t).await.len(), before + 2);
+    for v in [&t.vault, &custodian] {
+        let r = v.verify_audit().await.unwrap();
+        assert!(r.problem.is_none(), "{:?}", r.problem);
+    }
 }

@@ -103,6 +103,13 @@ pub enum Cmd {
         #[arg(long, default_value_t = 500)]
         batch: u64,
     },
+    /// Rotate the audit-signing key: a new key signs every checkpoint and anchor from now on
+    /// (a new signed generation); the old key's public half stays in the keyring so older
+    /// checkpoints still verify, and nothing it signs after the rotation is accepted. A running
+    /// server takes the new key at its next readiness check. Run it when a custodian leaves.
+    ///
+    /// Example: vaultctl keyring rotate-audit-key --identity custodian.txt
+    RotateAuditKey,
     /// Check the keyring's chain from its first generation: each generation signed by the chain
     /// key of the one before, the stored keyring the one its newest link signs, and the data
     /// store's pin agreeing. Exits 1, naming what is wrong, when the key store was changed
@@ -318,6 +325,14 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 .retire_kek(&c, version, ctx.reseal_passphrase()?)
                 .await?;
             outln!(out, "{c}: version {version} destroyed");
+        }
+        Cmd::RotateAuditKey => {
+            let vault = ctx.vault().await?;
+            let retired = vault.rotate_audit_key(ctx.reseal_passphrase()?).await?;
+            outln!(
+                out,
+                "the audit log is signed by a new key from now on; {retired} retired audit keys are kept to verify older checkpoints (`vaultctl audit verify`)"
+            );
         }
         Cmd::RotateIndex { batch } => {
             let vault = ctx.vault().await?;

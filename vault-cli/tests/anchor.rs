@@ -100,6 +100,14 @@ async fn vaultctl_names_a_cut_tail_with_exit_1(backend: Backend) {
         &identity,
         &["keyring", "rotate", "--category", "health"],
     );
+    // The audit key rotated (a custodian left): the old key's checkpoints and the witness
+    // file's anchor, signed by the old key, still verify.
+    let said = ok(&stores, &identity, &["keyring", "rotate-audit-key"]);
+    assert!(said.contains("1 retired audit keys are kept"), "{said}");
+    assert!(
+        ok(&stores, &identity, &["audit", "verify", "--witness", w])
+            .starts_with("audit log intact")
+    );
     let n = max_seq(&stores.config).await;
     assert_eq!(anchored_seq(&stores.config).await, Some(n));
 

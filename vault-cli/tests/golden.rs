@@ -16,6 +16,7 @@ const COMMANDS: &[&[&str]] = &[
     &["keyring", "retire"],
     &["keyring", "gc"],
     &["keyring", "rotate-index"],
+    &["keyring", "rotate-audit-key"],
     &["keyring", "verify"],
     &["keyring", "reseal"],
     &["keyring", "reshare"],

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use ring::signature::Ed25519KeyPair;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::audit::{AuditKeys, SharedAuditKeys, current};
 use crate::store::repo::{audit as audit_repo, audit_anchor as repo};
 use crate::store::{Db, DbErr};
 use crate::vault::{Vault, VaultError};
@@ -106,12 +107,12 @@ impl Anchor {
         }
     }
 
-    /// The audit key signed this anchor.
-    pub(crate) fn is_signed_by(&self, public_key: &[u8]) -> bool {
+    /// The audit key, or one it replaced, signed this anchor.
+    pub(crate) fn is_signed_by(&self, keys: &AuditKeys) -> bool {
         self.seq > 0
-            && UnparsedPublicKey::new(&ED25519, public_key)
-                .verify(&message(self.seq, &self.hash, self.at), &self.signature)
-                .is_ok()
+            && keys
+                .signer_of(&message(self.seq, &self.hash, self.at), &self.signature, 0)
+                .is_some()
     }
 
     /// One line of the witness file (and of standard output).
@@ -226,7 +227,7 @@ enum Msg {
 struct Shared {
     data: Db,
     keys: Db,
-    public_key: Vec<u8>,
+    audit_keys: SharedAuditKeys,
     memory: Mutex<Option<Anchor>>,
     options: Mutex<AnchorOptions>,
     /// The anchor whose entry was found gone, logged once.
@@ -246,23 +247,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Anchors {
     /// Starts the anchor task on the current tokio runtime.
-    pub(crate) fn start(data: Db, keys: Db, seed: &[u8; 32], public_key: Vec<u8>) -> Self {
+    pub(crate) fn start(data: Db, keys: Db, audit_keys: SharedAuditKeys) -> Self {
         let shared = Arc::new(Shared {
             data,
             keys,
-            public_key,
+            audit_keys,
             memory: Mutex::new(None),
             options: Mutex::new(AnchorOptions::default()),
             broken: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let signer = Ed25519KeyPair::from_seed_unchecked(seed).ok();
         RUNNING.fetch_add(1, Ordering::SeqCst);
         let task = shared.clone();
         tokio::spawn(async move {
-            if let Some(signer) = signer {
-                run(&task, &signer, rx).await;
-            }
+            run(&task, rx).await;
             RUNNING.fetch_sub(1, Ordering::SeqCst);
             STOPPED.notify_waiters();
         });
@@ -296,10 +294,11 @@ impl Anchors {
     /// its source.
     pub(crate) async fn readable(&self) -> Result<Vec<(Anchor, AnchorSource)>, AnchorSource> {
         let mut out = Vec::new();
+        let keys = current(&self.shared.audit_keys);
         match repo::get(&self.shared.keys).await {
             Ok(Some(row)) => {
                 let a = from_row(row);
-                if !a.is_signed_by(&self.shared.public_key) {
+                if !a.is_signed_by(&keys) {
                     return Err(AnchorSource::KeyStore);
                 }
                 out.push((a, AnchorSource::KeyStore));
@@ -313,7 +312,7 @@ impl Anchors {
         let witness = lock(&self.shared.options).witness_file.clone();
         if let Some(path) = witness {
             match tokio::task::spawn_blocking(move || read_witness(&path)).await {
-                Ok(Ok(Some(a))) if a.is_signed_by(&self.shared.public_key) => {
+                Ok(Ok(Some(a))) if a.is_signed_by(&keys) => {
                     out.push((a, AnchorSource::Witness));
                 }
                 Ok(Ok(None)) => {}
@@ -338,11 +337,11 @@ fn from_row(r: repo::AnchorRow) -> Anchor {
     }
 }
 
-async fn run(s: &Shared, signer: &Ed25519KeyPair, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn run(s: &Shared, mut rx: mpsc::UnboundedReceiver<Msg>) {
     // What the key store holds now is what this process knows to start with.
     if let Ok(Some(row)) = repo::get(&s.keys).await {
         let a = from_row(row);
-        if a.is_signed_by(&s.public_key) {
+        if a.is_signed_by(&current(&s.audit_keys)) {
             let mut m = lock(&s.memory);
             if m.as_ref().is_none_or(|m| m.seq < a.seq) {
                 *m = Some(a);
@@ -357,7 +356,7 @@ async fn run(s: &Shared, signer: &Ed25519KeyPair, mut rx: mpsc::UnboundedReceive
         let interval = lock(&s.options).min_interval;
         let due = last_write.is_none_or(|t| t.elapsed() >= interval);
         if !pending.is_empty() && (due || closed || !waiters.is_empty()) {
-            s.advance(signer, &mut pending).await;
+            s.advance(&mut pending).await;
             last_write = Some(Instant::now());
         }
         for w in waiters.drain(..) {
@@ -399,7 +398,7 @@ async fn run(s: &Shared, signer: &Ed25519KeyPair, mut rx: mpsc::UnboundedReceive
 
 impl Shared {
     /// Anchors the newest committed candidate and drops the older ones.
-    async fn advance(&self, signer: &Ed25519KeyPair, pending: &mut Vec<Candidate>) {
+    async fn advance(&self, pending: &mut Vec<Candidate>) {
         pending.retain(|c| c.queued.elapsed() < PENDING_FOR);
         pending.sort_by_key(|c| c.seq);
         let mut chosen = None;
@@ -420,7 +419,7 @@ impl Shared {
         if let Some(i) = chosen {
             let c = pending.remove(i);
             pending.drain(..i);
-            if let Err(e) = self.write(signer, c).await {
+            if let Err(e) = self.write(c).await {
                 tracing::warn!(error = %e, "the audit anchor could not be written to the key store");
             }
         }
@@ -446,7 +445,8 @@ impl Shared {
         }
     }
 
-    async fn write(&self, signer: &Ed25519KeyPair, c: Candidate) -> Result<(), DbErr> {
+    async fn write(&self, c: Candidate) -> Result<(), DbErr> {
+        let keys = current(&self.audit_keys);
         let known = lock(&self.memory).clone();
         if let Some(p) = &known {
             if p.seq >= c.seq {
@@ -460,7 +460,7 @@ impl Shared {
         for _ in 0..3 {
             let stored = repo::get(&self.keys).await?.map(from_row);
             if let Some(st) = &stored {
-                let signed = st.is_signed_by(&self.public_key);
+                let signed = st.is_signed_by(&keys);
                 if st.seq >= c.seq {
                     // Another process is ahead: learn its anchor if it is sound.
                     if signed && self.holds(st).await? {
@@ -490,7 +490,7 @@ impl Shared {
                     );
                 }
             }
-            let a = Anchor::sign(signer, c.seq, c.hash.clone(), c.at);
+            let a = Anchor::sign(keys.signer(), c.seq, c.hash.clone(), c.at);
             if repo::compare_and_set(
                 &self.keys,
                 stored.as_ref().map(|s| s.seq),
@@ -517,7 +517,7 @@ impl Shared {
         if o.witness_file.is_none() && !o.stdout {
             return;
         }
-        let line = a.to_line(&self.public_key);
+        let line = a.to_line(current(&self.audit_keys).public());
         if o.stdout {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
@@ -558,7 +558,7 @@ impl Vault {
             .map_err(|e| VaultError::Invalid(format!("audit witness {shown}: {e}")))?
             .map_err(|e| VaultError::Invalid(format!("audit witness: {e}")))?;
             if let Some(a) = newest
-                && a.is_signed_by(&anchors.shared.public_key)
+                && a.is_signed_by(&current(&anchors.shared.audit_keys))
             {
                 let mut m = lock(&anchors.shared.memory);
                 if m.as_ref().is_none_or(|m| m.seq < a.seq) {

@@ -7,7 +7,8 @@
 //! audit entry is durable. The chain head row is locked (`UPDATE`) first in every batch, which
 //! serialises writers on SQLite and across several servers sharing one PostgreSQL.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use ring::digest::{SHA256, digest};
@@ -204,11 +205,73 @@ struct Pending {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// The audit-signing key and the public keys of those it replaced, oldest first. A checkpoint
+/// or anchor is accepted under any of them, but along the chain the keys only move forward: once
+/// a checkpoint is signed by a newer key, none signed by an older one is accepted after it, so a
+/// custodian who left with a retired key cannot sign anything new.
+pub(crate) struct AuditKeys {
+    signer: Ed25519KeyPair,
+    public: Vec<u8>,
+    retired: Vec<[u8; 32]>,
+}
+
+impl AuditKeys {
+    pub(crate) fn of(keyring: &crate::keyring::Keyring) -> Result<Self, AuditError> {
+        let signer = Ed25519KeyPair::from_seed_unchecked(keyring.audit_seed())
+            .map_err(|_| AuditError::Write("invalid audit signing key".into()))?;
+        Ok(AuditKeys {
+            public: signer.public_key().as_ref().to_vec(),
+            signer,
+            retired: keyring.retired_audit_keys().to_vec(),
+        })
+    }
+
+    pub(crate) fn signer(&self) -> &Ed25519KeyPair {
+        &self.signer
+    }
+
+    /// The current public key.
+    pub(crate) fn public(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// Every key, oldest first; the current one last.
+    fn known(&self) -> impl Iterator<Item = &[u8]> {
+        self.retired
+            .iter()
+            .map(|k| k.as_slice())
+            .chain(std::iter::once(self.public.as_slice()))
+    }
+
+    /// The position (oldest first) of the first key from `from` on that signed `message`.
+    pub(crate) fn signer_of(&self, message: &[u8], signature: &[u8], from: usize) -> Option<usize> {
+        self.known()
+            .enumerate()
+            .skip(from)
+            .find(|(_, k)| {
+                UnparsedPublicKey::new(&ED25519, k)
+                    .verify(message, signature)
+                    .is_ok()
+            })
+            .map(|(i, _)| i)
+    }
+}
+
+/// The keys a process signs and verifies with; replaced when it loads a keyring whose audit key
+/// was rotated.
+pub(crate) type SharedAuditKeys = Arc<RwLock<Arc<AuditKeys>>>;
+
+pub(crate) fn current(keys: &SharedAuditKeys) -> Arc<AuditKeys> {
+    match keys.read() {
+        Ok(k) => k.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
 /// Handle to the batching audit writer.
 #[derive(Clone)]
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<Pending>,
-    public_key: Vec<u8>,
     chain: Arc<Chain>,
 }
 
@@ -262,9 +325,15 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// What appends to the chain: the signing key and the clock. Shared by the audit writer task
 /// and the record writer, which appends a create's entry in the record's own transaction.
 pub(crate) struct Chain {
-    signer: Ed25519KeyPair,
+    keys: SharedAuditKeys,
     clock: Arc<dyn Clock>,
     anchors: Anchors,
+    /// The head this process last signed: while the head is still there, no other process
+    /// appended since, and the newest checkpoint needs no look.
+    last_signed: Mutex<Option<(i64, Vec<u8>)>>,
+    /// Another process signs with an audit key this one does not know (it rotated the key):
+    /// this one chains its entries without checkpoints until it loads the new keyring.
+    stale: AtomicBool,
 }
 
 impl Chain {
@@ -280,24 +349,82 @@ impl Chain {
             return Ok(());
         }
         let at = micros(self.clock.now());
-        let (seq, prev) = link_entries(txn, at, events).await?;
-        let sig = self.signer.sign(&checkpoint_message(seq, &prev));
+        let (before, (seq, prev)) = link_entries(txn, at, events).await?;
+        let keys = current(&self.keys);
+        if !self.may_sign(txn, &keys, before).await? {
+            return Ok(());
+        }
+        let sig = keys.signer().sign(&checkpoint_message(seq, &prev));
         repo::insert_checkpoint(txn, seq, prev.clone(), sig.as_ref().to_vec(), at).await?;
+        *lock(&self.last_signed) = Some((seq, prev.clone()));
         // Anchored outside the data store once the anchor task sees this checkpoint committed.
         self.anchors.checkpoint(seq, &prev, at);
         Ok(())
     }
+
+    /// Whether this process's key may sign after the head `before`: yes unless another process
+    /// appended since and its newest checkpoint is signed by a key this one does not know (a
+    /// newer one: signing with the older key now would break the chain's key order).
+    async fn may_sign(
+        &self,
+        txn: &Txn,
+        keys: &AuditKeys,
+        before: (i64, Vec<u8>),
+    ) -> Result<bool, DbErr> {
+        if before.0 == 0 || lock(&self.last_signed).as_ref() == Some(&before) {
+            return Ok(true);
+        }
+        let Some(cp) = repo::latest_checkpoint(txn).await? else {
+            return Ok(true);
+        };
+        if keys
+            .signer_of(&checkpoint_message(cp.seq, &cp.hash), &cp.signature, 0)
+            .is_some()
+        {
+            self.stale.store(false, Ordering::Relaxed);
+            return Ok(true);
+        }
+        if !self.stale.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                seq = cp.seq,
+                "the newest audit checkpoint is signed by an audit key this process does not know (rotated by another process?): entries are chained without checkpoints until this process loads the new keyring (at its next readiness check or key operation)"
+            );
+        }
+        Ok(false)
+    }
+
+    /// Signs with `keys` from now on (a keyring whose audit key was rotated was loaded).
+    pub(crate) fn use_keys(&self, keys: AuditKeys) {
+        let changed = current(&self.keys).public != keys.public;
+        let mut g = match self.keys.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(keys);
+        if changed {
+            self.stale.store(false, Ordering::Relaxed);
+            tracing::info!("the audit log is signed by the rotated audit key from now on");
+        }
+    }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The chain head: the last entry's seq and hash.
+type Head = (i64, Vec<u8>);
+
 /// Links `events` onto the chain inside `txn` (locks the head, inserts, moves the head) and
-/// answers the new head; no checkpoint.
+/// answers the heads before and after; no checkpoint.
 async fn link_entries(
     txn: &Txn,
     at: DateTime<Utc>,
     events: Vec<&AuditEvent>,
-) -> Result<(i64, Vec<u8>), DbErr> {
+) -> Result<(Head, Head), DbErr> {
     // Take the chain's write lock and read the head in one statement.
-    let (mut seq, mut prev) = repo::lock_head(txn).await?;
+    let before = repo::lock_head(txn).await?;
+    let (mut seq, mut prev) = before.clone();
     let mut rows = Vec::new();
     for ev in events {
         seq += 1;
@@ -324,7 +451,7 @@ async fn link_entries(
     }
     repo::insert_entries(txn, rows).await?;
     repo::move_head(txn, seq, prev.clone()).await?;
-    Ok((seq, prev))
+    Ok((before, (seq, prev)))
 }
 
 /// Appends `events` without a signed checkpoint, for what must be recorded when the process
@@ -356,18 +483,18 @@ impl AuditLog {
     /// Starts the writer task on the current tokio runtime.
     pub(crate) fn start(
         stores: &crate::store::Stores,
-        seed: &[u8; 32],
+        keys: AuditKeys,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuditError> {
         let db = stores.data.clone();
-        let signer = Ed25519KeyPair::from_seed_unchecked(seed)
-            .map_err(|_| AuditError::Write("invalid audit signing key".into()))?;
-        let public_key = signer.public_key().as_ref().to_vec();
-        let anchors = Anchors::start(db.clone(), stores.keys.clone(), seed, public_key.clone());
+        let keys: SharedAuditKeys = Arc::new(RwLock::new(Arc::new(keys)));
+        let anchors = Anchors::start(db.clone(), stores.keys.clone(), keys.clone());
         let chain = Arc::new(Chain {
-            signer,
+            keys,
             clock,
             anchors,
+            last_signed: Mutex::new(None),
+            stale: AtomicBool::new(false),
         });
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let writer_chain = chain.clone();
@@ -383,11 +510,7 @@ impl AuditLog {
                 }
             }
         });
-        Ok(AuditLog {
-            tx,
-            public_key,
-            chain,
-        })
+        Ok(AuditLog { tx, chain })
     }
 
     /// The chain, for appends inside another transaction.
@@ -443,7 +566,9 @@ impl AuditLog {
         use futures_util::TryStreamExt as _;
         let mut next_anchor = anchors.iter().peekable();
         let cps = repo::checkpoints(db).await.map_err(AuditError::Read)?;
-        let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
+        let keys = current(&self.chain.keys);
+        // The oldest key a checkpoint may still be signed by: keys only move forward.
+        let mut key_floor = 0usize;
         let mut next_cp = cps.iter().peekable();
         let mut expected_seq = 1i64;
         let mut prev = vec![0u8; 32];
@@ -470,10 +595,15 @@ impl AuditLog {
                 }
                 // Checkpoints at or before this entry: each must sign a hash the chain has.
                 while let Some(cp) = next_cp.next_if(|cp| cp.seq <= r.seq) {
-                    let signed = key
-                        .verify(&checkpoint_message(cp.seq, &cp.hash), &cp.signature)
-                        .is_ok();
-                    if !signed || cp.seq != r.seq || cp.hash != stored_hash {
+                    let signed = keys.signer_of(
+                        &checkpoint_message(cp.seq, &cp.hash),
+                        &cp.signature,
+                        key_floor,
+                    );
+                    if let Some(i) = signed {
+                        key_floor = i;
+                    }
+                    if signed.is_none() || cp.seq != r.seq || cp.hash != stored_hash {
                         problem = Some(AuditProblem::BadCheckpoint { seq: cp.seq });
                         break;
                     }

@@ -28,6 +28,14 @@ const FORMAT_V3: u8 = 3;
 /// row says.
 const FORMAT_V4: u8 = 4;
 const FORMAT_V5: u8 = 5;
+/// Format 6: the chain seed, then a flags byte saying whether a next blind-index key and a seal
+/// target follow, then the public keys of retired audit-signing keys at the end (oldest first).
+/// Written once the audit-signing key has been rotated; formats 1 to 5 are still read.
+const FORMAT_V6: u8 = 6;
+const FLAG_NEXT_INDEX: u8 = 1;
+const FLAG_TARGET: u8 = 2;
+/// Retired audit-signing keys kept: each old checkpoint needs its key to verify.
+const MAX_RETIRED_AUDIT_KEYS: usize = 4096;
 /// Domain string of a blind-index key's identifier (an HMAC of it under the key).
 const INDEX_KEY_ID: &[u8] = b"school-vault/blind-index-key-id/v1\0";
 const MAX_CATEGORIES: usize = 1024;
@@ -266,6 +274,10 @@ pub struct Keyring {
     chain_seed: Option<SecretKey>,
     /// Whom this generation is sealed to (`None`: a keyring saved before formats 4 and 5).
     sealed_to: Option<SealTarget>,
+    /// Public keys of the audit-signing keys `audit_seed` replaced, oldest first: checkpoints
+    /// signed before a rotation still verify, and no checkpoint signed by one is accepted after
+    /// one signed by a newer key.
+    retired_audit: Vec<[u8; 32]>,
 }
 
 /// Whom a keyring generation is sealed to, as the keyring itself records it (public values).
@@ -349,9 +361,14 @@ impl Keyring {
             audit_seed,
             Some(chain_seed),
             None,
+            Vec::new(),
         ))
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor of every field"
+    )]
     fn assemble(
         created: DateTime<Utc>,
         keks: BTreeMap<Category, BTreeMap<u32, KekEntry>>,
@@ -360,6 +377,7 @@ impl Keyring {
         audit_seed: SecretKey,
         chain_seed: Option<SecretKey>,
         sealed_to: Option<SealTarget>,
+        retired_audit: Vec<[u8; 32]>,
     ) -> Self {
         let blind_hmac = hmac::Key::new(hmac::HMAC_SHA256, blind_index.expose());
         let blind_next = blind_next.map(|k| {
@@ -375,6 +393,7 @@ impl Keyring {
             audit_seed,
             chain_seed,
             sealed_to,
+            retired_audit,
         }
     }
 
@@ -568,6 +587,33 @@ impl Keyring {
         self.audit_seed.expose()
     }
 
+    /// The public keys of the audit-signing keys this one replaced, oldest first.
+    pub(crate) fn retired_audit_keys(&self) -> &[[u8; 32]] {
+        &self.retired_audit
+    }
+
+    /// Replaces the audit-signing key with a fresh one; the old one's public key is kept so
+    /// the checkpoints it signed still verify. Needs the chain key, like an index rotation.
+    pub(crate) fn rotate_audit_key(&mut self) -> Result<(), KeyringError> {
+        if self.chain_seed.is_none() {
+            return Err(KeyringError::Seal(
+                "the keyring has no chain key yet: run `vaultctl keyring reseal` first".into(),
+            ));
+        }
+        if self.retired_audit.len() >= MAX_RETIRED_AUDIT_KEYS {
+            return Err(KeyringError::Seal(format!(
+                "the keyring already keeps {MAX_RETIRED_AUDIT_KEYS} retired audit keys"
+            )));
+        }
+        let old = ring::signature::Ed25519KeyPair::from_seed_unchecked(self.audit_seed.expose())
+            .map_err(|_| KeyringError::Corrupt("invalid audit signing key"))?;
+        let mut public = [0u8; 32];
+        public.copy_from_slice(ring::signature::KeyPair::public_key(&old).as_ref());
+        self.audit_seed = SecretKey::generate(&SystemRandom::new())?;
+        self.retired_audit.push(public);
+        Ok(())
+    }
+
     /// Every key in clear; see `Vault::test_hooks_key_material`.
     #[cfg(feature = "test-hooks")]
     pub(crate) fn raw_keys(&self) -> Vec<Vec<u8>> {
@@ -596,7 +642,9 @@ impl Keyring {
             .sealed_to
             .as_ref()
             .filter(|_| self.chain_seed.is_some());
+        let v6 = self.chain_seed.is_some() && !self.retired_audit.is_empty();
         out.push(match (&self.chain_seed, next, target) {
+            _ if v6 => FORMAT_V6,
             (Some(_), Some(_), Some(_)) => FORMAT_V5,
             (Some(_), None, Some(_)) => FORMAT_V4,
             (Some(_), Some(_), None) => FORMAT_V3,
@@ -608,6 +656,16 @@ impl Keyring {
         out.extend_from_slice(self.audit_seed.expose());
         if let Some(c) = &self.chain_seed {
             out.extend_from_slice(c.expose());
+        }
+        if v6 {
+            let mut flags = 0;
+            if next.is_some() {
+                flags |= FLAG_NEXT_INDEX;
+            }
+            if target.is_some() {
+                flags |= FLAG_TARGET;
+            }
+            out.push(flags);
         }
         if let Some((k, _)) = next {
             out.extend_from_slice(k.expose());
@@ -626,6 +684,12 @@ impl Keyring {
         if let Some(t) = target {
             encode_target(&mut out, t);
         }
+        if v6 {
+            out.extend_from_slice(&(self.retired_audit.len() as u16).to_be_bytes());
+            for k in &self.retired_audit {
+                out.extend_from_slice(k);
+            }
+        }
         out
     }
 
@@ -638,7 +702,7 @@ impl Keyring {
         let format = r.u8()?;
         if !matches!(
             format,
-            FORMAT_V1 | FORMAT_V2 | FORMAT_V3 | FORMAT_V4 | FORMAT_V5
+            FORMAT_V1 | FORMAT_V2 | FORMAT_V3 | FORMAT_V4 | FORMAT_V5 | FORMAT_V6
         ) {
             return Err(KeyringError::Corrupt("unknown keyring format version"));
         }
@@ -650,7 +714,17 @@ impl Keyring {
         } else {
             None
         };
-        let blind_next = if matches!(format, FORMAT_V3 | FORMAT_V5) {
+        let flags = if format == FORMAT_V6 {
+            let f = r.u8()?;
+            if f & !(FLAG_NEXT_INDEX | FLAG_TARGET) != 0 {
+                return Err(KeyringError::Corrupt("unknown keyring flags"));
+            }
+            f
+        } else {
+            0
+        };
+        let blind_next = if matches!(format, FORMAT_V3 | FORMAT_V5) || flags & FLAG_NEXT_INDEX != 0
+        {
             Some(r.key()?)
         } else {
             None
@@ -691,11 +765,23 @@ impl Keyring {
                 return Err(KeyringError::Corrupt("duplicate category"));
             }
         }
-        let sealed_to = if format >= FORMAT_V4 {
+        let sealed_to = if matches!(format, FORMAT_V4 | FORMAT_V5) || flags & FLAG_TARGET != 0 {
             Some(decode_target(&mut r)?)
         } else {
             None
         };
+        let mut retired_audit = Vec::new();
+        if format == FORMAT_V6 {
+            let n = usize::from(r.u16()?);
+            if n == 0 || n > MAX_RETIRED_AUDIT_KEYS {
+                return Err(KeyringError::Corrupt("bad count of retired audit keys"));
+            }
+            for _ in 0..n {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(r.take(32)?);
+                retired_audit.push(k);
+            }
+        }
         if !r.0.is_empty() {
             return Err(KeyringError::Corrupt("trailing bytes after the keyring"));
         }
@@ -707,6 +793,7 @@ impl Keyring {
             audit_seed,
             chain_seed,
             sealed_to,
+            retired_audit,
         ))
     }
 
@@ -1021,6 +1108,45 @@ mod tests {
         // Damage to a format-3 keyring is refused like any other.
         for cut in 0..v3.len() {
             assert!(Keyring::decode(&v3[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    /// Format 6 keeps the public keys of the audit keys a rotation replaced, with or without a
+    /// next blind-index key and a seal target, and refuses any damage.
+    #[test]
+    fn format_6_keeps_retired_audit_keys() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let (_, r1) = Unlock::generate_identity();
+        for (index, target) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut kr = Keyring::generate(&cats(), now).unwrap();
+            if target {
+                kr.set_sealed_to(&SealTo::Recipients(vec![r1.clone()]));
+            }
+            if index {
+                kr.begin_index_rotation().unwrap();
+            }
+            let first = *kr.audit_seed();
+            kr.rotate_audit_key().unwrap();
+            kr.rotate_audit_key().unwrap();
+            assert_ne!(*kr.audit_seed(), first);
+            let v6 = kr.encode();
+            assert_eq!(v6[MAGIC.len()], FORMAT_V6);
+            let back = Keyring::decode(&v6).unwrap();
+            assert_eq!(back.retired_audit_keys().len(), 2);
+            let old = ring::signature::Ed25519KeyPair::from_seed_unchecked(&first).unwrap();
+            assert_eq!(
+                back.retired_audit_keys()[0],
+                ring::signature::KeyPair::public_key(&old).as_ref()
+            );
+            assert_eq!(back.index_rotation_pending(), index);
+            assert_eq!(back.sealed_to().is_some(), target);
+            assert_eq!(*back.encode(), *v6);
+            for cut in 0..v6.len() {
+                assert!(Keyring::decode(&v6[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut extra = v6.to_vec();
+            extra.push(0);
+            assert!(Keyring::decode(&extra).is_err());
         }
     }
 

@@ -367,6 +367,13 @@ impl Vault {
 
     /// Installs `k` unless a newer generation is already installed; answers whether it was.
     fn install(&self, k: Keyring, tip: Tip) -> bool {
+        let audit_keys = match crate::audit::AuditKeys::of(&k) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "a keyring with an unusable audit key is not installed");
+                return false;
+            }
+        };
         let mut g = match self.keyring.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -381,6 +388,8 @@ impl Vault {
         self.generation.store(tip.generation, Ordering::Release);
         *t = tip;
         *g = Arc::new(k);
+        // Still under the keyring's lock: no later keyring's audit key is replaced by this one.
+        self.audit().chain().use_keys(audit_keys);
         true
     }
 
@@ -598,6 +607,30 @@ impl Vault {
         )
         .await?;
         Ok(v)
+    }
+
+    /// Replaces the audit-signing key. Checkpoints signed before stay verifiable (the old public
+    /// key stays in the keyring); from the rotation's own entry on, every checkpoint is signed by
+    /// the new key and none by the old one is accepted, so a custodian who left with the old key
+    /// cannot sign new history. Answers how many retired audit keys the keyring now keeps.
+    pub async fn rotate_audit_key(
+        &self,
+        passphrase: Option<Passphrase>,
+    ) -> Result<usize, VaultError> {
+        self.refresh_keyring().await?;
+        let to = self.reseal_target(passphrase).await?;
+        let mut k = self.keyring().duplicate()?;
+        k.rotate_audit_key()?;
+        let retired = k.retired_audit_keys().len();
+        self.store_keyring(k, &to).await?;
+        // The first checkpoint under the new key: from here on the old key signs nothing.
+        self.key_event(
+            "key.rotate_audit",
+            Vec::new(),
+            format!("audit-signing key rotated; {retired} retired audit keys kept to verify older checkpoints"),
+        )
+        .await?;
+        Ok(retired)
     }
 
     /// DEKs still wrapped under an older version than their category's newest.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 
-use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, AuditReport, Outcome};
+use crate::audit::{
+    AuditError, AuditEvent, AuditKeys, AuditLog, AuditRecord, AuditReport, Outcome,
+};
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -333,7 +335,7 @@ impl Vault {
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
-        let audit = AuditLog::start(&stores, keyring.audit_seed(), clock.clone())?;
+        let audit = AuditLog::start(&stores, AuditKeys::of(&keyring)?, clock.clone())?;
         let writer = RecordWriter::start(stores.clone(), audit.chain());
         let vault = Vault {
             policy,

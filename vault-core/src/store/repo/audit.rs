@@ -119,6 +119,15 @@ pub(crate) async fn insert_checkpoint(
     Ok(())
 }
 
+/// The newest checkpoint, read under the chain's lock (whose key signed it tells a process
+/// whether another has rotated the audit key since).
+pub(crate) async fn latest_checkpoint(txn: &Txn) -> Result<Option<Checkpoint>, DbErr> {
+    audit_checkpoint::Entity::find()
+        .order_by_desc(audit_checkpoint::Column::Seq)
+        .one(txn)
+        .await
+}
+
 /// Every checkpoint, in order.
 pub(crate) async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, DbErr> {
     audit_checkpoint::Entity::find()
