@@ -56,6 +56,10 @@ enum Command {
 impl Cli {
     /// Runs the command; what it prints goes to `out`, written out by `main` when it ends.
     pub async fn run(self, out: &mut String) -> Result<()> {
+        // Checking a proof needs the audit public key alone: no policies, stores or keyring.
+        if let Command::Audit(audit::Cmd::CheckProof(args)) = self.command {
+            return audit::check_proof(args, out);
+        }
         let ctx = Ctx::new(self.global).await?;
         match self.command {
             Command::Catalog(cmd) => catalog::run(cmd, &ctx, out),

@@ -1526,6 +1526,7 @@ async fn vaultctl_on_another_schools_subject_answers_as_for_a_random_id(backend:
                 "court case 2-118/2026",
             ]),
             owned(&["audit", "log", "--subject", sid]),
+            owned(&["audit", "prove", "--subject", sid]),
         ]
     };
     for (a, b) in commands(&victim).iter().zip(commands(random)) {

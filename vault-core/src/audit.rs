@@ -198,6 +198,14 @@ pub enum AuditError {
     Closed,
     #[error("the audit log could not be read")]
     Read(#[source] DbErr),
+    #[error("the audit log was tampered with: {0}; no proof is made over it")]
+    Tampered(AuditProblem),
+    #[error(transparent)]
+    Proof(#[from] crate::tlog::ProofError),
+    #[error(
+        "the log no longer extends the checkpoint of {size} entries given with --since: entries it covers were changed or removed"
+    )]
+    Rewritten { size: u64 },
 }
 
 struct Pending {
@@ -233,6 +241,17 @@ impl AuditKeys {
     /// The current public key.
     pub(crate) fn public(&self) -> &[u8] {
         &self.public
+    }
+
+    /// The C2SP note keys of every audit key, oldest first, under the log's name (fixed by the
+    /// first key).
+    pub(crate) fn note_keys(&self) -> Vec<crate::tlog::NoteKey> {
+        let first = self.known().next().unwrap_or(&self.public);
+        let name = crate::tlog::origin(first);
+        self.known()
+            .filter_map(|k| <[u8; 32]>::try_from(k).ok())
+            .map(|k| crate::tlog::NoteKey::of(&name, k))
+            .collect()
     }
 
     /// Every key, oldest first; the current one last.
@@ -391,6 +410,11 @@ impl Chain {
             );
         }
         Ok(false)
+    }
+
+    /// The keys this process signs and verifies with.
+    pub(crate) fn keys(&self) -> Arc<AuditKeys> {
+        current(&self.keys)
     }
 
     /// Signs with `keys` from now on (a keyring whose audit key was rotated was loaded).
@@ -668,6 +692,32 @@ impl AuditLog {
             checkpoints,
             problem,
         })
+    }
+
+    /// The leaf hash of every entry, in order, and the entries about `subject`: the tree a
+    /// proof is made from. Fails if the entries are not numbered 1, 2, 3...
+    pub(crate) async fn leaves(
+        db: &Db,
+        subject: SubjectId,
+    ) -> Result<(Vec<crate::merkle::Hash>, Vec<AuditRecord>), AuditError> {
+        use futures_util::TryStreamExt as _;
+        let subject = subject.to_string();
+        let mut leaves = Vec::new();
+        let mut theirs = Vec::new();
+        let rows = repo::stream(db).await.map_err(AuditError::Read)?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some((r, _, _)) = rows.try_next().await.map_err(AuditError::Read)? {
+            if r.seq != leaves.len() as i64 + 1 {
+                return Err(AuditError::Tampered(AuditProblem::Missing {
+                    seq: leaves.len() as i64 + 1,
+                }));
+            }
+            leaves.push(crate::tlog::entry_leaf(&r));
+            if r.subject.as_deref() == Some(subject.as_str()) {
+                theirs.push(r);
+            }
+        }
+        Ok((leaves, theirs))
     }
 
     /// Every entry about a subject, oldest first: the subject's access history.

@@ -35,6 +35,7 @@ mod envelope;
 mod keychain;
 mod keyring;
 mod keys;
+mod merkle;
 mod policy;
 mod quorum;
 mod reindex;
@@ -42,6 +43,7 @@ mod reports;
 mod retention;
 mod session;
 mod store;
+mod tlog;
 mod transfer;
 mod value;
 mod vault;
@@ -91,6 +93,10 @@ pub use retention::{
 };
 pub use session::Session;
 pub use store::{StoreConfig, StoreError, Stores, redact_url};
+pub use tlog::{
+    AuditProof, Checkpoint, ConsistencyProof, NoteKey, PROOF_FORMAT, ProofCheck, ProofError,
+    ProvenEntry, check_audit_proof,
+};
 pub use transfer::{
     Country, Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision,
     TransferRequest,

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::access::{Principal, PrincipalId};
-use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, Outcome};
 use crate::domain::Purpose;
 use crate::domain::{Category, SchoolId, SubjectId};
+use crate::merkle::Tree;
 use crate::policy::{Action, Decision, Role, Scope};
 use crate::store::repo::{audit, principals};
+use crate::tlog::{AuditProof, Checkpoint, NoteKey, PROOF_FORMAT, ProvenEntry};
 use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// One person or app with access, for the list the law asks the operator to keep. Its id, name
@@ -142,6 +144,66 @@ impl Vault {
             self.audit().append(vec![ev]).await?;
         }
         Ok(entries)
+    }
+
+    /// A subject's entries with inclusion proofs under a checkpoint of the whole log signed now
+    /// and, with `since` (an older signed checkpoint), the proof that the log extends it.
+    /// Decided and recorded like a read of the subject's history; refused over a log that does
+    /// not verify, and over one that no longer extends `since`.
+    pub(crate) async fn audit_proof_as(
+        &self,
+        p: &Principal,
+        subject: SubjectId,
+        since: Option<&str>,
+    ) -> Result<AuditProof, VaultError> {
+        let keys = self.audit().chain().keys();
+        let note_keys = keys.note_keys();
+        let pinned = since
+            .map(|s| Checkpoint::open(s, &note_keys).map(|(c, _)| c))
+            .transpose()
+            .map_err(AuditError::from)?;
+        self.history_read_as(p, subject).await?;
+        if let Some(problem) = self.verify_audit().await?.problem {
+            return Err(AuditError::Tampered(problem).into());
+        }
+        let (leaves, theirs) = AuditLog::leaves(&self.stores().data, subject).await?;
+        let tree = Tree::new(leaves);
+        let Some(key) = note_keys.last() else {
+            return Err(VaultError::Invalid("the keyring holds no audit key".into()));
+        };
+        let head = Checkpoint {
+            origin: key.name().to_owned(),
+            size: tree.size(),
+            root: tree.root_at(tree.size()),
+        };
+        let consistency = match (since, pinned) {
+            (Some(text), Some(old)) => {
+                if old.size > tree.size() || tree.root_at(old.size) != old.root {
+                    return Err(AuditError::Rewritten { size: old.size }.into());
+                }
+                Some(AuditProof::consistency_of(
+                    text,
+                    &tree.consistency(old.size),
+                ))
+            }
+            _ => None,
+        };
+        let entries = theirs
+            .iter()
+            .map(|r| ProvenEntry::of(r, &tree.inclusion((r.seq - 1) as u64)))
+            .collect();
+        Ok(AuditProof {
+            format: PROOF_FORMAT.to_owned(),
+            checkpoint: head.sign(key, keys.signer()),
+            entries,
+            consistency,
+        })
+    }
+
+    /// The audit public keys, oldest first, as C2SP note verifier keys: what an outside auditor
+    /// needs to check a proof. Public, so no decision.
+    pub fn audit_public_keys(&self) -> Vec<NoteKey> {
+        self.audit().chain().keys().note_keys()
     }
 
     /// Every subject whose data `principal` touched in [since, until), with categories, times and

@@ -325,6 +325,18 @@ impl<'v> Session<'v> {
         self.vault.audit_log_as(&self.principal, f).await
     }
 
+    /// The subject's audit entries with inclusion proofs under a newly signed checkpoint, and
+    /// with `since` (an older checkpoint) the proof that the log extends it.
+    pub async fn audit_proof(
+        &self,
+        subject: SubjectId,
+        since: Option<&str>,
+    ) -> Result<crate::tlog::AuditProof, VaultError> {
+        self.vault
+            .audit_proof_as(&self.principal, subject, since)
+            .await
+    }
+
     // ----- principals ---------------------------------------------------------------------------
 
     /// Creates a principal with roles, if this principal administers principals in every
