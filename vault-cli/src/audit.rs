@@ -81,10 +81,13 @@ pub enum Cmd {
 pub struct CheckProofArgs {
     /// The proof (JSON) written by `vaultctl audit prove`.
     proof: std::path::PathBuf,
-    /// A file of note verifier keys, one per line, as `vaultctl audit public-key` prints them.
+    /// A file of note verifier keys, one per line, oldest first, as `vaultctl audit public-key`
+    /// prints them: the proof's checkpoint must be signed by the last (a retired key signs
+    /// nothing new); an older kept checkpoint by any.
     #[arg(long, required_unless_present = "public_key")]
     public_key_file: Option<std::path::PathBuf>,
-    /// A note verifier key (name+keyid+base64); may be given more than once.
+    /// A note verifier key (name+keyid+base64); may be given more than once, oldest first,
+    /// after those of --public-key-file.
     #[arg(long)]
     public_key: Vec<String>,
     /// Your own copy of an older checkpoint: the proof must show the log extends it.
@@ -130,16 +133,24 @@ pub fn check_proof(a: CheckProofArgs, out: &mut String) -> Result<()> {
         .context("the proof does not hold")?;
     outln!(
         out,
-        "proof holds: {} entries included in the tree of {} entries of {}",
+        "proof holds: {} entries of subject {} included in the tree of {} entries of {}",
         c.entries,
+        c.subject.as_deref().unwrap_or("-"),
         c.size,
         c.origin
     );
     if let Some(old) = c.extends {
-        outln!(
-            out,
-            "the tree extends the checkpoint of {old} entries: nothing it covers was changed or removed"
-        );
+        if since.is_some() {
+            outln!(
+                out,
+                "the tree extends your checkpoint of {old} entries: nothing it covers was changed or removed"
+            );
+        } else {
+            outln!(
+                out,
+                "the tree extends the proof's own checkpoint of {old} entries (not yours: give --since with the copy you kept)"
+            );
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use vault_tests::{Backend, TestStores, TestVault, on_both_backends};
 
 on_both_backends!(a_proof_checks_with_the_public_key_alone_and_fails_when_one_byte_changes);
 on_both_backends!(a_log_edited_behind_the_vaults_back_gets_no_proof);
+on_both_backends!(after_a_rotation_only_the_new_key_signs_a_proof_and_old_checkpoints_still_count);
 
 fn vaultctl(stores: &TestStores, identity: &Path, token: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vaultctl"));
@@ -112,6 +113,38 @@ struct Setup {
 async fn setup(backend: Backend) -> Setup {
     let t = TestVault::new(backend).await;
     let subject = vault_tests::new_subject(&t.vault, SubjectKind::Student).await;
+    // A record, so the subject's entries carry categories (part of each leaf).
+    let fields: std::collections::BTreeMap<_, _> = [(
+        vault_core::FieldName::parse("full_name").unwrap(),
+        vault_core::FieldValue::text("Dana"),
+    )]
+    .into_iter()
+    .collect();
+    let rec = t
+        .vault
+        .write_record(
+            subject,
+            &vault_core::RecordType::parse("student").unwrap(),
+            &fields,
+        )
+        .await
+        .unwrap();
+    let (nurse, _) = t
+        .vault
+        .create_principal(
+            "Nurse",
+            &[(
+                Scope::School(vault_core::SchoolId::parse("school-1").unwrap()),
+                Role::Nurse,
+            )],
+        )
+        .await
+        .unwrap();
+    t.vault
+        .session(nurse)
+        .read_record(rec.id, &vault_core::Purpose::parse("education").unwrap())
+        .await
+        .unwrap();
     let (_, tok) = t
         .vault
         .create_principal("Auditor", &[(Scope::Network, Role::Auditor)])
@@ -201,6 +234,14 @@ async fn a_proof_checks_with_the_public_key_alone_and_fails_when_one_byte_change
     for e in first["entries"].as_array().unwrap() {
         assert_eq!(e["subject"].as_str(), Some(s.subject.as_str()));
     }
+    assert!(
+        first["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| !e["categories"].as_array().unwrap().is_empty()),
+        "no entry with categories: the two checkers' leaf encodings are not compared on them"
+    );
 
     // Later: more entries, and a proof that the log extends the kept checkpoint.
     s.events(5).await;
@@ -220,7 +261,7 @@ async fn a_proof_checks_with_the_public_key_alone_and_fails_when_one_byte_change
         "{out}"
     );
     assert!(
-        out.contains(&format!("extends the checkpoint of {old_size} entries")),
+        out.contains(&format!("extends your checkpoint of {old_size} entries")),
         "{out}"
     );
 
@@ -237,6 +278,29 @@ async fn a_proof_checks_with_the_public_key_alone_and_fails_when_one_byte_change
         v["entries"][n1]["reason"] = Value::String("nothing happened".into())
     });
     refused(d, &bad, &s.vkey, None, "is not in the signed tree");
+    // Categories moved between list items: a different leaf.
+    edit(&p2, &bad, |v| {
+        let e = v["entries"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|e| !e["categories"].as_array().unwrap().is_empty())
+            .unwrap();
+        let joined: Vec<String> = e["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        e["categories"] = serde_json::json!([format!("{},", joined.join(","))]);
+    });
+    refused(d, &bad, &s.vkey, None, "is not in the signed tree");
+    // Entries repeated or out of order.
+    edit(&p2, &bad, |v| {
+        let e = v["entries"][0].clone();
+        v["entries"].as_array_mut().unwrap().push(e);
+    });
+    refused(d, &bad, &s.vkey, None, "increasing order");
     // One flipped bit of an inclusion proof, of the consistency proof.
     edit(&p2, &bad, |v| flip(&mut v["entries"][0]["inclusion"][0]));
     refused(d, &bad, &s.vkey, None, "is not in the signed tree");
@@ -302,4 +366,65 @@ async fn a_log_edited_behind_the_vaults_back_gets_no_proof(backend: Backend) {
         "{err}"
     );
     assert!(!s.dir.join("p2.json").exists());
+}
+
+async fn after_a_rotation_only_the_new_key_signs_a_proof_and_old_checkpoints_still_count(
+    backend: Backend,
+) {
+    let s = setup(backend).await;
+    let auditor_dir = tempfile::tempdir().unwrap();
+    let d = auditor_dir.path();
+    s.events(2).await;
+    let (p1, kept) = (s.dir.join("p1.json"), s.dir.join("kept.checkpoint"));
+    ok(s.prove(&p1, &kept, None), "prove");
+    holds(d, &p1, &s.vkey, None);
+    ok(
+        vaultctl(
+            &s.t.stores,
+            &s.t.identity,
+            &s.token,
+            &["keyring", "rotate-audit-key"],
+        ),
+        "rotate-audit-key",
+    );
+    let keys = ok(
+        vaultctl(
+            &s.t.stores,
+            &s.t.identity,
+            &s.token,
+            &["audit", "public-key"],
+        ),
+        "public-key",
+    );
+    let lines: Vec<&str> = keys.lines().collect();
+    assert_eq!(lines.len(), 2, "{keys}");
+    let old = std::fs::read_to_string(&s.vkey).unwrap();
+    assert_eq!(lines[0], old.trim(), "the retired key is listed first");
+    let both = s.dir.join("both.vkey");
+    std::fs::write(&both, &keys).unwrap();
+    // A checkpoint signed by the retired key is nothing new: refused under the new list, as a
+    // checkpoint that someone who left with the old key signs today would be.
+    refused(
+        d,
+        &p1,
+        &both,
+        None,
+        "not signed by any of the given audit keys",
+    );
+    // The kept checkpoint, under the old key, still counts as the start of a consistency proof.
+    let (p2, kept2) = (s.dir.join("p2.json"), s.dir.join("kept2.checkpoint"));
+    ok(
+        s.prove(&p2, &kept2, Some(&kept)),
+        "prove --since after the rotation",
+    );
+    let out = holds(d, &p2, &both, Some(&kept));
+    assert!(out.contains("extends your checkpoint"), "{out}");
+    // With only the old key, the new proof does not hold.
+    refused(
+        d,
+        &p2,
+        &s.vkey,
+        Some(&kept),
+        "not signed by any of the given audit keys",
+    );
 }

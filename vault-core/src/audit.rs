@@ -694,28 +694,60 @@ impl AuditLog {
         })
     }
 
-    /// The leaf hash of every entry, in order, and the entries about `subject`: the tree a
-    /// proof is made from. Fails if the entries are not numbered 1, 2, 3...
+    /// The leaf hash of every entry up to the newest signed checkpoint, in order, and the
+    /// entries about `subject` among them: the tree a proof is made from. The same pass checks
+    /// the chain of those entries against that checkpoint, signed by the current audit key, so
+    /// no entry the key did not sign (rows added after it, or edited since `verify` read them)
+    /// reaches a proof.
     pub(crate) async fn leaves(
         db: &Db,
+        keys: &AuditKeys,
         subject: SubjectId,
     ) -> Result<(Vec<crate::merkle::Hash>, Vec<AuditRecord>), AuditError> {
         use futures_util::TryStreamExt as _;
+        let Some(cp) = repo::newest_checkpoint(db)
+            .await
+            .map_err(AuditError::Read)?
+        else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        // Which key: `verify`, just before, checked that keys only move forward.
+        let signed = keys.signer_of(&checkpoint_message(cp.seq, &cp.hash), &cp.signature, 0);
+        if signed.is_none() {
+            return Err(AuditError::Tampered(AuditProblem::BadCheckpoint {
+                seq: cp.seq,
+            }));
+        }
         let subject = subject.to_string();
         let mut leaves = Vec::new();
         let mut theirs = Vec::new();
+        let mut prev = vec![0u8; 32];
         let rows = repo::stream(db).await.map_err(AuditError::Read)?;
         let mut rows = std::pin::pin!(rows);
-        while let Some((r, _, _)) = rows.try_next().await.map_err(AuditError::Read)? {
-            if r.seq != leaves.len() as i64 + 1 {
-                return Err(AuditError::Tampered(AuditProblem::Missing {
-                    seq: leaves.len() as i64 + 1,
-                }));
+        while let Some((r, stored_prev, stored_hash)) =
+            rows.try_next().await.map_err(AuditError::Read)?
+        {
+            if r.seq > cp.seq {
+                break;
             }
+            let seq = leaves.len() as i64 + 1;
+            if r.seq != seq {
+                return Err(AuditError::Tampered(AuditProblem::Missing { seq }));
+            }
+            if stored_prev != prev || entry_hash(&prev, &r) != stored_hash {
+                return Err(AuditError::Tampered(AuditProblem::Altered { seq }));
+            }
+            prev = stored_hash;
             leaves.push(crate::tlog::entry_leaf(&r));
             if r.subject.as_deref() == Some(subject.as_str()) {
                 theirs.push(r);
             }
+        }
+        if leaves.len() as i64 != cp.seq || prev != cp.hash {
+            return Err(AuditError::Tampered(AuditProblem::Truncated {
+                last: leaves.len() as i64,
+                expected: cp.seq,
+            }));
         }
         Ok((leaves, theirs))
     }

@@ -165,7 +165,8 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 
 /// Whether `proof` shows that the tree of `old` leaves with head `old_root` is a prefix of the
 /// tree of `new` leaves with head `new_root` (RFC 9162 §2.1.4.2). Every tree extends the empty
-/// one; a tree is consistent with itself when the heads are equal and the proof empty.
+/// one (whose head is SHA-256 of nothing); a tree is consistent with itself when the heads are
+/// equal and the proof empty.
 pub fn verify_consistency(
     old: u64,
     new: u64,
@@ -177,7 +178,7 @@ pub fn verify_consistency(
         return false;
     }
     if old == 0 {
-        return proof.is_empty();
+        return proof.is_empty() && *old_root == sha256(&[]);
     }
     if old == new {
         return proof.is_empty() && old_root == new_root;

@@ -166,7 +166,7 @@ impl Vault {
         if let Some(problem) = self.verify_audit().await?.problem {
             return Err(AuditError::Tampered(problem).into());
         }
-        let (leaves, theirs) = AuditLog::leaves(&self.stores().data, subject).await?;
+        let (leaves, theirs) = AuditLog::leaves(&self.stores().data, &keys, subject).await?;
         let tree = Tree::new(leaves);
         let Some(key) = note_keys.last() else {
             return Err(VaultError::Invalid("the keyring holds no audit key".into()));

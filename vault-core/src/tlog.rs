@@ -86,7 +86,10 @@ pub(crate) fn leaf_bytes(r: &AuditRecord) -> Vec<u8> {
     put_opt(&mut b, r.school.as_deref());
     put_opt(&mut b, r.subject.as_deref());
     put_opt(&mut b, r.record.as_deref());
-    put(&mut b, r.categories.join(",").as_bytes());
+    b.extend_from_slice(&(r.categories.len() as u32).to_be_bytes());
+    for c in &r.categories {
+        put(&mut b, c.as_bytes());
+    }
     put_opt(&mut b, r.purpose.as_deref());
     put(&mut b, r.outcome.as_bytes());
     put_opt(&mut b, r.reason.as_deref());
@@ -221,7 +224,8 @@ impl Checkpoint {
         note: &str,
         keys: &'k [NoteKey],
     ) -> Result<(Checkpoint, &'k NoteKey), ProofError> {
-        let Some(split) = note.find("\n\n") else {
+        // As Go's note.Open: the signatures follow the last blank line.
+        let Some(split) = note.rfind("\n\n") else {
             return Err(malformed(
                 "the checkpoint has no blank line before its signatures",
             ));
@@ -234,7 +238,11 @@ impl Checkpoint {
             .ok_or_else(|| malformed("the checkpoint has no origin line"))?;
         let size = lines
             .next()
-            .filter(|s| !s.is_empty() && (s == &"0" || !s.starts_with('0')))
+            .filter(|s| {
+                !s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && (s == &"0" || !s.starts_with('0'))
+            })
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or_else(|| malformed("the checkpoint's second line is not a tree size"))?;
         let root = lines
@@ -245,8 +253,18 @@ impl Checkpoint {
         if !sigs.ends_with('\n') {
             return Err(malformed("the checkpoint's last line does not end"));
         }
+        if note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(malformed("the checkpoint holds control characters"));
+        }
+        let sig_lines: Vec<&str> = sigs.split_terminator('\n').collect();
+        if sig_lines.is_empty() || sig_lines.len() > MAX_SIGNATURES {
+            return Err(malformed(format!(
+                "the checkpoint has {} signature lines: between 1 and {MAX_SIGNATURES}",
+                sig_lines.len()
+            )));
+        }
         let mut signer = None;
-        for line in sigs.lines().take(MAX_SIGNATURES) {
+        for line in sig_lines {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
                 return Err(malformed(
                     "a signature line of the checkpoint does not start with an em dash",
@@ -260,12 +278,14 @@ impl Checkpoint {
             let Ok(sig) = B64.decode(sig) else {
                 return Err(malformed("a signature of the checkpoint is not base64"));
             };
-            if sig.len() < 4 {
-                return Err(malformed("a signature of the checkpoint is too short"));
+            if sig.len() < 5 || !valid_name(name) {
+                return Err(malformed("a signature line of the checkpoint is malformed"));
             }
-            if let Some(k) = keys.iter().find(|k| k.name == name && k.id[..] == sig[..4])
-                && k.verifies(body.as_bytes(), &sig[4..])
-            {
+            if let Some(k) = keys.iter().find(|k| k.name == name && k.id[..] == sig[..4]) {
+                // A known key whose signature does not verify: the note was changed.
+                if !k.verifies(body.as_bytes(), &sig[4..]) {
+                    return Err(ProofError::NotSigned);
+                }
                 signer = Some(k);
             }
         }
@@ -391,14 +411,19 @@ impl AuditProof {
 pub struct ProofCheck {
     pub origin: String,
     pub size: u64,
+    /// The subject the entries are about (none when there are none).
+    pub subject: Option<String>,
     pub entries: usize,
     /// The size of the older checkpoint the tree was shown to extend.
     pub extends: Option<u64>,
 }
 
-/// Checks a proof bundle with the audit public keys alone: the checkpoint's signature, each
-/// entry's inclusion, and the consistency proof. `since`, the auditor's own copy of an older
-/// checkpoint, must be the one the consistency proof starts from.
+/// Checks a proof bundle with the audit public keys alone (oldest first, as `vaultctl audit
+/// public-key` prints them): the checkpoint's signature by the newest key (a retired key signs
+/// nothing new), each entry's inclusion, entries in increasing order and of one subject, and the
+/// consistency proof, whose older checkpoint may be under any of the keys. `since`, the
+/// auditor's own copy of an older checkpoint, must be the one the consistency proof starts
+/// from.
 pub fn check_audit_proof(
     proof: &AuditProof,
     keys: &[NoteKey],
@@ -410,8 +435,24 @@ pub fn check_audit_proof(
             proof.format
         )));
     }
-    let (cp, key) = Checkpoint::open(&proof.checkpoint, keys)?;
+    let newest = keys.len().saturating_sub(1);
+    let (cp, key) = Checkpoint::open(&proof.checkpoint, &keys[newest..])?;
+    let mut last = 0i64;
+    let subject = proof.entries.first().and_then(|e| e.subject.clone());
     for e in &proof.entries {
+        if e.seq <= last {
+            return Err(malformed(format!(
+                "entry {} follows entry {last}: entries must be in increasing order, each once",
+                e.seq
+            )));
+        }
+        last = e.seq;
+        if e.subject.is_none() || e.subject != subject {
+            return Err(malformed(format!(
+                "entry {} is not about the proof's subject",
+                e.seq
+            )));
+        }
         let r = e.record()?;
         let path = hashes(&e.inclusion, &format!("entry {}", e.seq))?;
         if r.seq < 1
@@ -458,6 +499,7 @@ pub fn check_audit_proof(
     Ok(ProofCheck {
         origin: cp.origin,
         size: cp.size,
+        subject,
         entries: proof.entries.len(),
         extends,
     })
@@ -498,6 +540,33 @@ mod tests {
             Checkpoint::open(&note, &[other]).unwrap_err(),
             ProofError::NotSigned
         );
+        // Sizes only in plain decimal; a known key's bad signature rejects the note even
+        // when another line verifies; a missing signature line is malformed.
+        for bad in [
+            note.replacen("\n42\n", "\n+42\n", 1),
+            note.replacen("\n42\n", "\n042\n", 1),
+        ] {
+            assert!(matches!(
+                Checkpoint::open(&bad, &keys),
+                Err(ProofError::Malformed(_))
+            ));
+        }
+        let sig_line = &note[note.rfind("\n\n").unwrap() + 2..];
+        let mut forged = sig_line.to_owned();
+        let at = forged.len() - 4;
+        forged.replace_range(
+            at..at + 1,
+            if &forged[at..at + 1] == "A" { "B" } else { "A" },
+        );
+        let doubled = format!("{note}{forged}");
+        assert_eq!(
+            Checkpoint::open(&doubled, &keys).unwrap_err(),
+            ProofError::NotSigned
+        );
+        assert!(matches!(
+            Checkpoint::open(&note.replace(sig_line, ""), &keys),
+            Err(ProofError::Malformed(_))
+        ));
         // One changed digit of the size breaks the signature.
         let edited = note.replacen("\n42\n", "\n43\n", 1);
         assert_eq!(

@@ -122,9 +122,16 @@ pub(crate) async fn insert_checkpoint(
 /// The newest checkpoint, read under the chain's lock (whose key signed it tells a process
 /// whether another has rotated the audit key since).
 pub(crate) async fn latest_checkpoint(txn: &Txn) -> Result<Option<Checkpoint>, DbErr> {
+    newest_checkpoint(txn).await
+}
+
+/// The newest checkpoint, outside the chain's lock (the head of an audit proof).
+pub(crate) async fn newest_checkpoint<C: sea_orm::ConnectionTrait>(
+    c: &C,
+) -> Result<Option<Checkpoint>, DbErr> {
     audit_checkpoint::Entity::find()
         .order_by_desc(audit_checkpoint::Column::Seq)
-        .one(txn)
+        .one(c)
         .await
 }
 
