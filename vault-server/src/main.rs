@@ -447,6 +447,8 @@ async fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; a file, a pipe or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if let Err(e) = run(args).await {

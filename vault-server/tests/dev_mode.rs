@@ -55,6 +55,11 @@ fn dev_server_starts_and_answers() {
     assert_eq!(server.get("/readyz"), (200, r#"{"status":"ready"}"#.into()));
     let log = server.stop();
     assert!(log.contains("DEV MODE: made a new keyring"), "{log}");
+    // Written to a pipe, as to a file or a log shipper: no ANSI colour codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log:?}"
+    );
     // The shipped policy was due for review in July 2025: the server says so at every start.
     assert!(
         log.contains("review is overdue") && log.contains("2025-07"),
