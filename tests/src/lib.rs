@@ -151,6 +151,32 @@ impl TestStores {
         Stores::open(&self.config).await.unwrap()
     }
 
+    /// `vaultctl` (the binary at `bin`) on these stores with the repository's policies, and
+    /// none of the VAULT_* settings of the environment the tests run in.
+    pub fn vaultctl(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.arg("--policies").arg(repo_root().join("policies"));
+        match self.backend {
+            Backend::Sqlite => {
+                c.arg("--data-dir").arg(self.dir.path().join("data"));
+            }
+            Backend::Postgres => {
+                c.arg("--data-url").arg(&self.config.data_url);
+                c.arg("--keys-url").arg(&self.config.keys_url);
+            }
+        }
+        for v in [
+            "VAULT_IDENTITY",
+            "VAULT_PASSPHRASE_FILE",
+            "VAULT_TOKEN",
+            "VAULT_TOKEN_FILE",
+            "VAULT_AUDIT_WITNESS",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    }
+
     /// A raw connection to the data store, for tampering behind the vault's back.
     pub async fn raw_data(&self) -> DatabaseConnection {
         Database::connect(&self.config.data_url).await.unwrap()

@@ -157,6 +157,7 @@ pub fn check_proof(a: CheckProofArgs, out: &mut String) -> Result<()> {
 
 pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
     match cmd {
+        // `Cli::run` answers it before loading the policies; here for a whole match.
         Cmd::CheckProof(a) => return check_proof(a, out),
         Cmd::PublicKey => {
             let vault = ctx.vault().await?;

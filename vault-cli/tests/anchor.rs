@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use vault_core::AnchorOptions;
 use vault_tests::audit_edit::{anchored_seq, copy_anchor, cut_after, max_seq, put_anchor_back};
@@ -13,23 +13,8 @@ use vault_tests::{Backend, TestStores, TestVault, on_both_backends};
 on_both_backends!(vaultctl_names_a_cut_tail_with_exit_1);
 
 fn vaultctl(stores: &TestStores, identity: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaultctl"));
-    c.arg("--policies")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"));
-    match stores.backend {
-        Backend::Sqlite => {
-            c.arg("--data-dir").arg(stores.dir.path().join("data"));
-        }
-        Backend::Postgres => {
-            c.arg("--data-url").arg(&stores.config.data_url);
-            c.arg("--keys-url").arg(&stores.config.keys_url);
-        }
-    }
-    let o = c
-        .env_remove("VAULT_IDENTITY")
-        .env_remove("VAULT_TOKEN")
-        .env_remove("VAULT_TOKEN_FILE")
-        .env_remove("VAULT_AUDIT_WITNESS")
+    let o = stores
+        .vaultctl(env!("CARGO_BIN_EXE_vaultctl"))
         .args(args)
         .arg("--identity")
         .arg(identity)

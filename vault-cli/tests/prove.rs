@@ -18,22 +18,8 @@ on_both_backends!(a_log_edited_behind_the_vaults_back_gets_no_proof);
 on_both_backends!(after_a_rotation_only_the_new_key_signs_a_proof_and_old_checkpoints_still_count);
 
 fn vaultctl(stores: &TestStores, identity: &Path, token: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vaultctl"));
-    c.arg("--policies")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"));
-    match stores.backend {
-        Backend::Sqlite => {
-            c.arg("--data-dir").arg(stores.dir.path().join("data"));
-        }
-        Backend::Postgres => {
-            c.arg("--data-url").arg(&stores.config.data_url);
-            c.arg("--keys-url").arg(&stores.config.keys_url);
-        }
-    }
-    let o = c
-        .env_remove("VAULT_IDENTITY")
-        .env_remove("VAULT_TOKEN")
-        .env_remove("VAULT_AUDIT_WITNESS")
+    let o = stores
+        .vaultctl(env!("CARGO_BIN_EXE_vaultctl"))
         .env("VAULT_TOKEN_FILE", token)
         .args(args)
         .arg("--identity")

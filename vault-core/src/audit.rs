@@ -294,12 +294,15 @@ pub(crate) struct AuditLog {
     chain: Arc<Chain>,
 }
 
-fn put(buf: &mut Vec<u8>, b: &[u8]) {
+/// A length-prefixed field (u32 big-endian length, then the bytes); shared with the proof
+/// leaves (`tlog::leaf_bytes`).
+pub(crate) fn put(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
     buf.extend_from_slice(b);
 }
 
-fn put_opt(buf: &mut Vec<u8>, b: Option<&str>) {
+/// An optional field: byte 0 when absent, byte 1 and the field when present.
+pub(crate) fn put_opt(buf: &mut Vec<u8>, b: Option<&str>) {
     match b {
         None => buf.push(0),
         Some(s) => {

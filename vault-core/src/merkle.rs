@@ -23,7 +23,7 @@ fn sha256(parts: &[&[u8]]) -> Hash {
 }
 
 /// The hash of a leaf: SHA-256(0x00 || data).
-pub fn leaf_hash(data: &[u8]) -> Hash {
+pub(crate) fn leaf_hash(data: &[u8]) -> Hash {
     sha256(&[&[0u8], data])
 }
 
@@ -138,7 +138,13 @@ impl Tree {
 
 /// Whether `proof` shows the leaf with hash `leaf` at `index` in the tree of `size` leaves whose
 /// head is `root` (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
+pub(crate) fn verify_inclusion(
+    index: u64,
+    size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+    root: &Hash,
+) -> bool {
     if index >= size {
         return false;
     }
@@ -167,7 +173,7 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 /// tree of `new` leaves with head `new_root` (RFC 9162 §2.1.4.2). Every tree extends the empty
 /// one (whose head is SHA-256 of nothing); a tree is consistent with itself when the heads are
 /// equal and the proof empty.
-pub fn verify_consistency(
+pub(crate) fn verify_consistency(
     old: u64,
     new: u64,
     old_root: &Hash,

@@ -20,7 +20,7 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, put, put_opt};
 use crate::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 
 /// The `format` of a proof bundle.
@@ -58,21 +58,6 @@ pub enum ProofError {
 
 fn malformed(what: impl Into<String>) -> ProofError {
     ProofError::Malformed(what.into())
-}
-
-fn put(buf: &mut Vec<u8>, b: &[u8]) {
-    buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    buf.extend_from_slice(b);
-}
-
-fn put_opt(buf: &mut Vec<u8>, b: Option<&str>) {
-    match b {
-        None => buf.push(0),
-        Some(s) => {
-            buf.push(1);
-            put(buf, s.as_bytes());
-        }
-    }
 }
 
 /// The bytes of an entry's leaf (see the module's documentation).
