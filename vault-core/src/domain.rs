@@ -30,6 +30,9 @@ pub enum DomainError {
     /// A subject kind that is not student, staff or guardian.
     #[error("invalid subject kind {0:?}: expected one of student, staff, guardian")]
     SubjectKind(String),
+    /// A country that is not an ISO 3166-1 alpha-2 code.
+    #[error("{0:?} is not an ISO 3166-1 alpha-2 country code (such as KZ, RU, DE)")]
+    Country(String),
 }
 
 /// Kazakhstan's individual identification number: 12 digits, YYMMDD birth date, a century-and-sex
@@ -322,6 +325,32 @@ impl SubjectKind {
 impl fmt::Display for SubjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
+    }
+}
+
+const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// An ISO 3166-1 alpha-2 country code.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(String);
+
+impl Country {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let up = s.trim().to_ascii_uppercase();
+        if up.len() == 2 && ISO_3166.split(' ').any(|c| c == up) {
+            Ok(Country(up))
+        } else {
+            Err(DomainError::Country(s.chars().take(16).collect()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Country {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
     }
 }
 

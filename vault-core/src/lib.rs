@@ -24,85 +24,80 @@ macro_rules! unscoped {
 pub(crate) use unscoped;
 
 mod access;
-mod anchor;
 mod audit;
-mod backup;
+mod batch;
 mod catalog;
 mod clock;
 mod crash;
 mod domain;
-mod envelope;
-mod keychain;
-mod keyring;
+mod error;
 mod keys;
-mod merkle;
-mod policy;
-mod quorum;
-mod reindex;
-mod reports;
-mod retention;
-mod session;
+mod records;
 mod store;
-mod tlog;
-mod transfer;
 mod value;
-mod vault;
-mod writer;
 
-pub use access::{
+pub use crate::access::model::{
     AccessRequest, BREAK_GLASS_REVIEW_DUE, BREAK_GLASS_WINDOW, BearerToken, BreakGlass,
     BreakGlassId, Consent, ConsentGiver, ConsentId, LegalGround, NewAccessRequest, NewConsent,
     Principal, PrincipalId, Purposes, RequestId, RequestStatus, SubjectExport,
     WITHDRAWAL_WORKING_DAYS,
 };
-pub use anchor::{Anchor, AnchorOptions, AnchorSource, settle_audit_anchors};
-pub use audit::{AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome};
-pub use backup::{
-    BackupManifest, CarriedOver, RestoreOptions, RestoreReport, RestoredAudit, backup, restore,
-    restore_with,
-};
-pub use catalog::{
-    Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
-    RecordTypeDef, Retention, RetentionTrigger, Tier,
-};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use domain::{
-    Category, DekId, DomainError, FieldName, Iin, Purpose, RecordId, RecordType, SchoolId,
-    SubjectId, SubjectKind,
-};
-pub use envelope::{
-    CryptoError, DEK_FORMAT_V1, Dek, FIELD_FORMAT_V1, RecordKeys, WrappedDek, wrapped_kek_version,
-};
-pub use keychain::{ChainProblem, Link, sealed_digest, verify_chain, verify_link};
-pub use keyring::{
-    BlindIndex, CustodianRecipient, KekInfo, Keyring, KeyringError, Passphrase, SealTo, Unlock,
-};
-pub use keys::{
-    ChainEntry, ChainReport, OrphanReport, QuorumKey, RewrapProgress, UnsealProgress, Unsealed,
-    Unsealer, custodian_shares,
-};
-pub use policy::{
+pub use crate::access::policy::{
     Action, ApprovalAct, Decision, DenyReason, Grant, Policy, PolicyError, Role, Scope,
     check_policy_texts,
 };
-pub use quorum::{MAX_CUSTODIANS, Quorum, QuorumSeal, Share};
-pub use reindex::IndexRotation;
-pub use reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
-pub use retention::{
-    LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,
+pub use crate::access::session::Session;
+pub use crate::access::transfer::{
+    Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision, TransferRequest,
 };
-pub use session::Session;
-pub use store::{StoreConfig, StoreError, Stores, redact_url};
-pub use tlog::{
+pub use crate::audit::anchor::{Anchor, AnchorOptions, AnchorSource, settle_audit_anchors};
+pub use crate::audit::chain::{
+    AuditError, AuditEvent, AuditProblem, AuditRecord, AuditReport, Outcome,
+};
+pub use crate::audit::reports::{AuditFilter, IncidentReport, IncidentSubject, PrincipalEntry};
+pub use crate::audit::tlog::{
     AuditProof, Checkpoint, ConsistencyProof, NoteKey, PROOF_FORMAT, ProofCheck, ProofError,
     ProvenEntry, check_audit_proof,
 };
-pub use transfer::{
-    Country, Disclosure, TRANSFER_GROUNDS, TRANSFER_NOTICE_WORKING_DAYS, TransferDecision,
-    TransferRequest,
+pub use crate::catalog::{
+    Catalog, CatalogError, CategoryDef, FieldDef, FieldType, Period, PolicyInfo, PurposeDef,
+    RecordTypeDef, Retention, RetentionTrigger, Tier,
 };
-pub use value::{FieldValue, MAX_VALUE_BYTES};
-pub use vault::{
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::domain::{
+    Category, Country, DekId, DomainError, FieldName, Iin, Purpose, RecordId, RecordType, SchoolId,
+    SubjectId, SubjectKind,
+};
+pub use crate::error::VaultError;
+pub use crate::keys::custodian::{CustodianRecipient, KeyringError, Passphrase, Unlock};
+pub use crate::keys::custody::{
+    ChainEntry, ChainReport, OrphanReport, QuorumKey, RewrapProgress, UnsealProgress, Unsealed,
+    Unsealer, custodian_shares,
+};
+pub use crate::keys::envelope::{CryptoError, DEK_FORMAT_V1, FIELD_FORMAT_V1, wrapped_kek_version};
+/// Key types: public only to the fuzz targets, the bench's fixtures and the tests that attack the
+/// key store (feature `test-hooks`). A build of the server or `vaultctl` cannot name a KEK, a
+/// DEK or the keyring; it reaches them only through a `Vault` and its sessions.
+#[cfg(feature = "test-hooks")]
+pub use crate::keys::envelope::{Dek, WrappedDek};
+pub use crate::keys::keychain::{ChainProblem, Link, sealed_digest, verify_chain, verify_link};
+#[cfg(feature = "test-hooks")]
+pub use crate::keys::keyring::{BlindIndex, Keyring};
+pub use crate::keys::keyring::{KekInfo, SealTo};
+pub use crate::keys::quorum::{MAX_CUSTODIANS, Quorum, QuorumSeal, Share};
+#[cfg(feature = "test-hooks")]
+pub use crate::keys::record_keys::RecordKeys;
+pub use crate::keys::reindex::IndexRotation;
+pub use crate::records::backup::{
+    BackupManifest, CarriedOver, RestoreOptions, RestoreReport, RestoredAudit, backup, restore,
+    restore_with,
+};
+pub use crate::records::retention::{
+    LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,
+};
+pub use crate::records::vault::{
     FieldChange, FieldView, KekStatus, NewSubject, RecordMeta, RecordView, SealReason,
-    ShredReceipt, Subject, Vault, VaultError,
+    ShredReceipt, Subject, Vault,
 };
+pub use crate::store::{StoreConfig, StoreError, Stores, redact_url};
+pub use crate::value::{FieldValue, MAX_VALUE_BYTES};

@@ -2,7 +2,7 @@
 //! categories, and the error a malformed column turns into.
 
 use crate::domain::{Category, DomainError};
-use crate::vault::VaultError;
+use crate::error::VaultError;
 
 /// A record that holds data.
 pub(crate) const STATE_ACTIVE: &str = "active";

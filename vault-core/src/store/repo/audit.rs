@@ -6,9 +6,9 @@ use futures_util::{Stream, TryStreamExt as _};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use crate::audit::AuditRecord;
+use crate::audit::chain::AuditRecord;
+use crate::audit::reports::AuditFilter;
 use crate::domain::SubjectId;
-use crate::reports::AuditFilter;
 use crate::store::codec::{join_list, split_list};
 use crate::store::entities::{audit_checkpoint, audit_entry, audit_head};
 use crate::store::{Db, DbErr, StoreError, Txn};

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use crate::access::{BreakGlass, BreakGlassId, PrincipalId};
+use crate::access::model::{BreakGlass, BreakGlassId, PrincipalId};
 use crate::domain::{SchoolId, SubjectId};
+use crate::error::VaultError;
 use crate::store::codec::corrupt;
 use crate::store::entities::break_glass;
 use crate::store::{Db, StoreError};
-use crate::vault::VaultError;
 
 fn decode(m: break_glass::Model) -> Result<BreakGlass, VaultError> {
     Ok(BreakGlass {

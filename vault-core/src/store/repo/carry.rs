@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
 
-use crate::access::RequestStatus;
+use crate::access::model::RequestStatus;
 use crate::store::entities::{
     access_request, audit_entry, break_glass, consent, legal_hold, principal, subject,
 };

@@ -4,12 +4,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use crate::access::{Consent, ConsentGiver, ConsentId, LegalGround, PrincipalId};
+use crate::access::model::{Consent, ConsentGiver, ConsentId, LegalGround, PrincipalId};
 use crate::domain::{Category, SubjectId};
+use crate::error::VaultError;
 use crate::store::codec::{categories_list, corrupt, parse_categories, split_list};
 use crate::store::entities::{consent, legal_ground};
 use crate::store::{Db, StoreError};
-use crate::vault::VaultError;
 
 /// A stored consent row, as the legal basis weighs it.
 pub(crate) type ConsentRow = consent::Model;

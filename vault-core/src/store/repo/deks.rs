@@ -9,11 +9,11 @@ use sea_orm::{
 };
 
 use crate::domain::{Category, DekId, RecordId};
-use crate::envelope::WrappedDek;
+use crate::error::VaultError;
+use crate::keys::envelope::WrappedDek;
 use crate::store::codec::corrupt;
 use crate::store::entities::dek;
 use crate::store::{Db, DbErr, StoreError, Txn};
-use crate::vault::VaultError;
 
 /// A stored DEK row.
 pub(crate) type DekRow = dek::Model;

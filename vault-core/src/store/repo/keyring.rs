@@ -9,12 +9,13 @@ use sea_orm::{
     QuerySelect,
 };
 
-use crate::keychain::{Link, Pin};
-use crate::keyring::{CustodianRecipient, KeyringError, SealTo};
-use crate::quorum::{DealtShare, Quorum, QuorumSeal};
+use crate::error::VaultError;
+use crate::keys::custodian::{CustodianRecipient, KeyringError};
+use crate::keys::keychain::{Link, Pin};
+use crate::keys::keyring::SealTo;
+use crate::keys::quorum::{DealtShare, Quorum, QuorumSeal};
 use crate::store::entities::{keyring_link, keyring_pin, keyring_row, keyring_share};
 use crate::store::{Db, DbErr, StoreError, Txn};
-use crate::vault::VaultError;
 
 /// The one row of the keyring table.
 const KEYRING_ROW: i32 = 1;

@@ -7,13 +7,13 @@ use sea_orm::{
     QuerySelect,
 };
 
-use crate::access::PrincipalId;
-use crate::policy::{Role, Scope};
-use crate::reports::PrincipalEntry;
+use crate::access::model::PrincipalId;
+use crate::access::policy::{Role, Scope};
+use crate::audit::reports::PrincipalEntry;
+use crate::error::VaultError;
 use crate::store::codec::corrupt;
 use crate::store::entities::{principal, principal_role};
 use crate::store::{Db, StoreError};
-use crate::vault::VaultError;
 
 /// A stored principal row.
 pub(crate) type PrincipalRow = principal::Model;

@@ -11,12 +11,13 @@ use sea_orm::{
 };
 
 use crate::domain::{Category, FieldName, RecordId, RecordType, SchoolId, SubjectId};
-use crate::envelope::WrappedDek;
+use crate::error::VaultError;
+use crate::keys::envelope::WrappedDek;
+use crate::records::vault::RecordMeta;
 use crate::store::codec::{STATE_ACTIVE, STATE_SHREDDED, STATE_SHREDDING, corrupt};
 use crate::store::entities::{dek, record, record_field, subject};
 use crate::store::repo::subjects::SubjectRow;
 use crate::store::{Db, DbErr, StoreError, Txn};
-use crate::vault::{RecordMeta, VaultError};
 
 /// A stored record row.
 pub(crate) type RecordRow = record::Model;

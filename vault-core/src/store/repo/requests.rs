@@ -5,13 +5,13 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use crate::access::{AccessRequest, PrincipalId, RequestId, RequestStatus};
+use crate::access::model::{AccessRequest, PrincipalId, RequestId, RequestStatus};
+use crate::access::policy::ApprovalAct;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
-use crate::policy::ApprovalAct;
+use crate::error::VaultError;
 use crate::store::codec::{categories_list, corrupt, parse_categories};
 use crate::store::entities::access_request;
 use crate::store::{Db, StoreError};
-use crate::vault::VaultError;
 
 /// A stored access request row.
 pub(crate) type RequestRow = access_request::Model;

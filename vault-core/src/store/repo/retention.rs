@@ -8,11 +8,11 @@ use sea_orm::{
 };
 
 use crate::domain::{Category, RecordId, SubjectId};
-use crate::retention::LegalHold;
+use crate::error::VaultError;
+use crate::records::retention::LegalHold;
 use crate::store::codec::{categories_list, split_list};
 use crate::store::entities::{legal_hold, shred_log};
 use crate::store::{Db, DbErr, StoreError, Txn};
-use crate::vault::VaultError;
 
 /// A stored shred log row.
 pub(crate) type ShredRow = shred_log::Model;

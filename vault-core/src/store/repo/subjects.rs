@@ -9,10 +9,11 @@ use sea_orm::{
 };
 
 use crate::domain::{SchoolId, SubjectId, SubjectKind};
+use crate::error::VaultError;
+use crate::records::vault::Subject;
 use crate::store::codec::corrupt;
 use crate::store::entities::subject;
 use crate::store::{Db, StoreError};
-use crate::vault::{Subject, VaultError};
 
 /// A stored subject row.
 pub(crate) type SubjectRow = subject::Model;

@@ -9,9 +9,9 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::VaultError;
 use crate::store::entities::*;
 use crate::store::{Db, StoreError, Txn};
-use crate::vault::VaultError;
 
 #[derive(Serialize, Deserialize)]
 struct Line {

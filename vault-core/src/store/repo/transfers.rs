@@ -3,11 +3,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
+use crate::access::transfer::Disclosure;
 use crate::domain::{Category, Purpose, SubjectId};
 use crate::store::codec::{categories_list, split_list};
 use crate::store::entities::{disclosure, transfer_ground};
 use crate::store::{Db, StoreError};
-use crate::transfer::Disclosure;
 
 /// Stores a transfer ground for (subject, country).
 pub(crate) async fn insert_ground(

@@ -6,15 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::access::{Principal, PrincipalId};
-use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord, Outcome};
+use crate::access::model::{Principal, PrincipalId};
+use crate::access::policy::{Action, Decision, Role, Scope};
+use crate::audit::chain::{AuditError, AuditEvent, AuditLog, AuditRecord, Outcome};
+use crate::audit::merkle::Tree;
+use crate::audit::tlog::{AuditProof, Checkpoint, NoteKey, PROOF_FORMAT, ProvenEntry};
 use crate::domain::Purpose;
 use crate::domain::{Category, SchoolId, SubjectId};
-use crate::merkle::Tree;
-use crate::policy::{Action, Decision, Role, Scope};
+use crate::error::VaultError;
+use crate::records::vault::{FieldView, Subject, Vault};
 use crate::store::repo::{audit, principals};
-use crate::tlog::{AuditProof, Checkpoint, NoteKey, PROOF_FORMAT, ProvenEntry};
-use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// One person or app with access, for the list the law asks the operator to keep. Its id, name
 /// and roles, not a `Principal`: a listed principal must not be usable to open a session.
@@ -131,7 +132,7 @@ impl Vault {
             None => network,
             Some(s) => *may.entry(s.clone()).or_insert_with(|| {
                 SchoolId::parse(s).is_ok_and(|school| {
-                    crate::access::sees(p, &school)
+                    crate::access::ops::sees(p, &school)
                         && self.decide(p, &school, &identity, Action::AuditRead, &why)
                             == Decision::Allow
                 })
@@ -227,7 +228,7 @@ impl Vault {
         if !self.may_anywhere(by, &identity, Action::Export, &why) {
             return Err(VaultError::Forbidden {
                 category: identity.clone(),
-                reason: crate::policy::DenyReason::NotGranted {
+                reason: crate::access::policy::DenyReason::NotGranted {
                     action: Action::Export,
                     category: identity,
                     purpose: why,

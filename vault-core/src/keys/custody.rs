@@ -14,21 +14,19 @@ use std::sync::atomic::Ordering;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
-
-use crate::audit::{AuditEvent, Outcome};
-use crate::catalog::Catalog;
-use crate::clock::Clock;
+use crate::audit::chain::{AuditEvent, Outcome};
 use crate::domain::Category;
-use crate::envelope::rewrap_dek;
-use crate::keychain::{self, ChainProblem, Known, Link};
-use crate::keyring::{
-    CustodianRecipient, Keyring, KeyringError, Passphrase, SealTarget, SealTo, Unlock,
-};
-use crate::quorum::{Quorum, QuorumSeal};
+use crate::error::VaultError;
+use crate::keys::custodian::{CustodianRecipient, KeyringError, Passphrase, Unlock};
+use crate::keys::keychain::{self, ChainProblem, Known};
+use crate::keys::keyring::{Keyring, SealTarget, SealTo};
+use crate::keys::quorum::{Quorum, QuorumSeal};
+use crate::keys::record_keys::rewrap_dek;
+use crate::records::vault::Vault;
 use crate::store::Stores;
 use crate::store::repo::{deks, keyring, records};
-use crate::vault::{Vault, VaultError};
+
+use super::open::*;
 
 const MAX_REWRAP_BATCH: u64 = 5000;
 /// DEKs checked per page of an orphan collection: one key-store page, one data-store lookup.
@@ -49,16 +47,6 @@ pub struct OrphanReport {
     pub checked: u64,
     /// Of those, DEKs of records the data store does not hold.
     pub orphans: u64,
-}
-
-/// What a process trusts of the keyring it holds.
-#[derive(Clone, Debug)]
-pub(crate) struct Tip {
-    pub generation: i64,
-    /// SHA-256 of the sealed keyring it was unsealed from.
-    pub sealed_sha256: Vec<u8>,
-    /// Its signed link; `None` for a keyring made before the chain.
-    pub link: Option<Link>,
 }
 
 /// One generation of the keyring's chain, as `vaultctl keyring verify` shows it. Public values.
@@ -82,151 +70,6 @@ pub struct ChainReport {
     pub entries: Vec<ChainEntry>,
     /// The data store's pin: (genesis generation, newest generation).
     pub pinned: Option<(i64, i64)>,
-}
-
-fn refused(seen: i64, problem: ChainProblem) -> VaultError {
-    VaultError::Keyring(KeyringError::Refused { seen, problem })
-}
-
-fn refusal_event(seen: i64, known: Option<i64>, problem: &ChainProblem) -> AuditEvent {
-    let mut ev = AuditEvent::new("vault", "keyring.refused", Outcome::Refused);
-    ev.reason = Some(match known {
-        Some(k) => {
-            format!("keyring generation {seen} refused (the vault holds generation {k}): {problem}")
-        }
-        None => format!("keyring generation {seen} refused at start: {problem}"),
-    });
-    ev
-}
-
-/// Moves the data store's pin up to `tip`. A failure is logged, not fatal: the key store
-/// already holds the generation, and the next open moves the pin.
-async fn pin_tip(stores: &Stores, genesis: &Link, tip: &Link, now: DateTime<Utc>) {
-    match keyring::advance_pin(&stores.data, genesis, tip, now).await {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(
-            error = %e,
-            generation = tip.generation,
-            "could not pin the keyring generation in the data store; the next start pins it"
-        ),
-    }
-}
-
-/// Makes a fresh keyring for every category the catalog collects, stores it sealed as
-/// generation 1 with its self-signed link, and pins it in the data store. Refuses when the key
-/// store already has a keyring, or the data store already pins one (its data belongs to it).
-pub(crate) async fn init_keyring(
-    stores: &Stores,
-    catalog: &Catalog,
-    seal_to: &SealTo,
-    now: DateTime<Utc>,
-) -> Result<(), VaultError> {
-    if keyring::sealed(&stores.keys).await?.is_some() {
-        return Err(VaultError::KeyringExists);
-    }
-    if let Some(p) = keyring::pin(&stores.data).await? {
-        return Err(VaultError::Invalid(format!(
-            "the data store already pins a keyring (generation {}, its chain starting at generation {}): its data belongs to that keyring, so a new one is refused. Put that keyring's key store back (vaultctl restore), or give a new, empty data store for a new vault",
-            p.generation, p.genesis_generation
-        )));
-    }
-    let mut k = Keyring::generate(catalog.collected_categories(), now)?;
-    k.set_sealed_to(seal_to);
-    let sealed = k.seal(seal_to)?;
-    let (Some(signer), Some(public)) = (k.chain_signer(), k.chain_public_key()) else {
-        return Err(VaultError::Keyring(KeyringError::Corrupt(
-            "a new keyring has no chain key",
-        )));
-    };
-    let link = keychain::sign(&signer, 1, &sealed, public);
-    keyring::insert_first(&stores.keys, sealed, seal_to, &link, now)
-        .await
-        // A concurrent init that won the race shows up as a primary-key conflict.
-        .map_err(|_| VaultError::KeyringExists)?;
-    keyring::insert_pin(&stores.data, &link, &link, now).await?;
-    Ok(())
-}
-
-/// Reads, judges and unseals the stored keyring for a process starting: its chain must verify
-/// from its genesis and agree with the data store's pin. A refusal is logged and audited (with
-/// no checkpoint: no audit key is trusted yet) and nothing is opened.
-///
-/// A keyring sealed to a quorum is unsealed with the quorum key, rebuilt from the shares the
-/// given identities open (or given directly, as the server's unsealer does); the unlock
-/// answered is what unsealed it, kept to unseal newer generations.
-pub(crate) async fn open_keyring(
-    stores: &Stores,
-    unlock: Unlock,
-    clock: &dyn Clock,
-) -> Result<(Keyring, Tip, Unlock), VaultError> {
-    let row = keyring::sealed(&stores.keys)
-        .await?
-        .ok_or(VaultError::KeyringMissing)?;
-    let sha = keychain::sealed_digest(&row.sealed);
-    let links = keyring::chain(&stores.keys).await?;
-    let pin = keyring::pin(&stores.data).await?;
-    let refuse = |problem: ChainProblem| async move {
-        tracing::error!(
-            generation = row.generation,
-            %problem,
-            "REFUSED the key store's keyring: it is not chained to the keyring the vault knows"
-        );
-        let ev = refusal_event(row.generation, None, &problem);
-        if let Err(e) = crate::audit::append_unsigned(&stores.data, clock, &[ev]).await {
-            tracing::error!(error = %e, "could not record the refusal in the audit log");
-        }
-        refused(row.generation, problem)
-    };
-    let link = match keychain::judge(&links, pin.as_ref(), row.generation, &sha, Known::Nothing) {
-        Ok(l) => l,
-        Err(p) => return Err(refuse(p).await),
-    };
-    // What was given opens the keyring directly (a custodian of a keyring sealed to
-    // recipients, or the rebuilt quorum key itself): share rows are then never looked at, so
-    // rows an administrator put in the key store can neither seal the vault nor steer it.
-    let (k, unlock) = match Keyring::unseal(&row.sealed, &unlock) {
-        Ok(k) => (k, unlock),
-        Err(KeyringError::Unseal(e)) => {
-            let Some(q) = keyring::quorum(&stores.keys).await? else {
-                return Err(KeyringError::Unseal(e).into());
-            };
-            let Unlock::Identities(ids) = &unlock else {
-                return Err(KeyringError::NotEnoughShares {
-                    given: 0,
-                    threshold: q.quorum().threshold,
-                }
-                .into());
-            };
-            let shares = q.open_with(ids)?;
-            let key = q.combine(&shares)?;
-            (Keyring::unseal(&row.sealed, &key)?, key)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    match (&link, links.first()) {
-        (Some(l), Some(genesis)) => {
-            if k.chain_public_key().as_deref() != Some(l.public_key.as_slice()) {
-                return Err(refuse(ChainProblem::KeyMismatch {
-                    generation: l.generation,
-                })
-                .await);
-            }
-            pin_tip(stores, genesis, l, clock.now()).await;
-        }
-        _ => tracing::warn!(
-            generation = row.generation,
-            "the keyring carries no chain signature (it was made before the chain): until it is saved again, the key store alone vouches for it; run `vaultctl keyring reseal` to sign it"
-        ),
-    }
-    Ok((
-        k,
-        Tip {
-            generation: row.generation,
-            sealed_sha256: sha,
-            link,
-        },
-        unlock,
-    ))
 }
 
 impl Vault {
@@ -367,7 +210,7 @@ impl Vault {
 
     /// Installs `k` unless a newer generation is already installed; answers whether it was.
     fn install(&self, k: Keyring, tip: Tip) -> bool {
-        let audit_keys = match crate::audit::AuditKeys::of(&k) {
+        let audit_keys = match crate::audit::chain::AuditKeys::of(&k) {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "a keyring with an unusable audit key is not installed");
@@ -930,9 +773,9 @@ pub struct UnsealProgress {
 /// and opens the vault when it has enough. The shares are kept in memory only, zeroed on drop.
 pub struct Unsealer {
     stores: Stores,
-    policy: Arc<crate::policy::Policy>,
+    policy: Arc<crate::access::policy::Policy>,
     seal: QuorumSeal,
-    given: tokio::sync::Mutex<BTreeMap<u8, crate::quorum::Share>>,
+    given: tokio::sync::Mutex<BTreeMap<u8, crate::keys::quorum::Share>>,
     /// Shares refused so far: the first few are audited one by one, then one in a hundred, so
     /// an unauthenticated flood of bogus shares cannot grow the audit log without bound.
     refused: std::sync::atomic::AtomicU64,
@@ -980,7 +823,7 @@ impl Unsealer {
     /// own share, say) count as given.
     pub async fn new(
         stores: Stores,
-        policy: Arc<crate::policy::Policy>,
+        policy: Arc<crate::access::policy::Policy>,
         unlock: Option<&Unlock>,
     ) -> Result<Option<Unsealer>, VaultError> {
         let Some(seal) = keyring::quorum(&stores.keys).await? else {
@@ -1045,7 +888,8 @@ impl Unsealer {
     /// entries are chained unsigned; the first signed checkpoint after opening covers them.
     async fn record(&self, ev: AuditEvent) {
         let clock = crate::clock::SystemClock;
-        if let Err(e) = crate::audit::append_unsigned(&self.stores.data, &clock, &[ev]).await {
+        if let Err(e) = crate::audit::chain::append_unsigned(&self.stores.data, &clock, &[ev]).await
+        {
             tracing::error!(error = %e, "could not record an unseal step in the audit log");
         }
     }
@@ -1053,7 +897,7 @@ impl Unsealer {
     /// Takes one custodian's share: refused (and audited) unless it is a share dealt for this
     /// keyring; a share given twice counts once. With the threshold reached, rebuilds the
     /// quorum key and opens the vault.
-    pub async fn give(&self, share: crate::quorum::Share) -> Result<Unsealed, VaultError> {
+    pub async fn give(&self, share: crate::keys::quorum::Share) -> Result<Unsealed, VaultError> {
         let mut given = self.given.lock().await;
         let x = share.number();
         if let Err(e) = self.seal.check(&share) {
@@ -1145,7 +989,7 @@ impl Unsealer {
 pub async fn custodian_shares(
     stores: &Stores,
     unlock: &Unlock,
-) -> Result<(Quorum, Vec<crate::quorum::Share>), VaultError> {
+) -> Result<(Quorum, Vec<crate::keys::quorum::Share>), VaultError> {
     let seal = keyring::quorum(&stores.keys).await?.ok_or_else(|| {
         VaultError::Invalid(
             "the keyring is not sealed to a quorum of custodians: there is no share to give".into(),

@@ -265,7 +265,7 @@ pub struct Policy {
     grants: Vec<Grant>,
     /// (child, parent) role inheritances.
     inherits: Vec<(Role, Role)>,
-    protecting_states: BTreeSet<crate::transfer::Country>,
+    protecting_states: BTreeSet<crate::domain::Country>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -372,7 +372,7 @@ impl Policy {
     }
 
     /// The operator's list of states that ensure protection of personal data (Art. 16).
-    pub fn protecting_states(&self) -> &BTreeSet<crate::transfer::Country> {
+    pub fn protecting_states(&self) -> &BTreeSet<crate::domain::Country> {
         &self.protecting_states
     }
 
@@ -629,10 +629,7 @@ struct RawTransfer {
     protecting_states: Vec<String>,
 }
 
-fn parse_transfer(
-    file: &str,
-    text: &str,
-) -> Result<BTreeSet<crate::transfer::Country>, PolicyError> {
+fn parse_transfer(file: &str, text: &str) -> Result<BTreeSet<crate::domain::Country>, PolicyError> {
     let raw: RawTransfer = toml::from_str(text).map_err(|e| PolicyError::Invalid {
         file: file.into(),
         line: e
@@ -643,7 +640,7 @@ fn parse_transfer(
     raw.protecting_states
         .iter()
         .map(|c| {
-            crate::transfer::Country::parse(c).map_err(|e| PolicyError::Invalid {
+            crate::domain::Country::parse(c).map_err(|e| PolicyError::Invalid {
                 file: file.into(),
                 line: text
                     .find(c.as_str())

@@ -15,7 +15,7 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::anchor::{AnchorSource, Anchors};
+use crate::audit::anchor::{AnchorSource, Anchors};
 use crate::clock::Clock;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
 use crate::store::repo::audit as repo;
@@ -201,7 +201,7 @@ pub enum AuditError {
     #[error("the audit log was tampered with: {0}; no proof is made over it")]
     Tampered(AuditProblem),
     #[error(transparent)]
-    Proof(#[from] crate::tlog::ProofError),
+    Proof(#[from] crate::audit::tlog::ProofError),
     #[error(
         "the log no longer extends the checkpoint of {size} entries given with --since: entries it covers were changed or removed"
     )]
@@ -224,7 +224,7 @@ pub(crate) struct AuditKeys {
 }
 
 impl AuditKeys {
-    pub(crate) fn of(keyring: &crate::keyring::Keyring) -> Result<Self, AuditError> {
+    pub(crate) fn of(keyring: &crate::keys::keyring::Keyring) -> Result<Self, AuditError> {
         let signer = Ed25519KeyPair::from_seed_unchecked(keyring.audit_seed())
             .map_err(|_| AuditError::Write("invalid audit signing key".into()))?;
         Ok(AuditKeys {
@@ -245,12 +245,12 @@ impl AuditKeys {
 
     /// The C2SP note keys of every audit key, oldest first, under the log's name (fixed by the
     /// first key).
-    pub(crate) fn note_keys(&self) -> Vec<crate::tlog::NoteKey> {
+    pub(crate) fn note_keys(&self) -> Vec<crate::audit::tlog::NoteKey> {
         let first = self.known().next().unwrap_or(&self.public);
-        let name = crate::tlog::origin(first);
+        let name = crate::audit::tlog::origin(first);
         self.known()
             .filter_map(|k| <[u8; 32]>::try_from(k).ok())
-            .map(|k| crate::tlog::NoteKey::of(&name, k))
+            .map(|k| crate::audit::tlog::NoteKey::of(&name, k))
             .collect()
     }
 
@@ -527,7 +527,7 @@ impl AuditLog {
         let writer_chain = chain.clone();
         tokio::spawn(async move {
             let chain = writer_chain;
-            while let Some(batch) = crate::writer::next_batch(&mut rx, MAX_BATCH).await {
+            while let Some(batch) = crate::batch::next_batch(&mut rx, MAX_BATCH).await {
                 let result = write_batch(&db, &chain, &batch).await.map_err(|e| {
                     tracing::error!(error = %e, "audit batch failed");
                     e.to_string()
@@ -588,7 +588,7 @@ impl AuditLog {
     async fn verify_chain(
         &self,
         db: &Db,
-        anchors: &[(crate::anchor::Anchor, AnchorSource)],
+        anchors: &[(crate::audit::anchor::Anchor, AnchorSource)],
     ) -> Result<AuditReport, AuditError> {
         use futures_util::TryStreamExt as _;
         let mut next_anchor = anchors.iter().peekable();
@@ -706,7 +706,7 @@ impl AuditLog {
         db: &Db,
         keys: &AuditKeys,
         subject: SubjectId,
-    ) -> Result<(Vec<crate::merkle::Hash>, Vec<AuditRecord>), AuditError> {
+    ) -> Result<(Vec<crate::audit::merkle::Hash>, Vec<AuditRecord>), AuditError> {
         use futures_util::TryStreamExt as _;
         let Some(cp) = repo::newest_checkpoint(db)
             .await
@@ -741,7 +741,7 @@ impl AuditLog {
                 return Err(AuditError::Tampered(AuditProblem::Altered { seq }));
             }
             prev = stored_hash;
-            leaves.push(crate::tlog::entry_leaf(&r));
+            leaves.push(crate::audit::tlog::entry_leaf(&r));
             if r.subject.as_deref() == Some(subject.as_str()) {
                 theirs.push(r);
             }

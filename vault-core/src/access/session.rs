@@ -11,22 +11,24 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::access::{
+use crate::access::model::{
     AccessRequest, BearerToken, BreakGlass, BreakGlassId, Consent, ConsentId, LegalGround,
     NewAccessRequest, NewConsent, Principal, PrincipalId, Purposes, RequestId, SubjectExport,
 };
-use crate::audit::{AuditRecord, AuditReport};
+use crate::access::policy::{Role, Scope};
+use crate::access::transfer::{Disclosure, TransferDecision, TransferRequest};
+use crate::audit::chain::{AuditRecord, AuditReport};
+use crate::audit::reports::{AuditFilter, IncidentReport};
 use crate::catalog::Catalog;
+use crate::domain::Country;
 use crate::domain::{Category, FieldName, Iin, Purpose, RecordId, RecordType, SubjectId};
-use crate::keyring::CustodianRecipient;
-use crate::policy::{Role, Scope};
-use crate::reports::{AuditFilter, IncidentReport};
-use crate::retention::LegalHold;
-use crate::transfer::{Country, Disclosure, TransferDecision, TransferRequest};
-use crate::value::FieldValue;
-use crate::vault::{
-    FieldChange, NewSubject, RecordMeta, RecordView, ShredReceipt, Subject, Vault, VaultError,
+use crate::error::VaultError;
+use crate::keys::custodian::CustodianRecipient;
+use crate::records::retention::LegalHold;
+use crate::records::vault::{
+    FieldChange, NewSubject, RecordMeta, RecordView, ShredReceipt, Subject, Vault,
 };
+use crate::value::FieldValue;
 
 /// What one principal may do, for as long as the request that authenticated it lasts.
 pub struct Session<'v> {
@@ -331,7 +333,7 @@ impl<'v> Session<'v> {
         &self,
         subject: SubjectId,
         since: Option<&str>,
-    ) -> Result<crate::tlog::AuditProof, VaultError> {
+    ) -> Result<crate::audit::tlog::AuditProof, VaultError> {
         self.vault
             .audit_proof_as(&self.principal, subject, since)
             .await

@@ -20,8 +20,8 @@ use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditRecord, put, put_opt};
-use crate::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
+use crate::audit::chain::{AuditRecord, put, put_opt};
+use crate::audit::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 
 /// The `format` of a proof bundle.
 pub const PROOF_FORMAT: &str = "school-vault/audit-proof/v1";

@@ -24,10 +24,9 @@ use chrono::{DateTime, Utc};
 use ring::signature::Ed25519KeyPair;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::audit::{AuditKeys, SharedAuditKeys, current};
+use crate::audit::chain::{AuditKeys, SharedAuditKeys, current};
 use crate::store::repo::{audit as audit_repo, audit_anchor as repo};
 use crate::store::{Db, DbErr};
-use crate::vault::{Vault, VaultError};
 
 const ANCHOR_DOMAIN: &[u8] = b"school-vault/audit-anchor/v1\0";
 /// Candidates kept while their batches may still be committing.
@@ -538,12 +537,10 @@ impl Shared {
     }
 }
 
-impl Vault {
-    /// Where audit anchors go besides the key store (a witness file, standard output) and how
-    /// often. The witness file is created if missing and must be writable now; its newest
-    /// anchor, if any, is what this process knows from then on.
-    pub async fn configure_audit_anchors(&self, o: AnchorOptions) -> Result<(), VaultError> {
-        let anchors = self.audit().anchors();
+impl Anchors {
+    /// Opens the witness file (creating it if missing; it must be writable now), takes its
+    /// newest anchor as what this process knows, and configures the destinations.
+    pub(crate) async fn configure_with_witness(&self, o: AnchorOptions) -> Result<(), String> {
         if let Some(path) = o.witness_file.clone() {
             let shown = path.display().to_string();
             let newest = tokio::task::spawn_blocking(move || {
@@ -555,26 +552,23 @@ impl Vault {
                 read_witness(&path)
             })
             .await
-            .map_err(|e| VaultError::Invalid(format!("audit witness {shown}: {e}")))?
-            .map_err(|e| VaultError::Invalid(format!("audit witness: {e}")))?;
+            .map_err(|e| format!("{shown}: {e}"))??;
             if let Some(a) = newest
-                && a.is_signed_by(&current(&anchors.shared.audit_keys))
+                && a.is_signed_by(&current(&self.shared.audit_keys))
             {
-                let mut m = lock(&anchors.shared.memory);
+                let mut m = lock(&self.shared.memory);
                 if m.as_ref().is_none_or(|m| m.seq < a.seq) {
                     *m = Some(a);
                 }
             }
         }
-        anchors.configure(o);
+        self.configure(o);
         Ok(())
     }
 
-    /// Anchors the newest committed checkpoint now (instead of at the next interval) and answers
-    /// the anchor this process holds.
-    pub async fn sync_audit_anchor(&self) -> Option<Anchor> {
-        let anchors = self.audit().anchors();
-        anchors.flush().await;
-        lock(&anchors.shared.memory).clone()
+    /// Anchors the newest committed checkpoint now and answers the anchor this process holds.
+    pub(crate) async fn sync(&self) -> Option<Anchor> {
+        self.flush().await;
+        lock(&self.shared.memory).clone()
     }
 }

@@ -13,14 +13,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keyring::{CustodianRecipient, Passphrase, Unlock};
-use crate::quorum::QuorumSeal;
+use crate::error::VaultError;
+use crate::keys::custodian::{CustodianRecipient, Passphrase, Unlock};
+use crate::keys::quorum::QuorumSeal;
 use crate::store::repo::carry;
 pub use crate::store::repo::carry::CarriedOver;
 use crate::store::repo::retention::ShredRow;
 use crate::store::repo::{deks, keyring, records, retention, tables};
 use crate::store::{StoreError, Stores};
-use crate::vault::VaultError;
 
 /// What a backup holds, written beside it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

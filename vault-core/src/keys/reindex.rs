@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 
 use crate::catalog::FieldType;
 use crate::domain::{Category, FieldName, Iin, SubjectId};
+use crate::error::VaultError;
+use crate::records::vault::{FieldView, Vault};
 use crate::store::repo::{records, subjects};
-use crate::vault::{FieldView, Vault, VaultError};
 
 /// Subjects per transaction, at most.
 const MAX_BATCH: u64 = 5000;
@@ -49,7 +50,7 @@ impl Vault {
     pub async fn rotate_blind_index(
         &self,
         batch: u64,
-        passphrase: Option<crate::keyring::Passphrase>,
+        passphrase: Option<crate::keys::custodian::Passphrase>,
         progress: &mut (dyn FnMut(IndexRotation) + Send),
     ) -> Result<IndexRotation, VaultError> {
         self.refresh_keyring().await?;

@@ -13,140 +13,25 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ring::rand::SystemRandom;
 
-use crate::audit::{
-    AuditError, AuditEvent, AuditKeys, AuditLog, AuditRecord, AuditReport, Outcome,
-};
-use crate::catalog::{Catalog, CatalogError};
+use crate::access::policy::{DenyReason, Policy};
+use crate::audit::chain::{AuditEvent, AuditKeys, AuditLog, AuditRecord, AuditReport, Outcome};
+use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    Category, DomainError, FieldName, Iin, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
+    Category, FieldName, Iin, RecordId, RecordType, SchoolId, SubjectId, SubjectKind,
 };
-use crate::envelope::{CryptoError, RecordKeys, WrappedDek};
-use crate::keyring::{KekInfo, Keyring, KeyringError, SealTo, Unlock};
-use crate::policy::{DenyReason, Policy, PolicyError, Role};
+use crate::error::VaultError;
+use crate::keys::custodian::{KeyringError, Unlock};
+use crate::keys::envelope::{CryptoError, WrappedDek};
+use crate::keys::keyring::{KekInfo, Keyring, SealTo};
+use crate::keys::record_keys::RecordKeys;
+use crate::records::writer::{NewRecord, RecordWriter, Written};
 use crate::store::repo::deks::DekRow;
 use crate::store::repo::records::{FieldRow, NewField, NewRows, RecordRow};
 use crate::store::repo::retention::Shred;
 use crate::store::repo::{deks, keyring, records, retention, subjects};
 use crate::store::{StoreError, Stores};
 use crate::value::FieldValue;
-use crate::writer::{NewRecord, RecordWriter, Written};
-
-/// Everything the vault service can refuse or fail with.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VaultError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Keyring(#[from] KeyringError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(
-        "record type '{0}' is not in the catalog: the vault stores only what the approved list names"
-    )]
-    UnknownRecordType(RecordType),
-    #[error(
-        "field '{field}' is not in the catalog for record type '{record_type}': the vault stores only what the approved list names"
-    )]
-    UnknownField {
-        record_type: RecordType,
-        field: FieldName,
-    },
-    #[error("field '{field}' has a value of the wrong kind: expected {expected}")]
-    InvalidValue {
-        field: FieldName,
-        expected: &'static str,
-    },
-    #[error("a record needs at least one field")]
-    EmptyRecord,
-    #[error("the keyring changed three times while this record was being written: try again")]
-    KeyringBusy,
-    #[error(
-        "record type '{record_type}' is for {expected} subjects, but subject {subject} is a {actual}"
-    )]
-    WrongSubjectKind {
-        record_type: RecordType,
-        subject: SubjectId,
-        expected: SubjectKind,
-        actual: SubjectKind,
-    },
-    #[error("subject {0} does not exist")]
-    SubjectNotFound(SubjectId),
-    #[error("record {0} does not exist")]
-    RecordNotFound(RecordId),
-    #[error("record {0} was shredded: its data cannot be recovered")]
-    RecordShredded(RecordId),
-    #[error(
-        "record {record} is at version {current}, not {expected}: read it again and reapply the change"
-    )]
-    StaleVersion {
-        record: RecordId,
-        expected: u64,
-        current: u64,
-    },
-    #[error("a subject with this IIN already exists")]
-    DuplicateIin,
-    #[error("the key store already holds a keyring: refusing to overwrite it")]
-    KeyringExists,
-    #[error("the key store holds no keyring: initialise one first (vaultctl keyring init)")]
-    KeyringMissing,
-    #[error("the {category} key of record {record} failed to open: the key store was altered")]
-    DekTampered {
-        record: RecordId,
-        category: Category,
-        #[source]
-        source: KeyringError,
-    },
-    #[error("field '{field}' of record {record} failed to open: {source}")]
-    FieldTampered {
-        record: RecordId,
-        field: FieldName,
-        #[source]
-        source: CryptoError,
-    },
-    #[error("the data store holds a malformed row: {0}")]
-    CorruptRow(&'static str),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
-    #[error("missing, unknown or revoked token")]
-    Unauthenticated,
-    #[error("{category}: {reason}")]
-    Forbidden {
-        category: Category,
-        reason: DenyReason,
-    },
-    #[error("{category} needs a director's approval: request access first")]
-    ApprovalRequired { category: Category },
-    #[error(
-        "{category} is a special category and this subject has no consent or legal ground on file for it: record one first"
-    )]
-    NoLegalBasis { category: Category },
-    #[error("subject {0} is blocked: its data is kept but not processed until unblocked")]
-    Blocked(SubjectId),
-    #[error("nobody may approve or review their own request")]
-    SelfApproval,
-    #[error("only a director of school {school} or the general director may decide this")]
-    NotApprover { school: SchoolId },
-    #[error("{0} does not exist")]
-    NotFound(String),
-    #[error("only an auditor may read the audit log")]
-    NotAuditor,
-    #[error(
-        "this vault has principals already: a new one is added by a principal who administers principals (a director of the school, or the general director); give that person's --token-file"
-    )]
-    PrincipalsExist,
-    #[error(
-        "you may not give the role {role}@{scope}: that needs principal_admin there (a director of that school); a network-wide role, or one that approves, administers principals, holds keys, reads the audit log, shreds, transfers or unblocks, is given by the general director"
-    )]
-    MayNotAdminister { role: Role, scope: String },
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// A data subject as the data store knows it. No personal data: the IIN is only a blind index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,7 +158,7 @@ pub struct Vault {
     /// The keyring row's generation the in-memory keyring came from.
     pub(crate) generation: std::sync::atomic::AtomicI64,
     /// What is trusted of the in-memory keyring: its generation, sealed bytes and chain link.
-    pub(crate) tip: std::sync::Mutex<crate::keys::Tip>,
+    pub(crate) tip: std::sync::Mutex<crate::keys::open::Tip>,
     /// The stored keyring last refused (generation, SHA-256), so a refusal is logged once.
     pub(crate) refused: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
     /// What unsealed it, kept to unseal a newer generation.
@@ -301,7 +186,7 @@ impl Vault {
         seal_to: &SealTo,
         now: DateTime<Utc>,
     ) -> Result<(), VaultError> {
-        crate::keys::init_keyring(stores, catalog, seal_to, now).await
+        crate::keys::open::init_keyring(stores, catalog, seal_to, now).await
     }
 
     /// The sealed keyring exactly as stored: an age file.
@@ -331,7 +216,7 @@ impl Vault {
         // The stored keyring is judged (its chain from its genesis, the data store's pin)
         // before it is unsealed; a refused one is never opened.
         let (keyring, tip, unlock) =
-            crate::keys::open_keyring(&stores, unlock, clock.as_ref()).await?;
+            crate::keys::open::open_keyring(&stores, unlock, clock.as_ref()).await?;
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
@@ -392,6 +277,26 @@ impl Vault {
 
     pub(crate) fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Where audit anchors go besides the key store (a witness file, standard output) and how
+    /// often. The witness file is created if missing and must be writable now; its newest
+    /// anchor, if any, is what this process knows from then on.
+    pub async fn configure_audit_anchors(
+        &self,
+        o: crate::audit::anchor::AnchorOptions,
+    ) -> Result<(), VaultError> {
+        self.audit
+            .anchors()
+            .configure_with_witness(o)
+            .await
+            .map_err(|e| VaultError::Invalid(format!("audit witness: {e}")))
+    }
+
+    /// Anchors the newest committed checkpoint now (instead of at the next interval) and answers
+    /// the anchor this process holds.
+    pub async fn sync_audit_anchor(&self) -> Option<crate::audit::anchor::Anchor> {
+        self.audit.anchors().sync().await
     }
 
     pub(crate) fn rng(&self) -> &SystemRandom {
@@ -1061,7 +966,9 @@ impl Vault {
         let mut out: Vec<Vec<u8>> = keyring.raw_keys();
         for r in deks::all(&self.stores.keys).await? {
             let (id, w) = r.into_wrapped()?;
-            out.push(crate::envelope::test_hooks_unwrap(&keyring, id, &w)?);
+            out.push(crate::keys::record_keys::test_hooks_unwrap(
+                &keyring, id, &w,
+            )?);
         }
         Ok(out)
     }

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
-use crate::audit::{AuditEvent, Chain};
+use crate::audit::chain::{AuditEvent, Chain};
+use crate::batch::next_batch;
 use crate::store::repo::records::{BatchRows, NewRows};
 use crate::store::repo::{deks, keyring};
 use crate::store::{StoreError, Stores};
@@ -73,19 +74,6 @@ impl RecordWriter {
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
-}
-
-/// Waits for one item, then takes every item already waiting, up to `max`: what a group
-/// commit writes at once. `None` once every sender is gone.
-pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
-    let mut batch = vec![rx.recv().await?];
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) {

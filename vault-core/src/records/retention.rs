@@ -11,15 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::access::Principal;
-use crate::audit::{AuditEvent, Outcome};
+use crate::access::model::Principal;
+use crate::access::policy::Action;
+use crate::audit::chain::{AuditEvent, Outcome};
 use crate::catalog::RetentionTrigger;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
-use crate::policy::Action;
+use crate::error::VaultError;
+use crate::records::vault::{Subject, Vault};
 use crate::store::StoreError;
 use crate::store::repo::retention::{self as repo, Shred};
 use crate::store::repo::{deks, records, subjects};
-use crate::vault::{Subject, Vault, VaultError};
 
 /// The purpose leavers and legal holds are recorded for: the school's legal duties.
 fn retention_purpose() -> Result<Purpose, VaultError> {
@@ -438,9 +439,9 @@ impl Vault {
         let mut hs = Vec::new();
         for h in repo::holds(&self.stores().data).await? {
             let school = self.subject(h.subject).await?.school;
-            if crate::access::sees(p, &school)
+            if crate::access::ops::sees(p, &school)
                 && self.decide(p, &school, &identity, Action::Hold, &why)
-                    == crate::policy::Decision::Allow
+                    == crate::access::policy::Decision::Allow
             {
                 hs.push(h);
             }

@@ -8,45 +8,17 @@ use std::io::Write;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::access::Principal;
-use crate::audit::{AuditEvent, Outcome};
-use crate::domain::{Category, Purpose, SubjectId};
-use crate::keyring::CustodianRecipient;
-use crate::policy::{Action, Decision};
+use crate::access::model::Principal;
+use crate::access::policy::{Action, Decision};
+use crate::audit::chain::{AuditEvent, Outcome};
+use crate::domain::{Category, Country, Purpose, SubjectId};
+use crate::error::VaultError;
+use crate::keys::custodian::CustodianRecipient;
+use crate::records::vault::{FieldView, Subject, Vault};
 use crate::store::repo::transfers::{self, NewDisclosure};
-use crate::vault::{FieldView, Subject, Vault, VaultError};
 
 /// Working days within which the subject is told of a transfer, where the consent promised it.
 pub const TRANSFER_NOTICE_WORKING_DAYS: u32 = 10;
-
-const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
-
-/// An ISO 3166-1 alpha-2 country code.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Country(String);
-
-impl Country {
-    pub fn parse(s: &str) -> Result<Self, VaultError> {
-        let up = s.trim().to_ascii_uppercase();
-        if up.len() == 2 && ISO_3166.split(' ').any(|c| c == up) {
-            Ok(Country(up))
-        } else {
-            Err(VaultError::Invalid(format!(
-                "{:?} is not an ISO 3166-1 alpha-2 country code (such as KZ, RU, DE)",
-                s.chars().take(16).collect::<String>()
-            )))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Country {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(&self.0)
-    }
-}
 
 /// The Art. 16(3) grounds for a transfer to a state without adequate protection, besides
 /// consent. The codes are the vault's; the docs map them to the law.
@@ -107,7 +79,7 @@ impl Vault {
         if self.decide(p, &subj.school, &identity, Action::Consent, &why) != Decision::Allow {
             return Err(VaultError::Forbidden {
                 category: identity.clone(),
-                reason: crate::policy::DenyReason::NotGranted {
+                reason: crate::access::policy::DenyReason::NotGranted {
                     action: Action::Consent,
                     category: identity,
                     purpose: why,
@@ -175,8 +147,8 @@ impl Vault {
                 }
                 // The catalog's own refusals are the destination rules' to name.
                 Decision::Deny(
-                    crate::policy::DenyReason::PurposeNotAllowed { .. }
-                    | crate::policy::DenyReason::NotCollected(_),
+                    crate::access::policy::DenyReason::PurposeNotAllowed { .. }
+                    | crate::access::policy::DenyReason::NotCollected(_),
                 ) => {}
                 Decision::Deny(reason) => {
                     return Err(VaultError::Forbidden {
@@ -326,7 +298,7 @@ impl Vault {
                 None,
                 &needs_approval,
                 &r.purpose,
-                crate::policy::ApprovalAct::Transfer,
+                crate::access::policy::ApprovalAct::Transfer,
             )
             .await?
         {

@@ -6,10 +6,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use std::collections::BTreeMap;
-
 use crate::domain::{Category, DekId, FieldName, RecordId};
-use crate::keyring::{Keyring, KeyringError};
 
 /// Format byte of a sealed field, version 1: `01 | nonce(12) | ciphertext | tag(16)`.
 pub const FIELD_FORMAT_V1: u8 = 0x01;
@@ -66,7 +63,7 @@ impl SecretKey {
     }
 }
 
-fn random_nonce(rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
+pub(crate) fn random_nonce(rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
     let mut n = [0u8; NONCE_LEN];
     rng.fill(&mut n).map_err(|_| CryptoError::Random)?;
     Ok(n)
@@ -107,7 +104,7 @@ impl Entropy {
         Ok(())
     }
 
-    fn nonce(&mut self, rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
+    pub(crate) fn nonce(&mut self, rng: &SystemRandom) -> Result<[u8; NONCE_LEN], CryptoError> {
         let mut n = [0u8; NONCE_LEN];
         self.fill(rng, &mut n)?;
         Ok(n)
@@ -185,6 +182,13 @@ pub struct Dek {
 }
 
 impl Dek {
+    /// The raw key, for the test hooks that prove no store holds it.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn key_bytes(&self) -> &[u8; 32] {
+        self.key.expose()
+    }
+
+    #[cfg(any(test, feature = "test-hooks"))]
     /// A fresh random DEK.
     pub fn generate(rng: &SystemRandom) -> Result<Self, CryptoError> {
         let key = SecretKey::generate(rng)?;
@@ -195,7 +199,10 @@ impl Dek {
         })
     }
 
-    fn generate_from(entropy: &mut Entropy, rng: &SystemRandom) -> Result<Self, CryptoError> {
+    pub(crate) fn generate_from(
+        entropy: &mut Entropy,
+        rng: &SystemRandom,
+    ) -> Result<Self, CryptoError> {
         let key = entropy.key(rng)?;
         Ok(Dek {
             id: entropy.dek_id(rng)?,
@@ -208,6 +215,7 @@ impl Dek {
         self.id
     }
 
+    #[cfg(any(test, feature = "test-hooks"))]
     /// Seals one field value. The result opens only for the same record, field, category and DEK.
     pub fn seal_field(
         &self,
@@ -220,7 +228,7 @@ impl Dek {
         self.seal_with_nonce(random_nonce(rng)?, record, field, category, plaintext)
     }
 
-    fn seal_with_nonce(
+    pub(crate) fn seal_with_nonce(
         &self,
         nonce: [u8; NONCE_LEN],
         record: RecordId,
@@ -276,7 +284,7 @@ impl Dek {
 
 /// A key-encryption key: one version of one category's KEK. No Debug: it is a secret.
 pub(crate) struct Kek {
-    version: u32,
+    pub(crate) version: u32,
     cipher: LessSafeKey,
 }
 
@@ -300,7 +308,7 @@ impl Kek {
         self.wrap_with_nonce(random_nonce(rng)?, dek, record, category)
     }
 
-    fn wrap_with_nonce(
+    pub(crate) fn wrap_with_nonce(
         &self,
         nonce: [u8; NONCE_LEN],
         dek: &Dek,
@@ -355,22 +363,6 @@ impl Kek {
     }
 }
 
-/// Moves a wrapped DEK from its KEK version to `to`, never touching field data.
-pub(crate) fn rewrap_dek(
-    keyring: &Keyring,
-    rng: &SystemRandom,
-    record: RecordId,
-    w: &WrappedDek,
-    to: u32,
-) -> Result<Vec<u8>, KeyringError> {
-    let dek =
-        keyring
-            .kek(&w.category, w.kek_version)?
-            .unwrap(&w.wrapped, record, &w.category, w.id)?;
-    let target = keyring.kek(&w.category, to)?;
-    Ok(target.wrap_with_nonce(random_nonce(rng)?, &dek, record, &w.category)?)
-}
-
 /// Reads the KEK version a wrapped DEK names, checking its format and length.
 pub fn wrapped_kek_version(wrapped: &[u8]) -> Result<u32, CryptoError> {
     let (&format, _) = wrapped.split_first().ok_or(CryptoError::Malformed)?;
@@ -392,98 +384,6 @@ pub struct WrappedDek {
     pub category: Category,
     pub kek_version: u32,
     pub wrapped: Vec<u8>,
-}
-
-/// The DEKs of one record, one per category, made or unwrapped as needed. Sealing a field in a
-/// category that has no DEK yet makes one and wraps it under the category's newest KEK.
-pub struct RecordKeys {
-    record: RecordId,
-    deks: BTreeMap<Category, Dek>,
-    new: Vec<WrappedDek>,
-    entropy: Entropy,
-}
-
-impl RecordKeys {
-    pub fn new(record: RecordId) -> Self {
-        RecordKeys {
-            record,
-            deks: BTreeMap::new(),
-            new: Vec::new(),
-            entropy: Entropy::new(),
-        }
-    }
-
-    /// Unwraps a stored DEK of this record so its fields can be opened or added to.
-    pub fn unwrap(&mut self, keyring: &Keyring, w: &WrappedDek) -> Result<(), KeyringError> {
-        let kek = keyring.kek(&w.category, w.kek_version)?;
-        let dek = kek.unwrap(&w.wrapped, self.record, &w.category, w.id)?;
-        self.deks.insert(w.category.clone(), dek);
-        Ok(())
-    }
-
-    pub fn has(&self, category: &Category) -> bool {
-        self.deks.contains_key(category)
-    }
-
-    /// Seals one field value under the record's DEK for `category`.
-    pub fn seal(
-        &mut self,
-        keyring: &Keyring,
-        rng: &SystemRandom,
-        field: &FieldName,
-        category: &Category,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, KeyringError> {
-        if !self.deks.contains_key(category) {
-            let kek = keyring.newest_kek(category)?;
-            let dek = Dek::generate_from(&mut self.entropy, rng)?;
-            let nonce = self.entropy.nonce(rng)?;
-            let wrapped = kek.wrap_with_nonce(nonce, &dek, self.record, category)?;
-            self.new.push(WrappedDek {
-                id: dek.id(),
-                category: category.clone(),
-                kek_version: kek.version,
-                wrapped,
-            });
-            self.deks.insert(category.clone(), dek);
-        }
-        let nonce = self.entropy.nonce(rng)?;
-        match self.deks.get(category) {
-            Some(dek) => Ok(dek.seal_with_nonce(nonce, self.record, field, category, plaintext)?),
-            None => Err(KeyringError::NoKeyFor(category.clone())),
-        }
-    }
-
-    /// Opens one sealed field; `None` when this record has no unwrapped DEK for the category.
-    pub fn open(
-        &self,
-        field: &FieldName,
-        category: &Category,
-        sealed: &[u8],
-    ) -> Option<Result<Zeroizing<Vec<u8>>, CryptoError>> {
-        self.deks
-            .get(category)
-            .map(|dek| dek.open_field(self.record, field, category, sealed))
-    }
-
-    /// The DEKs made since this was created, to be stored in the key store.
-    pub fn take_new(&mut self) -> Vec<WrappedDek> {
-        std::mem::take(&mut self.new)
-    }
-}
-
-/// Unwraps a stored DEK and returns its bytes; see `Vault::test_hooks_key_material`.
-#[cfg(feature = "test-hooks")]
-pub(crate) fn test_hooks_unwrap(
-    keyring: &Keyring,
-    record: RecordId,
-    w: &WrappedDek,
-) -> Result<Vec<u8>, KeyringError> {
-    let dek =
-        keyring
-            .kek(&w.category, w.kek_version)?
-            .unwrap(&w.wrapped, record, &w.category, w.id)?;
-    Ok(dek.key.expose().to_vec())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use age::secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::keyring::{CustodianRecipient, KeyringError, Unlock};
+use crate::keys::custodian::{CustodianRecipient, KeyringError, Unlock};
 
 /// The text form of a decrypted share: `school-vault-share-v1:<x>:<hex>`.
 const SHARE_TAG: &str = "school-vault-share-v1";
