@@ -142,7 +142,13 @@ fn the_key_primitives_depend_on_no_service() {
         }
     }
     for m in primitives {
-        assert!(!reaches_besides(&g, m, "store", &[]), "{m} reaches the store layer");
-        assert!(!reaches_besides(&g, m, "error", &[]), "{m} reaches the services' error");
+        assert!(
+            !reaches_besides(&g, m, "store", &[]),
+            "{m} reaches the store layer"
+        );
+        assert!(
+            !reaches_besides(&g, m, "error", &[]),
+            "{m} reaches the services' error"
+        );
     }
 }
