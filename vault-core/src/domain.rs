@@ -498,4 +498,77 @@ mod tests {
         let id = RecordId::new_random();
         assert_eq!(RecordId::parse(&id.to_string()), Ok(id));
     }
+
+    /// The century digit and every date digit count: each birth date reads back in its century,
+    /// and 29 February exists in 2000 and 2012 but not in 1800, 1900, 2001 or 2013.
+    #[test]
+    fn birth_dates_by_century_and_leap_year() {
+        let cases = [
+            ("8712313", Some((1987, 12, 31))),
+            ("1202295", Some((2012, 2, 29))),
+            ("0002296", Some((2000, 2, 29))),
+            ("5406151", Some((1854, 6, 15))),
+            ("9911302", Some((1899, 11, 30))),
+            ("0112314", Some((1901, 12, 31))),
+            ("2503186", Some((2025, 3, 18))),
+            ("0002293", None),
+            ("0002291", None),
+            ("0102295", None),
+            ("1302295", None),
+        ];
+        for (head, want) in cases {
+            let iin = (0..1000)
+                .find_map(|n| complete(&format!("{head}{n:04}")))
+                .expect("some serial has a check digit");
+            match want {
+                Some((y, m, d)) => assert_eq!(
+                    Iin::parse(&iin).map(|i| i.birth_date()).ok(),
+                    NaiveDate::from_ymd_opt(y, m, d),
+                    "{iin}"
+                ),
+                None => assert!(
+                    matches!(Iin::parse(&iin), Err(DomainError::Iin(m)) if m.contains("real date")),
+                    "{iin}"
+                ),
+            }
+        }
+    }
+
+    /// School ids: `[a-z0-9][a-z0-9-]{0,63}` exactly, read back as given; a refused one is quoted
+    /// only up to 80 characters.
+    #[test]
+    fn school_ids_at_their_edges() {
+        for ok in ["school-1", "1st", "a", &"a".repeat(64)] {
+            assert_eq!(
+                SchoolId::parse(ok).map(|s| s.as_str().to_owned()),
+                Ok(ok.to_owned())
+            );
+        }
+        for bad in ["", "-abc", "School", "a_b", "a b", &"a".repeat(65)] {
+            assert!(SchoolId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            SchoolId::parse(&"A".repeat(200)),
+            Err(DomainError::SchoolId("A".repeat(80)))
+        );
+        let iin = Iin::parse("900101301233").unwrap();
+        assert_eq!(format!("{iin:?}"), "Iin(<redacted>)");
+    }
+
+    /// Countries: ISO 3166-1 alpha-2 codes, any case and surrounding space, shown in capitals.
+    #[test]
+    fn countries_are_iso_codes_shown_in_capitals() {
+        assert_eq!(
+            Country::parse(" kz ").map(|c| c.to_string()),
+            Ok("KZ".to_owned())
+        );
+        assert_eq!(
+            Country::parse("de").map(|c| c.as_str().to_owned()),
+            Ok("DE".to_owned())
+        );
+        for bad in ["", "K", "KAZ", "ZZ", "K1", "KZ KZ"] {
+            assert!(Country::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format!("{:>4}", Country::parse("RU").unwrap()), "  RU");
+    }
 }

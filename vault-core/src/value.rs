@@ -133,4 +133,34 @@ mod tests {
         );
         assert!(!format!("{:?}", FieldValue::text("secret-marker")).contains("secret-marker"));
     }
+
+    /// The limit is 2 MiB of JSON text exactly: a value of that size is accepted, one byte more
+    /// is refused with the limit named.
+    #[test]
+    fn the_size_limit_is_two_mebibytes_exactly() {
+        assert_eq!(MAX_VALUE_BYTES, 2_097_152);
+        let at = FieldValue::text(&"a".repeat(MAX_VALUE_BYTES - 2));
+        assert_eq!(at.expose_json().len(), MAX_VALUE_BYTES);
+        assert_eq!(at.check(FieldType::Text), Ok(()));
+        let over = FieldValue::text(&"a".repeat(MAX_VALUE_BYTES - 1));
+        assert_eq!(over.check(FieldType::Text), Err("a value of at most 2 MiB"));
+    }
+
+    /// The JSON text, its bytes and the parsed value agree, and bytes read back from a sealed
+    /// field make the same value; a value is equal only to the same value.
+    #[test]
+    fn views_agree_and_bytes_round_trip() {
+        let v = FieldValue::from_json(&json!({"class": "5A", "n": 3}));
+        assert_eq!(v.expose_json(), r#"{"class":"5A","n":3}"#);
+        assert_eq!(v.as_bytes(), v.expose_json().as_bytes());
+        assert_eq!(v.to_json(), json!({"class": "5A", "n": 3}));
+        let back = FieldValue::from_plaintext(v.as_bytes()).expect("utf-8");
+        assert_eq!(back, v);
+        assert!(FieldValue::text("a") != FieldValue::text("b"));
+        assert!(FieldValue::from_plaintext(&[0xff, 0xfe]).is_none());
+        assert_eq!(
+            format!("{:?}", FieldValue::text("x")),
+            "FieldValue(<redacted>)"
+        );
+    }
 }

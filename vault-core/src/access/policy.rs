@@ -690,3 +690,90 @@ fn parse_holidays(file: &str, text: &str) -> Result<BTreeSet<NaiveDate>, PolicyE
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Policy {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(Policy::load_dir(&dir))
+            .expect("the shipped policies load")
+    }
+
+    fn names(c: &str, p: &str) -> (Category, Purpose) {
+        (
+            Category::parse(c).expect("category"),
+            Purpose::parse(p).expect("purpose"),
+        )
+    }
+
+    /// A role holds what its own lines and the roles it inherits grant (the general director
+    /// approves as a director does, through `g, general_director, director`), and nothing more.
+    #[test]
+    fn roles_hold_what_they_inherit_and_nothing_else() {
+        let p = shipped();
+        assert!(p.role_holds(Role::Director, Action::Approve));
+        assert!(p.role_holds(Role::GeneralDirector, Action::Approve));
+        assert!(p.role_holds(Role::AppAdmissions, Action::Write));
+        assert!(!p.role_holds(Role::Teacher, Action::Approve));
+        assert!(!p.role_holds(Role::Auditor, Action::Write));
+        assert!(!p.role_holds(Role::AppAdmissions, Action::Approve));
+        let (identity, why) = names("identity", "legal_administrative");
+        assert!(p.holds_everywhere(
+            Role::GeneralDirector,
+            &identity,
+            Action::PrincipalAdmin,
+            &why
+        ));
+        assert!(!p.holds_everywhere(Role::Teacher, &identity, Action::PrincipalAdmin, &why));
+        assert!(!p.grants().is_empty());
+        assert!(
+            p.protecting_states().is_empty(),
+            "the shipped list is empty"
+        );
+        assert!(format!("{p:?}").starts_with("Policy { grants: "), "{p:?}");
+    }
+
+    /// Only the subject's own export is statutory: a transfer of health data, even for the
+    /// subject-access purpose, still waits for the director.
+    #[test]
+    fn only_the_subjects_own_export_skips_the_approval() {
+        let p = shipped();
+        let (health, access) = names("health", "subject_access");
+        let school = SchoolId::parse("school-1").expect("school");
+        let roles = [(Scope::School(school.clone()), Role::PrivacyOfficer)];
+        let ask = |action| p.decide(&roles, &school, &health, action, &access);
+        assert_eq!(ask(Action::Export), Decision::Allow);
+        assert_eq!(ask(Action::Transfer), Decision::ApprovalRequired);
+    }
+
+    /// Scopes read back as written; each refusal explains itself in words and a stable code.
+    #[test]
+    fn scopes_and_reasons_read_back() {
+        assert_eq!(
+            Scope::parse("*").map(|s| s.as_str().to_owned()),
+            Ok("*".to_owned())
+        );
+        assert_eq!(
+            Scope::parse("school-2").map(|s| s.as_str().to_owned()),
+            Ok("school-2".to_owned())
+        );
+        let (health, why) = names("health", "education");
+        let r = DenyReason::NotGranted {
+            action: Action::Read,
+            category: health,
+            purpose: why,
+        };
+        assert_eq!(r.code(), "not_granted");
+        let text = r.to_string();
+        assert!(
+            text.contains("read") && text.contains("health") && text.contains("education"),
+            "{text}"
+        );
+    }
+}

@@ -517,4 +517,29 @@ mod tests {
             Err(ChainProblem::PinMismatch { generation: 3 })
         );
     }
+
+    /// A pin at the tip itself (the state right after a custodian's change) holds; a pin of the
+    /// same genesis generation under another genesis key does not vouch for this chain.
+    #[test]
+    fn a_pin_at_the_tip_holds_and_one_of_another_genesis_key_does_not() {
+        let (links, sealed) = chain(3);
+        let tip = sealed_digest(&sealed[2]);
+        assert_eq!(
+            judge(&links, Some(&pin_of(&links, 2)), 3, &tip, Known::Nothing),
+            Ok(Some(links[2].clone()))
+        );
+        let (other, _) = chain(1);
+        let mut pin = pin_of(&links, 0);
+        pin.genesis_public_key = other[0].public_key.clone();
+        assert_eq!(
+            judge(
+                &links,
+                Some(&pin),
+                3,
+                &tip,
+                Known::Unsigned { generation: 0 }
+            ),
+            Err(ChainProblem::NotPinned { generation: 1 })
+        );
+    }
 }
