@@ -73,6 +73,38 @@ struct Args {
     /// Also print each audit anchor's JSON line on standard output, for the host's log shipper.
     #[arg(long, env = "VAULT_AUDIT_ANCHOR_STDOUT")]
     audit_anchor_stdout: bool,
+    /// How log lines are written on standard error: text for a person, or json (one object per
+    /// line, with the request id, route, method, status, latency and principal id) for a log
+    /// shipper. Neither ever carries a value, a token or a request body.
+    #[arg(long, env = "VAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on standard error, filtered by `VAULT_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sea_orm_migration=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Colour only for a person at a terminal; a file, a pipe or journald gets plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -186,7 +218,7 @@ async fn dev_bootstrap(
             )
             .await
             .context("creating the dev keyring")?;
-            eprintln!(
+            tracing::warn!(
                 "DEV MODE: made a new keyring sealed to {}",
                 identity.display()
             );
@@ -246,11 +278,10 @@ async fn dev_principals(vault: &Vault, data_dir: &Path) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     std::io::Write::write_all(&mut opts.open(&path)?, env.as_bytes())?;
-    eprintln!(
-        "DEV MODE: made principals for a school day; their tokens are in {}",
+    tracing::warn!(
+        "DEV MODE: made principals for a school day; their tokens are in {0} (load them with: source {0})",
         path.display()
     );
-    eprintln!("          (load them with: source {})", path.display());
     Ok(())
 }
 
@@ -284,13 +315,10 @@ async fn run(args: Args) -> Result<()> {
     let stores = Stores::open(&config).await.context("opening the stores")?;
     let mut first_dev_start = false;
     let unlock: Option<Unlock> = if s.dev {
-        eprintln!("==================================================================");
-        eprintln!(
-            " DEV MODE: dev keyring and tokens in {}.",
+        tracing::warn!(
+            "DEV MODE: dev keyring and tokens in {}. Never store real personal data in a dev vault.",
             s.data_dir.display()
         );
-        eprintln!(" Never store real personal data in a dev vault.");
-        eprintln!("==================================================================");
         let (id, first) = dev_bootstrap(&stores, catalog, &s.data_dir).await?;
         first_dev_start = first;
         Some(Unlock::identity_file(&id)?)
@@ -440,21 +468,18 @@ async fn serve_sealed(
 
 #[actix_web::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sea_orm_migration=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; a file, a pipe or journald gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    let format = args.log_format;
+    init_logs(format);
     if let Err(e) = run(args).await {
-        eprintln!("error: {e}");
-        for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+        if format == LogFormat::Json {
+            let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+            tracing::error!(error = %e, causes = ?causes, "vault-server stopped");
+        } else {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
         }
         std::process::exit(1);
     }

@@ -41,7 +41,8 @@ pub fn app(
                     .and_then(|v| v.to_str().ok()),
             );
             let method = req.method().to_string();
-            let span = tracing::info_span!("request", id = %rid);
+            let span =
+                tracing::info_span!("request", id = %rid, principal = tracing::field::Empty);
             req.extensions_mut().insert(rid.clone());
             let fut = srv.call(req);
             let metrics = metrics.clone();

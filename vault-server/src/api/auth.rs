@@ -177,6 +177,10 @@ async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> 
     {
         s.auth_failures.failed(ip, shown);
     }
+    if let Ok(p) = &result {
+        // The request's span (startup::app) names who made it, in every log line it writes.
+        tracing::Span::current().record("principal", tracing::field::display(p.id()));
+    }
     result
 }
 
