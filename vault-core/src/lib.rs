@@ -75,9 +75,9 @@ pub use crate::keys::custody::{
     Unsealer, custodian_shares,
 };
 pub use crate::keys::envelope::{CryptoError, DEK_FORMAT_V1, FIELD_FORMAT_V1, wrapped_kek_version};
-/// Key types: public only to the fuzz targets, the bench's fixtures and the tests that attack the
-/// key store (feature `test-hooks`). A build of the server or `vaultctl` cannot name a KEK, a
-/// DEK or the keyring; it reaches them only through a `Vault` and its sessions.
+// Key types: public only to the fuzz targets, the bench's fixtures and the tests that attack the
+// key store (feature `test-hooks`). A build of the server or `vaultctl` alone cannot name a KEK,
+// a DEK or the keyring; it reaches them only through a `Vault` and its sessions.
 #[cfg(feature = "test-hooks")]
 pub use crate::keys::envelope::{Dek, WrappedDek};
 pub use crate::keys::keychain::{ChainProblem, Link, sealed_digest, verify_chain, verify_link};

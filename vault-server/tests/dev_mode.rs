@@ -54,6 +54,22 @@ impl Server {
         (status, body)
     }
 
+    /// A POST of a JSON body with a bearer token and a purpose.
+    fn post_as(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {token}\r\nX-Vault-Purpose: legal_administrative\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
     fn stop(mut self) -> String {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -247,7 +263,32 @@ fn json_logs_name_the_request_and_the_principal_and_nothing_secret() {
     // Refused (no purpose given) or not found: either way its line names the pattern only.
     let (status2, _) = server.get_as(&format!("/v1/records/{random}"), &token, "req-json-2");
     assert!(status2 >= 400, "{status2}");
+    // A record with a value no log may hold, written by the admissions app.
+    let admissions = tokens
+        .lines()
+        .find_map(|l| l.strip_prefix("export VAULT_ADMISSIONS_TOKEN="))
+        .unwrap()
+        .to_owned();
+    let (status, subject) = server.post_as(
+        "/v1/subjects",
+        &admissions,
+        r#"{"school":"school-1","kind":"student"}"#,
+    );
+    assert_eq!(status, 201, "{subject}");
+    let subject: serde_json::Value = serde_json::from_str(&subject).unwrap();
+    let marker = "Zhanar-Log-Marker-7731";
+    let (status, record) = server.post_as(
+        &format!("/v1/subjects/{}/records", subject["id"].as_str().unwrap()),
+        &admissions,
+        &format!(r#"{{"record_type":"student","fields":{{"full_name":"{marker}"}}}}"#),
+    );
+    assert_eq!(status, 201, "{record}");
     let log = server.stop();
+    assert!(!log.contains(marker), "a field value reached the log");
+    assert!(
+        !log.contains(me["name"].as_str().unwrap()),
+        "a principal's name reached the log"
+    );
     assert!(!log.contains('\u{1b}'), "ANSI codes in JSON logs: {log:?}");
     let lines: Vec<serde_json::Value> = log
         .lines()

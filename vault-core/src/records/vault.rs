@@ -959,7 +959,8 @@ impl Vault {
     }
 
     /// Every KEK and DEK the vault holds, in clear. Only for tests that scan stores for leaked
-    /// key bytes; compiled only with the `test-hooks` feature, which no shipped binary enables.
+    /// key bytes; compiled only with the `test-hooks` feature, which a build of the server or vaultctl alone
+    /// never enables.
     #[cfg(feature = "test-hooks")]
     pub async fn test_hooks_key_material(&self) -> Result<Vec<Vec<u8>>, VaultError> {
         let keyring = self.keyring();
