@@ -127,7 +127,7 @@ impl std::fmt::Display for CustodianRecipient {
 }
 
 /// A passphrase that seals or unseals the keyring. No Debug or Display.
-pub struct Passphrase(pub(crate) SecretString);
+pub struct Passphrase(SecretString);
 
 impl Passphrase {
     pub fn new(s: String) -> Self {

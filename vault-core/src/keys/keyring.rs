@@ -612,7 +612,7 @@ impl Keyring {
                     .map_err(|e| KeyringError::Seal(e.to_string()))?
             }
             SealTo::Passphrase(p, work) => {
-                let mut r = age::scrypt::Recipient::new(p.0.clone());
+                let mut r = p.scrypt_recipient();
                 if let Some(log_n) = work {
                     r.set_work_factor(*log_n);
                 }
@@ -638,7 +638,7 @@ impl Keyring {
                 dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
             }
             Unlock::Passphrase(p) => {
-                let id = age::scrypt::Identity::new(p.0.clone());
+                let id = p.scrypt_identity();
                 dec.decrypt(std::iter::once(&id as &dyn age::Identity))
             }
         }
