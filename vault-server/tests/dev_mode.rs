@@ -25,41 +25,12 @@ fn start(data: &Path) -> Server {
 }
 
 impl Server {
-    fn get(&self, path: &str) -> (u16, String) {
+    /// One request over a fresh connection: the status and the body.
+    fn request(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp[9..12].parse().unwrap();
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
-    }
-
-    /// A GET with a bearer token and a request id of our own.
-    fn get_as(&self, path: &str, token: &str, request_id: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {token}\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp[9..12].parse().unwrap();
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
-    }
-
-    /// A POST of a JSON body with a bearer token and a purpose.
-    fn post_as(&self, path: &str, token: &str, body: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {token}\r\nX-Vault-Purpose: legal_administrative\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: vault\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -68,6 +39,24 @@ impl Server {
         let status = resp[9..12].parse().unwrap();
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
         (status, body)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path, "", "")
+    }
+
+    /// A GET with a bearer token and a request id of our own.
+    fn get_as(&self, path: &str, token: &str, request_id: &str) -> (u16, String) {
+        let headers = format!("Authorization: Bearer {token}\r\nX-Request-Id: {request_id}\r\n");
+        self.request("GET", path, &headers, "")
+    }
+
+    /// A POST of a JSON body with a bearer token and a purpose.
+    fn post_as(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let headers = format!(
+            "Authorization: Bearer {token}\r\nX-Vault-Purpose: legal_administrative\r\nContent-Type: application/json\r\n"
+        );
+        self.request("POST", path, &headers, body)
     }
 
     fn stop(mut self) -> String {
