@@ -33,6 +33,7 @@ mod domain;
 mod error;
 mod keys;
 mod records;
+mod stats;
 mod store;
 mod value;
 
@@ -99,5 +100,6 @@ pub use crate::records::vault::{
     FieldChange, FieldView, KekStatus, NewSubject, RecordMeta, RecordView, SealReason,
     ShredReceipt, Subject, Vault,
 };
+pub use crate::stats::{CommitObserver, GroupCommit, QueueDepths};
 pub use crate::store::{StoreConfig, StoreError, Stores, redact_url};
 pub use crate::value::{FieldValue, MAX_VALUE_BYTES};

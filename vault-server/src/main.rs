@@ -19,7 +19,7 @@ use vault_core::{
 
 use vault_server::api::{AppState, AuthFailures};
 use vault_server::startup;
-use vault_server::telemetry::Metrics;
+use vault_server::telemetry::{CommitMetrics, Metrics};
 
 /// The school records vault's HTTP server. Every option can also come from a `VAULT_`
 /// environment variable or the `--config` file (flags and variables win over the file).
@@ -383,6 +383,7 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let metrics = Arc::new(Metrics::default());
+    vault.observe_commits(Arc::new(CommitMetrics(metrics.clone())));
     let state = web::Data::new(AppState {
         vault,
         metrics,

@@ -53,7 +53,7 @@ pub fn app(
                     .match_pattern()
                     .unwrap_or_else(|| "unmatched".into());
                 let status = res.status().as_u16();
-                metrics.observe(&route, &method, status, started.elapsed());
+                metrics.observe(route.clone(), &method, status, started.elapsed());
                 tracing::info!(%method, %route, status, ms = started.elapsed().as_millis() as u64, "request");
                 if let Ok(v) = HeaderValue::from_str(&rid) {
                     res.headers_mut()
@@ -127,8 +127,8 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(state.vault.queue_depths()))
 }
 
 async fn openapi() -> HttpResponse {

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::start;
+use common::{parse_openmetrics, start};
 use serde_json::{Value, json};
 use vault_core::{Role, SchoolId, Scope, Unlock, Vault};
 use vault_tests::{Backend, make_iin, on_both_backends, policy};
@@ -159,8 +158,36 @@ async fn school_day_over_http(backend: Backend) {
     // Metrics: valid Prometheus text, with the decisions made above.
     let m = s.call("GET", "/metrics", None, &[], None);
     assert_eq!(m.status, 200);
-    assert!(m.headers["content-type"].starts_with("text/plain; version=0.0.4"));
-    check_prometheus(&m.text());
+    assert!(
+        m.headers["content-type"].starts_with("application/openmetrics-text; version=1.0.0"),
+        "{}",
+        m.headers["content-type"]
+    );
+    let families = parse_openmetrics(&m.text());
+    for want in [
+        "vault_http_requests counter",
+        "vault_http_request_duration_seconds histogram",
+        "vault_field_decisions counter",
+        "vault_group_commit_batch_size histogram",
+        "vault_group_commit_duration_seconds histogram",
+        "vault_group_commit_queue_depth gauge",
+        "process_resident_memory_bytes gauge",
+        "process_open_fds gauge",
+        "process_cpu_seconds counter",
+    ] {
+        assert!(
+            families.iter().any(|f| f.starts_with(&format!("{want} "))),
+            "{want} missing from {families:?}"
+        );
+    }
+    // The creates above went through the record writer's group commit.
+    assert!(
+        m.text().lines().any(|l| l
+            .starts_with(r#"vault_group_commit_batch_size_count{writer="records"}"#)
+            && !l.ends_with(" 0")),
+        "{}",
+        m.text()
+    );
     assert!(
         m.text()
             .contains("vault_field_decisions_total{outcome=\"approval_required\"}")
@@ -174,68 +201,6 @@ async fn school_day_over_http(backend: Backend) {
     let mut markers = vec!["MARKER", "hearing aid", "Aigerim", iin.as_str()];
     markers.push("2015-03-04");
     s.stop(&markers);
-}
-
-/// Checks the Prometheus text exposition format line by line: HELP and TYPE comments, then
-/// samples `name{label="value",...} number`, every sample's family declared by a TYPE line.
-fn check_prometheus(text: &str) {
-    let mut types: HashMap<String, String> = HashMap::new();
-    let name_ok = |n: &str| {
-        !n.is_empty()
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !n.starts_with(|c: char| c.is_ascii_digit())
-    };
-    let mut samples = 0;
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut p = rest.splitn(3, ' ');
-            let (kind, name, val) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap_or(""));
-            assert!(name_ok(name), "bad metric name in {line}");
-            if kind == "TYPE" {
-                assert!(
-                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&val),
-                    "{line}"
-                );
-                types.insert(name.to_owned(), val.to_owned());
-            } else {
-                assert_eq!(kind, "HELP", "{line}");
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        assert!(
-            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
-            "{line}"
-        );
-        let name = series.split('{').next().unwrap();
-        assert!(name_ok(name), "{line}");
-        if let Some(labels) = series.strip_prefix(name)
-            && !labels.is_empty()
-        {
-            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-            for pair in labels[1..labels.len() - 1].split("\",") {
-                let (k, v) = pair
-                    .split_once("=\"")
-                    .unwrap_or_else(|| panic!("label {pair} in {line}"));
-                assert!(name_ok(k), "{line}");
-                assert!(!v.trim_end_matches('"').contains('\n'));
-            }
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
-            .unwrap_or(name);
-        assert!(types.contains_key(family), "no TYPE for {name}");
-        samples += 1;
-    }
-    assert!(samples > 0);
 }
 
 async fn clients_get_clear_errors(backend: Backend) {

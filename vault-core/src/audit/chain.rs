@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::anchor::{AnchorSource, Anchors};
 use crate::clock::Clock;
 use crate::domain::{Category, Purpose, RecordId, SchoolId, SubjectId};
+use crate::stats::{GroupCommit, Observers};
 use crate::store::repo::audit as repo;
 use crate::store::{Db, DbErr, Txn};
 
@@ -512,6 +513,7 @@ impl AuditLog {
         stores: &crate::store::Stores,
         keys: AuditKeys,
         clock: Arc<dyn Clock>,
+        observers: Observers,
     ) -> Result<Self, AuditError> {
         let db = stores.data.clone();
         let keys: SharedAuditKeys = Arc::new(RwLock::new(Arc::new(keys)));
@@ -528,16 +530,24 @@ impl AuditLog {
         tokio::spawn(async move {
             let chain = writer_chain;
             while let Some(batch) = crate::batch::next_batch(&mut rx, MAX_BATCH).await {
+                let entries = batch.iter().map(|p| p.events.len()).sum();
+                let timed = observers.start(GroupCommit::Audit, entries);
                 let result = write_batch(&db, &chain, &batch).await.map_err(|e| {
                     tracing::error!(error = %e, "audit batch failed");
                     e.to_string()
                 });
+                timed.finish(result.is_ok());
                 for p in batch {
                     let _ = p.done.send(result.clone());
                 }
             }
         });
         Ok(AuditLog { tx, chain })
+    }
+
+    /// Appends waiting for a batch.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// The chain, for appends inside another transaction.

@@ -26,6 +26,7 @@ use crate::keys::envelope::{CryptoError, WrappedDek};
 use crate::keys::keyring::{KekInfo, Keyring, SealTo};
 use crate::keys::record_keys::RecordKeys;
 use crate::records::writer::{NewRecord, RecordWriter, Written};
+use crate::stats::{CommitObserver, Observers, QueueDepths};
 use crate::store::repo::deks::DekRow;
 use crate::store::repo::records::{FieldRow, NewField, NewRows, RecordRow};
 use crate::store::repo::retention::Shred;
@@ -168,6 +169,7 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     audit: AuditLog,
     writer: RecordWriter,
+    observers: Observers,
 }
 
 impl std::fmt::Debug for Vault {
@@ -220,8 +222,14 @@ impl Vault {
         for c in policy.catalog().collected_categories() {
             keyring.newest_kek(c)?;
         }
-        let audit = AuditLog::start(&stores, AuditKeys::of(&keyring)?, clock.clone())?;
-        let writer = RecordWriter::start(stores.clone(), audit.chain());
+        let observers = Observers::default();
+        let audit = AuditLog::start(
+            &stores,
+            AuditKeys::of(&keyring)?,
+            clock.clone(),
+            observers.clone(),
+        )?;
+        let writer = RecordWriter::start(stores.clone(), audit.chain(), observers.clone());
         let vault = Vault {
             policy,
             keyring: std::sync::RwLock::new(Arc::new(keyring)),
@@ -234,9 +242,24 @@ impl Vault {
             clock,
             audit,
             writer,
+            observers,
         };
         vault.resume_shreds().await?;
         Ok(vault)
+    }
+
+    /// Tells `observer` of every batch the group commits write from now on. Only the first
+    /// observer set is kept: false when one already was.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observers.set(observer)
+    }
+
+    /// How many writes wait in each group commit's queue.
+    pub fn queue_depths(&self) -> QueueDepths {
+        QueueDepths {
+            records: self.writer.queued(),
+            audit: self.audit.queued(),
+        }
     }
 
     /// Both stores answer, and the key store holds the keyring this vault holds or its signed

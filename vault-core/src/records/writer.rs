@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::audit::chain::{AuditEvent, Chain};
 use crate::batch::next_batch;
+use crate::stats::{GroupCommit, Observers};
 use crate::store::repo::records::{BatchRows, NewRows};
 use crate::store::repo::{deks, keyring};
 use crate::store::{StoreError, Stores};
@@ -52,16 +53,26 @@ pub(crate) struct RecordWriter {
     tx: mpsc::Sender<Pending>,
 }
 
+/// Records a writer's queue holds at most; a create waits for room beyond it.
+const QUEUE: usize = 1024;
+
 impl RecordWriter {
     /// Starts the writer on the current tokio runtime.
-    pub(crate) fn start(stores: Stores, chain: Arc<Chain>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Pending>(1024);
+    pub(crate) fn start(stores: Stores, chain: Arc<Chain>, observers: Observers) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
         tokio::spawn(async move {
             while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
-                write_batch(&stores, &chain, batch).await;
+                let timed = observers.start(GroupCommit::Records, batch.len());
+                let ok = write_batch(&stores, &chain, batch).await;
+                timed.finish(ok);
             }
         });
         RecordWriter { tx }
+    }
+
+    /// Records waiting for a batch.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Stores one record and waits until it is durable in both stores.
@@ -76,18 +87,21 @@ impl RecordWriter {
     }
 }
 
-async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) {
+/// Writes one batch; false when the batch as a whole failed.
+async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) -> bool {
     let recs: Vec<&NewRecord> = batch.iter().map(|p| &p.rec).collect();
     match commit(stores, chain, &recs).await {
         Ok(outcomes) => {
             for (p, w) in batch.into_iter().zip(outcomes) {
                 let _ = p.done.send(Ok(w));
             }
+            true
         }
         Err(e) if batch.len() == 1 => {
             if let Some(p) = batch.into_iter().next() {
                 let _ = p.done.send(Err(e));
             }
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, records = batch.len(), "a write batch failed; writing its records one by one");
@@ -97,6 +111,7 @@ async fn write_batch(stores: &Stores, chain: &Chain, batch: Vec<Pending>) {
                     .map(|mut w| w.pop().unwrap_or(Written::StaleKeyring));
                 let _ = p.done.send(r);
             }
+            false
         }
     }
 }

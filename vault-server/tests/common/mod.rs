@@ -332,3 +332,38 @@ pub fn vaultctl_as(
     assert!(!err.contains("panicked"), "vaultctl {args:?}: {err}");
     o
 }
+
+/// Parses `/metrics` with the reference OpenMetrics parser (PyPI's `prometheus_client`) and
+/// returns each family as `name type samples`. Panics, never skips, when the parser is missing.
+pub fn parse_openmetrics(text: &str) -> Vec<String> {
+    use std::io::Write as _;
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    print(f.name, f.type, len(f.samples))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the OpenMetrics parser (install python3)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused /metrics (or is missing: pip install prometheus-client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
