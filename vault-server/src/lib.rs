@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod limits;
 pub mod problem;
 pub mod startup;
 pub mod telemetry;

@@ -18,6 +18,7 @@ use vault_core::{
 };
 
 use vault_server::api::{AppState, AuthFailures};
+use vault_server::limits::RequestLimit;
 use vault_server::startup;
 use vault_server::telemetry::{CommitMetrics, Metrics};
 
@@ -31,7 +32,7 @@ struct Args {
     dev: bool,
     /// A TOML file with any of: listen, data_dir, data_url, keys_url, identity, passphrase_file,
     /// policies, store_country, allow_store_outside_kz, trusted_proxies, audit_witness,
-    /// audit_anchor_stdout.
+    /// audit_anchor_stdout, rate_limit, rate_limit_clients.
     #[arg(long, env = "VAULT_CONFIG")]
     config: Option<PathBuf>,
     /// Folder of the embedded SQLite stores (data.db, keys.db). Default: vault-data.
@@ -78,6 +79,15 @@ struct Args {
     /// shipper. Neither ever carries a value, a token or a request body.
     #[arg(long, env = "VAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Requests per second one client address may make to the API, with bursts of twice that;
+    /// 0 turns the limit off. Over it, a client gets 429 `rate_limited` with Retry-After.
+    /// Liveness, readiness, metrics and /openapi.json are never limited. Default: 500.
+    #[arg(long, env = "VAULT_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Client addresses (and tokens) each limiter remembers at most, about 50 bytes each; when
+    /// full, those not over their limit are forgotten first. Default: 100000.
+    #[arg(long, env = "VAULT_RATE_LIMIT_CLIENTS")]
+    rate_limit_clients: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +132,8 @@ struct FileConfig {
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
     audit_witness: Option<PathBuf>,
     audit_anchor_stdout: Option<bool>,
+    rate_limit: Option<u32>,
+    rate_limit_clients: Option<usize>,
 }
 
 /// The settings after merging flags, environment and the config file.
@@ -138,7 +150,12 @@ struct Settings {
     trusted_proxies: Vec<std::net::IpAddr>,
     audit_witness: Option<PathBuf>,
     audit_anchor_stdout: bool,
+    rate_limit: u32,
+    rate_limit_clients: usize,
 }
+
+/// Requests per second per client address unless configured.
+const DEFAULT_RATE_LIMIT: u32 = 500;
 
 fn settings(a: Args) -> Result<Settings> {
     let f: FileConfig = match &a.config {
@@ -193,6 +210,11 @@ fn settings(a: Args) -> Result<Settings> {
         },
         audit_witness: a.audit_witness.or(f.audit_witness),
         audit_anchor_stdout: a.audit_anchor_stdout || f.audit_anchor_stdout.unwrap_or(false),
+        rate_limit: a.rate_limit.or(f.rate_limit).unwrap_or(DEFAULT_RATE_LIMIT),
+        rate_limit_clients: a
+            .rate_limit_clients
+            .or(f.rate_limit_clients)
+            .unwrap_or(vault_server::limits::MAX_TRACKED),
     })
 }
 
@@ -387,7 +409,8 @@ async fn run(args: Args) -> Result<()> {
     let state = web::Data::new(AppState {
         vault,
         metrics,
-        auth_failures: AuthFailures::default(),
+        auth_failures: AuthFailures::with_capacity(s.rate_limit_clients),
+        request_limit: RequestLimit::per_second(s.rate_limit, s.rate_limit_clients),
         trusted_proxies: s.trusted_proxies.clone(),
     });
     tracing::info!(%addr, "vault-server listening");

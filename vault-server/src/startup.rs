@@ -11,7 +11,11 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpMessage, HttpResponse, web};
 use tracing::Instrument;
 
+use actix_web::ResponseError;
+use futures_util::future::Either;
+
 use crate::api::{self, AppState};
+use crate::limits;
 use crate::problem::ApiError;
 use crate::telemetry;
 
@@ -31,6 +35,7 @@ pub fn app(
     >,
 > {
     let metrics = state.metrics.clone();
+    let limits = state.clone();
     App::new()
         .app_data(state)
         .wrap_fn(move |req, srv| {
@@ -44,10 +49,32 @@ pub fn app(
             let span =
                 tracing::info_span!("request", id = %rid, principal = tracing::field::Empty);
             req.extensions_mut().insert(rid.clone());
-            let fut = srv.call(req);
+            let over = if limits::unlimited(req.path()) {
+                None
+            } else {
+                api::client_ip(req.request(), &limits.trusted_proxies)
+                    .and_then(|ip| limits.request_limit.admit(ip).err())
+            };
+            let call = match over {
+                None => Either::Left(srv.call(req)),
+                Some(wait) => {
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!("too many requests from this client: try again in {secs} s"),
+                    );
+                    e.retry_after = Some(secs);
+                    let res = e.error_response();
+                    Either::Right(req.into_response(res))
+                }
+            };
             let metrics = metrics.clone();
             async move {
-                let mut res = fut.await?;
+                let mut res = match call {
+                    Either::Left(fut) => fut.await?.map_into_left_body(),
+                    Either::Right(res) => res.map_into_right_body(),
+                };
                 let route = res
                     .request()
                     .match_pattern()

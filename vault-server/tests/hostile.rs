@@ -347,3 +347,112 @@ async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
     );
     s.stop(&[]);
 }
+
+/// One raw request from a chosen loopback source address; the status, and the problem code
+/// if the answer is one.
+async fn from(source: std::net::Ipv4Addr, server: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((source, 0).into()).unwrap();
+    let mut c = sock.connect(server.parse().unwrap()).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let code = text
+        .split("\"code\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("")
+        .to_owned();
+    (status, code)
+}
+
+fn rss(s: &common::Server) -> f64 {
+    let m = s.call("GET", "/metrics", None, &[], None).text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The attack of issue 15: a client cycling through 10,000 source addresses on 127.0.0.0/8
+/// must not give back the burst of an address that is over its failed-authentication limit,
+/// and the limiter's memory stays bounded. After its burst an address may fail once every 3 s,
+/// so between two of its checks at most one failure gets through; a reset would let 20 through.
+#[tokio::test]
+async fn cycling_source_addresses_never_resets_a_client_over_its_limit() {
+    // A small store, so the 10,000 addresses overflow it ten times over.
+    let s = common::start_full(Backend::Sqlite, None, &["--rate-limit-clients", "1000"]).await;
+    let over = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    for i in 0..20 {
+        let r = from(over, &s.addr, "/v1/me").await;
+        assert_eq!(r, (401, "unauthenticated".into()), "attempt {i}");
+    }
+    assert_eq!(
+        from(over, &s.addr, "/v1/me").await,
+        (429, "too_many_failures".into())
+    );
+    let before = rss(&s);
+    let mut seen = Vec::new();
+    for chunk in 0..100u32 {
+        let mut tasks = Vec::new();
+        for i in 0..100u32 {
+            let n = chunk * 100 + i;
+            let ip = std::net::Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8);
+            let addr = s.addr.clone();
+            tasks.push(tokio::spawn(async move { from(ip, &addr, "/v1/me").await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().0, 401);
+        }
+        seen.push(from(over, &s.addr, "/v1/me").await.0);
+    }
+    let runs = seen
+        .split(|s| *s == 429)
+        .map(<[u16]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(runs <= 1, "the address got its burst back: {seen:?}");
+    assert!(seen.iter().all(|s| [401, 429].contains(s)), "{seen:?}");
+    let grown = rss(&s) - before;
+    assert!(grown < 48.0 * 1024.0 * 1024.0, "grew by {grown} bytes");
+    s.stop(&[]);
+}
+
+/// `--rate-limit N`: N requests a second per client address, bursts of 2N; over it, 429
+/// `rate_limited` with Retry-After, for that client only; liveness, readiness and metrics are
+/// never limited.
+#[tokio::test]
+async fn requests_are_limited_per_client_address() {
+    let s = common::start_full(Backend::Sqlite, None, &["--rate-limit", "5"]).await;
+    let a = std::net::Ipv4Addr::new(127, 0, 0, 5);
+    let mut codes = Vec::new();
+    for _ in 0..14 {
+        codes.push(from(a, &s.addr, "/v1/no-such-route").await);
+    }
+    let limited = codes.iter().filter(|c| c.1 == "rate_limited").count();
+    assert!(codes[..10].iter().all(|c| c.0 == 404), "{codes:?}");
+    assert!(
+        limited >= 3 && codes.iter().all(|c| c.0 == 404 || c.0 == 429),
+        "{codes:?}"
+    );
+    let r = s.call("GET", "/v1/no-such-route", None, &[], None);
+    assert_eq!(r.status, 404, "another address is not limited");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(from(a, &s.addr, path).await.0, 200, "{path}");
+    }
+    let m = s.call("GET", "/metrics", None, &[], None).text();
+    assert!(
+        m.contains(r#"route="unmatched",method="GET",status="429""#),
+        "{m}"
+    );
+    s.stop(&[]);
+}

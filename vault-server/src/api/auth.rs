@@ -1,9 +1,10 @@
 //! Who is calling and why: the `Caller` (from `Authorization: Bearer`) and `Why` (from
 //! `X-Vault-Purpose`) extractors, the failed-authentication limiter and the client address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
@@ -13,17 +14,19 @@ use vault_core::{BearerToken, Category, Principal, Purpose, Purposes, Session};
 
 use super::State;
 use super::input::parse;
+use crate::limits::{ClientLimiter, MAX_TRACKED};
 use crate::problem::ApiError;
 
-/// Failed authentications, in fixed one-minute windows, counted per (client address, token
-/// prefix) and per client address. Behind a proxy every app arrives from the proxy's address,
-/// so the client is taken from `X-Forwarded-For` when, and only when, the peer is a trusted
-/// proxy; and one app presenting a stale token locks out only that token, not every other app
-/// from the same address, while a client guessing many tokens is stopped by its address total.
+/// Failed authentications, limited per (client address, token prefix) and per client address
+/// (`crate::limits`, GCRA through `governor`). Behind a proxy every app arrives from the
+/// proxy's address, so the client is taken from `X-Forwarded-For` when, and only when, the peer
+/// is a trusted proxy; and one app presenting a stale token locks out only that token, not
+/// every other app from the same address, while a client guessing many tokens is stopped by its
+/// address total.
 pub struct AuthFailures {
-    counts: std::sync::Mutex<HashMap<FailureKey, (Instant, u32)>>,
+    tokens: ClientLimiter<(IpAddr, u64)>,
+    clients: ClientLimiter<IpAddr>,
     hasher: std::hash::RandomState,
-    capacity: usize,
 }
 
 impl Default for AuthFailures {
@@ -32,88 +35,57 @@ impl Default for AuthFailures {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum FailureKey {
-    Client(IpAddr),
-    /// A keyed hash of the token's first characters: no token material is kept.
-    Token(IpAddr, u64),
-}
-
-/// Failed authentications one token (by prefix) may make per minute from one client.
-pub const AUTH_FAILURES_PER_MINUTE: u32 = 20;
-/// Failed authentications one client address may make per minute, whatever the tokens.
+/// Failed authentications one token (by prefix) may make at once from one client.
+pub const AUTH_FAILURES_PER_TOKEN: u32 = 20;
+/// Failed authentications one client address may make at once, whatever the tokens.
 pub const AUTH_FAILURES_PER_CLIENT: u32 = 200;
-const WINDOW: Duration = Duration::from_secs(60);
-/// Keys remembered at most. When full, expired windows go first, then keys not over their
-/// limit: a client cycling addresses can never clear the count of one that is over it.
-const MAX_TRACKED: usize = 100_000;
+/// After its burst, a token or a client may fail once more every 3 s: 20 a minute.
+const AUTH_FAILURE_EVERY: Duration = Duration::from_secs(3);
 /// Characters of a token that identify which one it is (`vt_` and 9 more).
 const TOKEN_PREFIX: usize = 12;
 
+fn burst(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
 impl AuthFailures {
-    /// A limiter that remembers at most `capacity` keys.
+    /// A limiter that remembers at most `capacity` keys of each kind.
     pub fn with_capacity(capacity: usize) -> Self {
+        let every = AUTH_FAILURE_EVERY;
         AuthFailures {
-            counts: std::sync::Mutex::new(HashMap::new()),
+            tokens: ClientLimiter::new(burst(AUTH_FAILURES_PER_TOKEN), every, capacity),
+            clients: ClientLimiter::new(burst(AUTH_FAILURES_PER_CLIENT), every, capacity),
             hasher: std::hash::RandomState::new(),
-            capacity,
         }
     }
 
-    fn keys(&self, client: IpAddr, token: Option<&str>) -> [(FailureKey, u32); 2] {
+    /// A keyed hash of the token's first characters: no token material is kept.
+    fn token_key(&self, client: IpAddr, token: Option<&str>) -> (IpAddr, u64) {
         let prefix = token.map(|t| t.chars().take(TOKEN_PREFIX).collect::<String>());
         let h = std::hash::BuildHasher::hash_one(&self.hasher, prefix.unwrap_or_default());
-        [
-            (FailureKey::Token(client, h), AUTH_FAILURES_PER_MINUTE),
-            (FailureKey::Client(client), AUTH_FAILURES_PER_CLIENT),
-        ]
+        (client, h)
     }
 
     /// Seconds to wait, if this client (or this token from it) is over its limit.
     fn blocked(&self, client: IpAddr, token: Option<&str>) -> Option<u64> {
-        let m = self.counts.lock().ok()?;
-        self.keys(client, token)
-            .iter()
-            .filter_map(|(k, limit)| {
-                let (start, n) = m.get(k)?;
-                let elapsed = start.elapsed();
-                (elapsed < WINDOW && *n >= *limit).then(|| (WINDOW - elapsed).as_secs().max(1))
-            })
+        let by_token = self.tokens.over(&self.token_key(client, token));
+        let by_client = self.clients.over(&client);
+        by_token
+            .into_iter()
+            .chain(by_client)
             .max()
+            .map(|d| d.as_secs_f64().ceil().max(1.0) as u64)
     }
 
     fn failed(&self, client: IpAddr, token: Option<&str>) {
-        let Ok(mut m) = self.counts.lock() else {
-            return;
-        };
-        let keys = self.keys(client, token);
-        if m.len() + keys.len() > self.capacity {
-            m.retain(|_, (start, _)| start.elapsed() < WINDOW);
-        }
-        if m.len() + keys.len() > self.capacity {
-            m.retain(|k, (_, n)| {
-                let limit = match k {
-                    FailureKey::Client(_) => AUTH_FAILURES_PER_CLIENT,
-                    FailureKey::Token(..) => AUTH_FAILURES_PER_MINUTE,
-                };
-                *n >= limit
-            });
-        }
-        for (k, _) in keys {
-            if !m.contains_key(&k) && m.len() >= self.capacity {
-                continue;
-            }
-            let e = m.entry(k).or_insert((Instant::now(), 0));
-            if e.0.elapsed() >= WINDOW {
-                *e = (Instant::now(), 0);
-            }
-            e.1 += 1;
-        }
+        // Over the limit already or not, the failure is spent; `blocked` answers the next one.
+        let _ = self.tokens.spend(&self.token_key(client, token));
+        let _ = self.clients.spend(&client);
     }
 
     /// How many keys are tracked (for the memory-bound test).
     pub fn tracked(&self) -> usize {
-        self.counts.lock().map(|m| m.len()).unwrap_or(0)
+        self.tokens.tracked() + self.clients.tracked()
     }
 }
 
@@ -297,14 +269,14 @@ mod tests {
     fn clients_cycling_addresses_never_clear_one_over_its_limit() {
         let f = AuthFailures::with_capacity(100);
         let over: IpAddr = [127, 0, 0, 1].into();
-        for _ in 0..AUTH_FAILURES_PER_MINUTE {
+        for _ in 0..AUTH_FAILURES_PER_TOKEN {
             f.failed(over, Some("vt_stale"));
         }
         assert!(f.blocked(over, Some("vt_stale")).is_some());
         for i in 0..10_000u32 {
             let [_, a, b, c] = i.to_be_bytes();
             f.failed([127, a, b, c.wrapping_add(2)].into(), Some("vt_guess"));
-            assert!(f.tracked() <= 100, "memory stays bounded");
+            assert!(f.tracked() <= 200, "memory stays bounded");
         }
         assert!(
             f.blocked(over, Some("vt_stale")).is_some(),

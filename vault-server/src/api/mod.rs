@@ -30,7 +30,7 @@ pub mod unseal;
 pub use access_requests::{approve, create_access_request, deny, pending_requests, revoke};
 pub use audit::verify_audit;
 pub use auth::{
-    AUTH_FAILURES_PER_CLIENT, AUTH_FAILURES_PER_MINUTE, AuthFailures, Caller, Why, client_ip,
+    AUTH_FAILURES_PER_CLIENT, AUTH_FAILURES_PER_TOKEN, AuthFailures, Caller, Why, client_ip,
 };
 pub use break_glass::{open_break_glass, overdue_break_glass, review_break_glass};
 pub use consents::{list_consents, record_consent, record_ground, withdraw_consent};
@@ -45,6 +45,8 @@ pub struct AppState {
     pub vault: Vault,
     pub metrics: Arc<Metrics>,
     pub auth_failures: AuthFailures,
+    /// Requests per client address (`--rate-limit`).
+    pub request_limit: crate::limits::RequestLimit,
     /// Reverse proxies (the school's TLS terminator) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
 }
