@@ -5,7 +5,7 @@ use clap::Subcommand;
 use vault_core::{AuditFilter, Category, PrincipalId, SubjectId};
 
 use crate::ctx::Ctx;
-use crate::output::outln;
+use crate::output::{Format, outln};
 use crate::parse::{self, Time};
 
 #[derive(Subcommand, Debug)]
@@ -71,9 +71,9 @@ pub enum Cmd {
         since: Option<Time>,
         #[arg(long, value_parser = parse::time("until"))]
         until: Option<Time>,
-        /// text or json.
-        #[arg(long, default_value = "text")]
-        format: String,
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -239,8 +239,8 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 until: until.map(|t| t.at),
             };
             let entries = ctx.session(&vault).await?.audit_log(&f).await?;
-            match format.as_str() {
-                "json" => {
+            match format {
+                Format::Json => {
                     for e in entries {
                         outln!(
                             out,
@@ -251,7 +251,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                         );
                     }
                 }
-                "text" => {
+                Format::Text => {
                     for e in entries {
                         outln!(
                             out,
@@ -266,7 +266,6 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                         );
                     }
                 }
-                other => bail!("--format {other:?}: use text or json"),
             }
         }
     }

@@ -38,7 +38,14 @@ pub struct RestoreArgs {
 pub async fn backup(args: BackupArgs, ctx: &Ctx, out: &mut String) -> Result<()> {
     let dir = args.out;
     let stores = ctx.stores().await?;
-    let m = vault_core::backup(&stores, &dir, ctx.reseal_passphrase()?.as_ref()).await?;
+    let bar = ctx.progress("backup", "rows");
+    let m =
+        vault_core::backup_reporting(&stores, &dir, ctx.reseal_passphrase()?.as_ref(), &mut |p| {
+            bar.set(p.rows, p.total)
+        })
+        .await;
+    bar.finish();
+    let m = m?;
     let total: u64 = m.rows.values().sum();
     outln!(
         out,
@@ -71,7 +78,13 @@ pub async fn restore(args: RestoreArgs, ctx: &Ctx, out: &mut String) -> Result<(
         replace_audit_log,
         audit_archive,
     };
-    let r = vault_core::restore_with(&stores, &from, &unlock, opts).await?;
+    let bar = ctx.progress("restore", "rows");
+    let r = vault_core::restore_reporting(&stores, &from, &unlock, opts, &mut |p| {
+        bar.set(p.rows, p.total)
+    })
+    .await;
+    bar.finish();
+    let r = r?;
     let vault = Vault::open(stores, ctx.policy().clone(), unlock).await?;
     let c = r.carried_over;
     let audit = match r.audit {

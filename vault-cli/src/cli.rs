@@ -1,9 +1,10 @@
 //! The command tree: the global options and one subcommand per command group.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::ctx::{Ctx, GlobalArgs};
+use crate::output::outln;
 use crate::{audit, backup, catalog, incident, keyring, principal, retention, transfer};
 
 #[derive(Parser, Debug)]
@@ -51,14 +52,55 @@ enum Command {
     ///
     /// Example: vaultctl restore --from /backups/vault-2026-11-27 --identity custodian.txt --force
     Restore(backup::RestoreArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: vaultctl completions bash > /etc/bash_completion.d/vaultctl
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page vaultctl(1), or with --out write it and one page per subcommand
+    /// (vaultctl-keyring-rotate.1, ...) into a folder.
+    ///
+    /// Example: vaultctl man --out /usr/local/share/man/man1
+    Man {
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 impl Cli {
     /// Runs the command; what it prints goes to `out`, written out by `main` when it ends.
     pub async fn run(self, out: &mut String) -> Result<()> {
         // Checking a proof needs the audit public key alone: no policies, stores or keyring.
-        if let Command::Audit(audit::Cmd::CheckProof(args)) = self.command {
-            return audit::check_proof(args, out);
+        // Nor do the completions and the manual: they are the command tree itself.
+        match self.command {
+            Command::Audit(audit::Cmd::CheckProof(args)) => return audit::check_proof(args, out),
+            Command::Completions { shell } => {
+                let mut buf = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "vaultctl", &mut buf);
+                out.push_str(&String::from_utf8_lossy(&buf));
+                return Ok(());
+            }
+            Command::Man { out: Some(dir) } => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+                let pages = std::fs::read_dir(&dir)?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".1"))
+                    .count();
+                outln!(out, "wrote {pages} manual pages into {}", dir.display());
+                return Ok(());
+            }
+            Command::Man { out: None } => {
+                let mut buf = Vec::new();
+                clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+                out.push_str(&String::from_utf8_lossy(&buf));
+                return Ok(());
+            }
+            _ => {}
         }
         let ctx = Ctx::new(self.global).await?;
         match self.command {
@@ -71,6 +113,7 @@ impl Cli {
             Command::Transfer(cmd) => transfer::run(cmd, &ctx, out).await,
             Command::Backup(args) => backup::backup(args, &ctx, out).await,
             Command::Restore(args) => backup::restore(args, &ctx, out).await,
+            Command::Completions { .. } | Command::Man { .. } => Ok(()),
         }
     }
 }

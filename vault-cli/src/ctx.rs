@@ -10,6 +10,7 @@ use vault_core::{BearerToken, Passphrase, Policy, Session, StoreConfig, Stores, 
 
 // The options every command takes. (No doc comment: on a flattened struct it would be help text.)
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     #[command(flatten)]
     stores: StoreArgs,
@@ -32,9 +33,13 @@ pub struct GlobalArgs {
     /// principal: a file whose first line is that person's token (or set VAULT_TOKEN).
     #[arg(long, global = true, env = "VAULT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// No progress bars on standard error (they are drawn only on a terminal anyway).
+    #[arg(long, short, global = true, env = "VAULT_QUIET")]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 struct StoreArgs {
     /// Folder of the embedded SQLite stores.
     #[arg(
@@ -71,6 +76,7 @@ pub struct Ctx {
     identity: Vec<PathBuf>,
     passphrase_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    quiet: bool,
     policy: Arc<Policy>,
 }
 
@@ -85,8 +91,14 @@ impl Ctx {
             identity: a.identity,
             passphrase_file: a.passphrase_file,
             token_file: a.token_file,
+            quiet: a.quiet,
             policy: Arc::new(policy),
         })
+    }
+
+    /// A progress bar for a long job; hidden with --quiet or off a terminal.
+    pub fn progress(&self, what: &'static str, unit: &'static str) -> crate::output::Progress {
+        crate::output::Progress::new(self.quiet, what, unit)
     }
 
     pub fn policy(&self) -> &Arc<Policy> {

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::Subcommand;
+use serde_json::json;
 use vault_core::{Category, CustodianRecipient, Quorum, QuorumSeal, SealTo, Vault};
 
 use crate::ctx::{Ctx, passphrase};
-use crate::output::{outln, review_line};
+use crate::output::{Format, json_line, outln, review_line};
 use crate::parse;
 
 #[derive(Subcommand, Debug)]
@@ -62,7 +63,11 @@ pub enum Cmd {
     /// Show categories, KEK versions, DEK counts per version and the policy review date.
     ///
     /// Example: vaultctl keyring status --identity custodian.txt
-    Status,
+    Status {
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Add a new version of a category's key; new data keys use it at once.
     ///
     /// Example: vaultctl keyring rotate --category health --identity custodian.txt
@@ -147,7 +152,11 @@ pub enum RecipientCmd {
     /// Example: vaultctl keyring recipient remove age1... --identity custodian.txt
     Remove { recipient: String },
     /// Example: vaultctl keyring recipient list --identity custodian.txt
-    List,
+    List {
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
@@ -261,7 +270,35 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 sealed.len()
             );
         }
-        Cmd::Status => {
+        Cmd::Status {
+            format: Format::Json,
+        } => {
+            let vault = ctx.vault().await?;
+            let keys: Vec<serde_json::Value> = vault
+                .key_status()
+                .await?
+                .iter()
+                .map(|s| {
+                    json!({"category": s.kek.category.to_string(), "version": s.kek.version,
+                           "created": s.kek.created, "deks": s.deks})
+                })
+                .collect();
+            let review = vault.catalog().policy();
+            json_line(
+                out,
+                &json!({
+                    "keys": keys,
+                    "blind_index_keys": if vault.index_rotation_pending() { 2 } else { 1 },
+                    "index_rotation_pending": vault.index_rotation_pending(),
+                    "quorum": vault.quorum().await?.map(|q| quorum_json(&q)),
+                    "policy_review_due": review.review_due(),
+                    "policy_review_overdue": review.review_overdue(Utc::now().date_naive()),
+                }),
+            );
+        }
+        Cmd::Status {
+            format: Format::Text,
+        } => {
             let vault = ctx.vault().await?;
             outln!(
                 out,
@@ -304,11 +341,13 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
         }
         Cmd::Rewrap { category, batch } => {
             let vault = ctx.vault().await?;
+            let bar = ctx.progress("rewrap", "data keys");
             let mut report = |p: vault_core::RewrapProgress| {
-                eprint!("\rrewrapped {} data keys, {} left   ", p.moved, p.remaining);
+                bar.set(p.moved, Some(p.moved + p.remaining));
             };
-            let done = vault.rewrap(category.as_ref(), batch, &mut report).await?;
-            eprintln!();
+            let done = vault.rewrap(category.as_ref(), batch, &mut report).await;
+            bar.finish();
+            let done = done?;
             outln!(
                 out,
                 "rewrapped {} data keys; {} left on older versions",
@@ -336,13 +375,15 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
         }
         Cmd::RotateIndex { batch } => {
             let vault = ctx.vault().await?;
+            let bar = ctx.progress("re-index", "subjects");
             let mut report = |p: vault_core::IndexRotation| {
-                eprint!("\rre-indexed {} subjects, {} left   ", p.moved, p.remaining);
+                bar.set(p.moved, Some(p.moved + p.remaining));
             };
             let done = vault
                 .rotate_blind_index(batch, ctx.reseal_passphrase()?, &mut report)
-                .await?;
-            eprintln!();
+                .await;
+            bar.finish();
+            let done = done?;
             if done.began {
                 outln!(out, "a new blind-index key is in the keyring");
             } else {
@@ -448,11 +489,17 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                         .await?;
                     outln!(out, "the keyring is no longer sealed to {recipient}");
                 }
-                RecipientCmd::List => match vault.quorum().await? {
-                    Some(q) => quorum_lines(out, &q),
-                    None => {
+                RecipientCmd::List { format } => match (vault.quorum().await?, format) {
+                    (Some(q), Format::Text) => quorum_lines(out, &q),
+                    (Some(q), Format::Json) => json_line(out, &quorum_json(&q)),
+                    (None, Format::Text) => {
                         for r in vault.recipients().await? {
                             outln!(out, "{r}");
+                        }
+                    }
+                    (None, Format::Json) => {
+                        for r in vault.recipients().await? {
+                            json_line(out, &json!({ "recipient": r.to_string() }));
                         }
                     }
                 },
@@ -467,6 +514,15 @@ fn parse_recipients(rs: &[String]) -> Result<Vec<CustodianRecipient>> {
         .iter()
         .map(|r| CustodianRecipient::parse(r))
         .collect::<Result<_, _>>()?)
+}
+
+fn quorum_json(q: &Quorum) -> serde_json::Value {
+    let holders: Vec<serde_json::Value> = q
+        .holders
+        .iter()
+        .map(|(x, c)| json!({"share": x, "recipient": c.to_string()}))
+        .collect();
+    json!({"threshold": q.threshold, "custodians": q.holders.len(), "holders": holders})
 }
 
 fn quorum_lines(out: &mut String, q: &Quorum) {

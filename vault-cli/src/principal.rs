@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use serde_json::json;
 use vault_core::{PrincipalId, Role, Scope};
 
 use crate::ctx::Ctx;
-use crate::output::outln;
+use crate::output::{Format, json_line, outln};
 use crate::parse;
 
 #[derive(Subcommand, Debug)]
@@ -26,8 +27,12 @@ pub enum Cmd {
     },
     /// The list of persons with access (Order 179/НҚ): names, roles, created, revoked.
     ///
-    /// Example: vaultctl principal list --identity custodian.txt
-    List,
+    /// Example: vaultctl principal list --format json --identity custodian.txt
+    List {
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Revoke a principal's token at once, on every server.
     ///
     /// Example: vaultctl principal revoke 67e55044-10b1-426f-9247-bb680e5fe0c8 --identity custodian.txt
@@ -56,7 +61,25 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 token.expose()
             );
         }
-        Cmd::List => {
+        Cmd::List {
+            format: Format::Json,
+        } => {
+            for e in vault.list_principals().await? {
+                let roles: Vec<serde_json::Value> = e
+                    .roles
+                    .iter()
+                    .map(|(s, r)| json!({"role": r.to_string(), "school": s.as_str()}))
+                    .collect();
+                json_line(
+                    out,
+                    &json!({"id": e.id.to_string(), "name": e.name, "created_at": e.created_at,
+                            "revoked_at": e.revoked_at, "roles": roles}),
+                );
+            }
+        }
+        Cmd::List {
+            format: Format::Text,
+        } => {
             outln!(
                 out,
                 "{:<36}  {:<30}  {:<10}  {:<10}  ROLES",

@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use serde_json::json;
 use vault_core::{RecordId, SubjectId};
 
 use crate::ctx::Ctx;
-use crate::output::outln;
+use crate::output::{Format, json_line, outln};
 use crate::parse::{self, Time};
 
 #[derive(Subcommand, Debug)]
@@ -28,6 +29,9 @@ pub enum Cmd {
         /// Only what expires by this date.
         #[arg(long, value_parser = parse::time("until"))]
         until: Option<Time>,
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Crypto-shred everything expired and not held: keys destroyed, ciphertext deleted, a shred
     /// certificate per record in the audit log. Safe to stop and run again.
@@ -62,7 +66,11 @@ pub enum HoldCmd {
         reason: String,
     },
     /// Example: vaultctl retention hold list --identity custodian.txt
-    List,
+    List {
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Example: vaultctl retention hold release 3f2a... --reason "case closed"
     Release {
         id: String,
@@ -78,7 +86,26 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
             ctx.session(&vault).await?.mark_left(s, on.at).await?;
             outln!(out, "subject {s} left on {}", on.given);
         }
-        Cmd::Plan { until } => {
+        Cmd::Plan {
+            until,
+            format: Format::Json,
+        } => {
+            let until = until.map(|t| t.at.date_naive());
+            for i in vault.retention_plan().await? {
+                if until.is_some_and(|u| i.expires_on > u) {
+                    continue;
+                }
+                json_line(
+                    out,
+                    &json!({"expires_on": i.expires_on, "record": i.record.to_string(),
+                            "category": i.category.to_string(), "held": i.held, "rule": i.rule.to_string()}),
+                );
+            }
+        }
+        Cmd::Plan {
+            until,
+            format: Format::Text,
+        } => {
             let until = until.map(|t| t.at.date_naive());
             outln!(
                 out,
@@ -111,7 +138,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
             // list can be long, and if the sweep is stopped it tells what was done.
             let verb = if dry_run { "would shred" } else { "shredded" };
             let stdout = std::io::stdout();
-            let mut reported = false;
+            let bar = ctx.progress("sweep", "records checked");
             let mut report = |p: &vault_core::SweepProgress<'_>| {
                 use std::io::Write as _;
                 let mut lines = String::new();
@@ -119,22 +146,20 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                     let cats: Vec<&str> = cats.iter().map(|c| c.as_str()).collect();
                     outln!(lines, "{verb} {rid}: {}", cats.join(","));
                 }
-                let mut o = stdout.lock();
-                let _ = o.write_all(lines.as_bytes()).and_then(|_| o.flush());
-                eprint!(
-                    "\rchecked {}/{} records; {verb} {}   ",
-                    p.records_checked, p.records_total, p.records
-                );
-                reported = true;
+                // Printed above the bar, so the bar is not torn by the lines.
+                bar.suspend(|| {
+                    let mut o = stdout.lock();
+                    let _ = o.write_all(lines.as_bytes()).and_then(|_| o.flush());
+                });
+                bar.set(p.records_checked, Some(p.records_total));
             };
             let opts = vault_core::SweepOptions {
                 dry_run,
                 records_per_page,
             };
-            let r = vault.sweep(opts, &mut report).await?;
-            if reported {
-                eprintln!();
-            }
+            let r = vault.sweep(opts, &mut report).await;
+            bar.finish();
+            let r = r?;
             outln!(
                 out,
                 "{} records {}; {} expired items kept under legal hold",
@@ -159,7 +184,22 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 .await?;
             outln!(out, "hold {} placed", h.id);
         }
-        Cmd::Hold(HoldCmd::List) => {
+        Cmd::Hold(HoldCmd::List {
+            format: Format::Json,
+        }) => {
+            for h in ctx.session(&vault).await?.holds().await? {
+                json_line(
+                    out,
+                    &json!({"id": h.id.to_string(), "subject": h.subject.to_string(),
+                            "record": h.record.map(|r| r.to_string()),
+                            "active": h.released_at.is_none(), "released_at": h.released_at,
+                            "reason": h.reason}),
+                );
+            }
+        }
+        Cmd::Hold(HoldCmd::List {
+            format: Format::Text,
+        }) => {
             for h in ctx.session(&vault).await?.holds().await? {
                 outln!(
                     out,

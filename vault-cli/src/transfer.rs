@@ -9,7 +9,7 @@ use vault_core::{
 };
 
 use crate::ctx::Ctx;
-use crate::output::outln;
+use crate::output::{Format, json_line, outln};
 use crate::parse;
 
 #[derive(Args, Debug)]
@@ -81,6 +81,9 @@ pub enum Cmd {
     Ledger {
         #[arg(long, value_parser = parse::subject_id)]
         subject: SubjectId,
+        /// text: columns for a person; json: one JSON object per line, for a script.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -159,7 +162,23 @@ pub async fn run(cmd: Cmd, ctx: &Ctx, out: &mut String) -> Result<()> {
                 .await?;
             outln!(out, "ground {ground} recorded for transfers to {to}");
         }
-        Cmd::Ledger { subject } => {
+        Cmd::Ledger {
+            subject,
+            format: Format::Json,
+        } => {
+            for d in session.disclosures(subject).await? {
+                json_line(
+                    out,
+                    &serde_json::json!({"at": d.at, "country": d.country.to_string(),
+                        "recipient": d.recipient, "categories": d.categories, "purpose": d.purpose.to_string(),
+                        "basis": d.basis.to_string(), "notify_by": d.notify_by.map(|x| x.to_string())}),
+                );
+            }
+        }
+        Cmd::Ledger {
+            subject,
+            format: Format::Text,
+        } => {
             for d in session.disclosures(subject).await? {
                 outln!(
                     out,

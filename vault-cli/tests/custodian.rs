@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -14,6 +13,13 @@ use vault_core::{
     Scope, SubjectKind, Unlock, Vault,
 };
 use vault_tests::{Backend, TestStores, on_both_backends, policy, tool};
+
+/// `--format json` output: JSON Lines, each line one object.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
 
 on_both_backends!(
     rotation_of_ten_thousand_records_survives_a_kill,
@@ -51,6 +57,44 @@ impl Ctl {
             .env_remove("VAULT_TOKEN")
             .env("VAULT_TOKEN_FILE", &self.token_file);
         c
+    }
+
+    /// Runs vaultctl with a terminal (a pty, through util-linux's `script`) for its stdout and
+    /// stderr; answers everything it wrote there.
+    fn on_a_terminal(&self, args: &[&str]) -> String {
+        let c = self.cmd();
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = quote(c.get_program());
+        let identity = [
+            std::ffi::OsStr::new("--identity"),
+            self.identity.as_os_str(),
+        ];
+        for a in c
+            .get_args()
+            .chain(identity)
+            .chain(args.iter().map(std::ffi::OsStr::new))
+        {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let mut s = Command::new("script");
+        s.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => s.env(k, v),
+                None => s.env_remove(k),
+            };
+        }
+        let o = s
+            .output()
+            .expect("util-linux's script gives vaultctl a terminal");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -267,8 +311,9 @@ async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
         "newest",
     );
 
-    // Rewrap in small batches, killed (SIGKILL) once it has made progress, then run again.
-    let mut child = ctl
+    // Rewrap in small batches, stopped dead (abort, as SIGKILL) after its third batch commits,
+    // then run again. Its stderr is a pipe: no progress bar, no control characters.
+    let o = ctl
         .cmd()
         .args([
             "keyring",
@@ -280,24 +325,19 @@ async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
             "--identity",
         ])
         .arg(&ctl.identity)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .env("VAULT_TEST_CRASH_AT", "rewrap.batch_committed:3")
+        .output()
         .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("rewrapped 1") {
-        let n = err.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "rewrap ended before it could be killed: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("crash point rewrap.batch_committed #3 reached") && !o.status.success(),
+        "rewrap was not stopped: {:?} {err}",
+        o.status
+    );
+    assert!(
+        !o.stderr.iter().any(|b| *b == b'\r' || *b == 0x1b),
+        "control characters on a piped stderr: {err:?}"
+    );
     let v = ctl.vault().await;
     let left = v
         .rewrap_remaining(Some(&Category::parse("identity").unwrap()))
@@ -325,6 +365,18 @@ async fn rotation_of_ten_thousand_records_survives_a_kill(backend: Backend) {
         "--version",
         "1",
     ]);
+    let j = json_lines(&ctl.ok(&["keyring", "status", "--format", "json"]));
+    assert_eq!(j.len(), 1);
+    let identity: Vec<_> = j[0]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["category"] == "identity")
+        .collect();
+    assert_eq!(identity.len(), 1, "{j:?}");
+    assert_eq!(identity[0]["version"], 2);
+    assert_eq!(identity[0]["deks"], N);
+    assert_eq!(j[0]["blind_index_keys"], 1);
     let status = ctl.ok(&["keyring", "status"]);
     let line = status.lines().find(|l| l.starts_with("identity ")).unwrap();
     assert!(
@@ -390,6 +442,11 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
             "the added custodian unseals"
         );
         assert!(ctl.ok(&["keyring", "recipient", "list"]).contains(&public));
+        let rs = json_lines(&ctl.ok(&["keyring", "recipient", "list", "--format", "json"]));
+        assert!(
+            rs.iter().any(|r| r["recipient"] == public.as_str()),
+            "{rs:?}"
+        );
         ctl.ok(&["keyring", "recipient", "remove", &public]);
         let o = as_second(&["keyring", "status"]);
         assert_eq!(
@@ -513,6 +570,19 @@ async fn recipients_principals_audit_and_incidents(backend: Backend) {
     let list = ctl.ok(&["principal", "list"]);
     assert!(
         list.contains("Nurse Aigul") && list.contains("nurse@school-1") && !list.contains(&token),
+        "{list}"
+    );
+    let list = ctl.ok(&["principal", "list", "--format", "json"]);
+    let nurse = json_lines(&list)
+        .into_iter()
+        .find(|p| p["name"] == "Nurse Aigul")
+        .unwrap();
+    assert_eq!(
+        nurse["roles"],
+        serde_json::json!([{"role": "nurse", "school": "school-1"}])
+    );
+    assert!(
+        nurse["revoked_at"].is_null() && !list.contains(&token),
         "{list}"
     );
     ctl.fails(
@@ -808,6 +878,26 @@ async fn retention_from_the_command_line(backend: Backend) {
         "prosecutor's request 44/2026",
     ]);
     let hold = out.split_whitespace().nth(1).unwrap().to_owned();
+    let plan = json_lines(&ctl.ok(&[
+        "retention",
+        "plan",
+        "--until",
+        "2030-01-01",
+        "--format",
+        "json",
+    ]));
+    assert!(
+        plan.iter().any(|i| i["expires_on"] == "2018-06-30"
+            && i["category"] == "contact"
+            && i["held"] == true
+            && i["rule"] == "contact: 3y after left_school"),
+        "{plan:?}"
+    );
+    let holds = json_lines(&ctl.ok(&["retention", "hold", "list", "--format", "json"]));
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0]["id"], hold.as_str());
+    assert_eq!(holds[0]["subject"], sid.as_str());
+    assert!(holds[0]["active"] == true && holds[0]["record"].is_null());
     let dry = ctl.ok(&["retention", "sweep", "--dry-run"]);
     assert!(
         dry.contains(
@@ -1106,6 +1196,20 @@ async fn transfers_abroad_follow_the_rules(backend: Backend) {
     assert_eq!(code, Some(3));
     assert!(!refused.exists());
 
+    let (code, ledger, _) = run(&["transfer", "ledger", "--subject", &sid, "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let ledger = json_lines(&ledger);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["country"], "DE");
+    assert_eq!(ledger[0]["recipient"], "Partner school");
+    assert_eq!(
+        ledger[0]["basis"],
+        "protecting_state: DE is on the operator's list"
+    );
+    assert_eq!(
+        ledger[0]["categories"],
+        serde_json::json!(["identity", "academic"])
+    );
     let (code, ledger, _) = run(&["transfer", "ledger", "--subject", &sid]);
     assert_eq!(code, Some(0));
     assert_eq!(ledger.lines().count(), 1, "{ledger}");
@@ -1146,6 +1250,22 @@ async fn restore_of_an_older_backup_keeps_shredded_data_shredded(backend: Backen
     let dir = ctl.stores.dir.path().join("backup-1");
     let out = ctl.ok(&["backup", "--out", dir.to_str().unwrap()]);
     assert!(out.starts_with("backed up"), "{out}");
+    // On a terminal a progress bar is drawn on stderr (and cleared); with --quiet, none.
+    let shown = ctl.on_a_terminal(&["backup", "--out", dir.join("t").to_str().unwrap()]);
+    assert!(
+        shown.contains("backup") && shown.contains(" rows (") && shown.contains('\u{1b}'),
+        "{shown:?}"
+    );
+    let quiet = ctl.on_a_terminal(&[
+        "backup",
+        "--quiet",
+        "--out",
+        dir.join("q").to_str().unwrap(),
+    ]);
+    assert!(
+        quiet.contains("backed up") && !quiet.contains(" rows (") && !quiet.contains('\u{1b}'),
+        "{quiet:?}"
+    );
     let raw = std::fs::read(dir.join("data.jsonl.age")).unwrap();
     assert!(raw.starts_with(b"age-encryption.org/v1"));
     ctl.fails(

@@ -45,6 +45,8 @@ const COMMANDS: &[&[&str]] = &[
     &["transfer", "ledger"],
     &["backup"],
     &["restore"],
+    &["completions"],
+    &["man"],
 ];
 
 #[test]
@@ -125,4 +127,65 @@ fn every_command_has_a_golden_file() {
         missing.is_empty(),
         "commands without a golden file: {missing:?}"
     );
+}
+
+/// Global options sit under their own heading in every subcommand's help, never among the
+/// subcommand's own options.
+#[test]
+fn global_options_have_their_own_heading() {
+    for cmd in COMMANDS.iter().filter(|c| !c.is_empty()) {
+        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+            .args(*cmd)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        let help = String::from_utf8(o.stdout).unwrap();
+        let (usage, global) = help
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{cmd:?} has no Global options heading:\n{help}"));
+        // The command's own options (the description's example may name global ones).
+        let own = usage.split_once("\nOptions:\n").map_or("", |(_, o)| o);
+        for flag in ["--data-dir", "--identity", "--policies", "--quiet"] {
+            assert!(!own.contains(flag), "{cmd:?}: {flag} among its own options");
+            assert!(global.contains(flag), "{cmd:?}: {flag} missing");
+        }
+    }
+}
+
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for cmd in COMMANDS.iter().filter(|c| c.len() == 2) {
+            assert!(script.contains(cmd[1]), "{shell} completion lacks {cmd:?}");
+        }
+    }
+    let page = run(&["man"]);
+    assert!(page.contains(".TH vaultctl 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["man", "--out", dir.path().to_str().unwrap()]);
+    for cmd in COMMANDS {
+        let name = if cmd.is_empty() {
+            "vaultctl".to_owned()
+        } else {
+            format!("vaultctl-{}", cmd.join("-"))
+        };
+        let page = std::fs::read_to_string(dir.path().join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e} ({out})"));
+        assert!(page.contains(&format!(".TH {name} 1")), "{name}");
+    }
 }

@@ -90,8 +90,8 @@ pub use crate::keys::quorum::{MAX_CUSTODIANS, Quorum, QuorumSeal, Share};
 pub use crate::keys::record_keys::RecordKeys;
 pub use crate::keys::reindex::IndexRotation;
 pub use crate::records::backup::{
-    BackupManifest, CarriedOver, RestoreOptions, RestoreReport, RestoredAudit, backup, restore,
-    restore_with,
+    BackupManifest, CarriedOver, CopyProgress, RestoreOptions, RestoreReport, RestoredAudit,
+    backup, backup_reporting, restore, restore_reporting, restore_with,
 };
 pub use crate::records::retention::{
     LegalHold, PLAN_PAGE, RetentionItem, SweepOptions, SweepProgress, SweepReport,

@@ -124,11 +124,33 @@ fn seal(
     Ok(out)
 }
 
+/// How far a backup or a restore has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopyProgress {
+    /// The table last copied (a backup) or written to (a restore).
+    pub table: &'static str,
+    /// Rows copied so far.
+    pub rows: u64,
+    /// Rows in all, when known: a restore knows from the manifest, a backup does not.
+    pub total: Option<u64>,
+}
+
 /// Writes a consistent backup of both stores into `dir` (created; must not exist).
 pub async fn backup(
     stores: &Stores,
     dir: &Path,
     passphrase: Option<&Passphrase>,
+) -> Result<BackupManifest, VaultError> {
+    backup_reporting(stores, dir, passphrase, &mut |_| {}).await
+}
+
+/// `backup`, telling `progress` after each table.
+pub async fn backup_reporting(
+    stores: &Stores,
+    dir: &Path,
+    passphrase: Option<&Passphrase>,
+    progress: &mut (dyn FnMut(CopyProgress) + Send),
 ) -> Result<BackupManifest, VaultError> {
     let recipients: Vec<CustodianRecipient> = keyring::recipients(&stores.keys)
         .await?
@@ -155,8 +177,17 @@ pub async fn backup(
         None => recipients,
     };
     let mut rows = BTreeMap::new();
-    let data = tables::dump(&stores.data, false, &mut rows).await?;
-    let keys = tables::dump(&stores.keys, true, &mut rows).await?;
+    let mut copied = 0u64;
+    let mut tell = |table: &'static str, n: u64| {
+        copied += n;
+        progress(CopyProgress {
+            table,
+            rows: copied,
+            total: None,
+        });
+    };
+    let data = tables::dump(&stores.data, false, &mut rows, &mut tell).await?;
+    let keys = tables::dump(&stores.keys, true, &mut rows, &mut tell).await?;
     for (name, plain) in [("data.jsonl.age", data), ("keys.jsonl.age", keys)] {
         let sealed = seal(&plain, &recipients, passphrase)?;
         let mut f = std::fs::File::create(dir.join(name)).map_err(io)?;
@@ -267,6 +298,17 @@ pub async fn restore_with(
     unlock: &Unlock,
     opts: RestoreOptions,
 ) -> Result<RestoreReport, VaultError> {
+    restore_reporting(stores, dir, unlock, opts, &mut |_| {}).await
+}
+
+/// `restore_with`, telling `progress` after each batch of rows written.
+pub async fn restore_reporting(
+    stores: &Stores,
+    dir: &Path,
+    unlock: &Unlock,
+    opts: RestoreOptions,
+    progress: &mut (dyn FnMut(CopyProgress) + Send),
+) -> Result<RestoreReport, VaultError> {
     let manifest: BackupManifest = std::fs::read(dir.join("manifest.json"))
         .map_err(|_| {
             io(format!(
@@ -356,10 +398,19 @@ pub async fn restore_with(
         .filter(|s| !backed_up.contains(&(s.record_id.clone(), s.categories.clone())))
         .collect();
 
+    let mut written = 0u64;
+    let mut tell = |table: &'static str, n: u64| {
+        written += n;
+        progress(CopyProgress {
+            table,
+            rows: written,
+            total: Some(expected),
+        });
+    };
     let txn = crate::store::begin(&stores.keys)
         .await
         .map_err(StoreError::keys)?;
-    let mut rows = tables::load(&txn, &keys, true, &[]).await?;
+    let mut rows = tables::load(&txn, &keys, true, &[], &mut tell).await?;
     // The audit log goes back to the backup's: its anchor, which named the live log's head, is
     // forgotten, and the restore's own entry anchors the restored chain.
     if !matches!(audit, RestoredAudit::Kept { .. }) {
@@ -376,7 +427,7 @@ pub async fn restore_with(
     let txn = crate::store::begin(&stores.data)
         .await
         .map_err(StoreError::data)?;
-    rows += tables::load(&txn, &data, false, keep).await?;
+    rows += tables::load(&txn, &data, false, keep, &mut tell).await?;
     crate::crash::point("restore.data_loaded");
     for s in &replay {
         records::delete_field_categories(&txn, &s.record_id, s.category_names()).await?;

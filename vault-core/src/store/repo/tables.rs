@@ -79,9 +79,19 @@ pub(crate) async fn dump(
     db: &Db,
     keys: bool,
     rows: &mut BTreeMap<String, u64>,
+    progress: Progress<'_>,
 ) -> Result<Vec<u8>, VaultError> {
-    dump_part(db, if keys { Part::Keys } else { Part::Data }, rows).await
+    dump_part(
+        db,
+        if keys { Part::Keys } else { Part::Data },
+        rows,
+        progress,
+    )
+    .await
 }
+
+/// Told the table just copied and the rows copied so far, counted by the caller's closure.
+pub(crate) type Progress<'a> = &'a mut (dyn FnMut(&'static str, u64) + Send);
 
 /// Which tables a dump reads.
 enum Part {
@@ -94,6 +104,7 @@ async fn dump_part(
     db: &Db,
     part: Part,
     rows: &mut BTreeMap<String, u64>,
+    progress: Progress<'_>,
 ) -> Result<Vec<u8>, VaultError> {
     let txn = snapshot(db).await?;
     let mut out = Vec::new();
@@ -104,6 +115,7 @@ async fn dump_part(
                 .await
                 .map_err(StoreError::data)?;
             rows.insert($name.to_owned(), all.len() as u64);
+            progress($name, all.len() as u64);
             for m in all {
                 let line = Line {
                     t: $name.to_owned(),
@@ -132,7 +144,7 @@ async fn dump_part(
 /// The audit tables of the data store as JSON lines, read in one snapshot: what a restore
 /// that replaces the log archives first.
 pub(crate) async fn dump_audit(db: &Db) -> Result<Vec<u8>, VaultError> {
-    dump_part(db, Part::Audit, &mut BTreeMap::new()).await
+    dump_part(db, Part::Audit, &mut BTreeMap::new(), &mut |_, _| {}).await
 }
 
 /// The audit tables, which a restore keeps from the live store when the live log continues the
@@ -147,6 +159,7 @@ pub(crate) async fn load(
     plain: &[u8],
     keys: bool,
     keep: &[&str],
+    progress: Progress<'_>,
 ) -> Result<u64, VaultError> {
     let mut by_table: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for line in plain.lines() {
@@ -199,6 +212,7 @@ pub(crate) async fn load(
                     .exec_without_returning(txn)
                     .await
                     .map_err(StoreError::data)?;
+                progress($name, chunk.len() as u64);
             }
         }};
     }
