@@ -129,6 +129,8 @@ pub fn start_on(stores: std::sync::Arc<TestStores>, extra: &[&str]) -> Server {
         ],
         Backend::Sqlite => Vec::new(),
     };
+    // Every server of the end-to-end tests logs JSON: `stop` checks each line of it.
+    urls.extend_from_slice(&["--log-format", "json"]);
     urls.extend_from_slice(extra);
     let (child, addr, log) = spawn_server(&data, &urls, "debug");
     let env = std::fs::read_to_string(data.join("dev-tokens.env")).unwrap();
@@ -275,6 +277,14 @@ impl Server {
         self.child.wait().unwrap();
         let log = self.log.join().unwrap();
         assert!(log.contains("request"), "the log was captured");
+        // --log-format json: every line one JSON object, never a terminal escape (stderr is a
+        // pipe here, as a file or journald would be).
+        assert!(!log.contains('\u{1b}'), "an escape sequence in the log");
+        for line in log.lines() {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+            assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        }
         for m in markers
             .iter()
             .map(|m| m.to_string())
