@@ -125,6 +125,22 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
     }
 }
 
+/// The key a client address is limited by: an IPv4 address as it is, an IPv6 address by its
+/// /64 network. One IPv6 host is usually handed a whole /64, so keying by the full address
+/// would give it 2^64 fresh bursts.
+pub fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => {
+                let s = v6.segments();
+                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+            }
+        },
+    }
+}
+
 /// Requests per second one client address may make to the API (`--rate-limit`); off at 0.
 /// Liveness, readiness, metrics and the API description are never limited: a monitor must see
 /// a server under load.
@@ -142,7 +158,7 @@ impl RequestLimit {
     /// `Err(wait)` when `client` is over its limit; spends one of its requests otherwise.
     pub fn admit(&self, client: std::net::IpAddr) -> Result<(), Duration> {
         match &self.0 {
-            Some(l) => l.spend(&client),
+            Some(l) => l.spend(&client_key(client)),
             None => Ok(()),
         }
     }
@@ -176,6 +192,22 @@ mod tests {
         }
         assert!(on.admit(ip(1)).is_err());
         assert!(on.admit(ip(2)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64_network() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.1.2.3"), key("10.1.2.3"));
+        assert_ne!(key("10.1.2.3"), key("10.1.2.4"));
+        let on = RequestLimit::per_second(1, 10);
+        on.admit("2001:db8::1".parse().unwrap()).unwrap();
+        on.admit("2001:db8::2".parse().unwrap()).unwrap();
+        assert!(
+            on.admit("2001:db8::3".parse().unwrap()).is_err(),
+            "a new address in the same /64 is the same client"
+        );
     }
 
     #[test]

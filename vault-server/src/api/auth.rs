@@ -14,7 +14,7 @@ use vault_core::{BearerToken, Category, Principal, Purpose, Purposes, Session};
 
 use super::State;
 use super::input::parse;
-use crate::limits::{ClientLimiter, MAX_TRACKED};
+use crate::limits::{ClientLimiter, MAX_TRACKED, client_key};
 use crate::problem::ApiError;
 
 /// Failed authentications, limited per (client address, token prefix) and per client address
@@ -68,6 +68,7 @@ impl AuthFailures {
 
     /// Seconds to wait, if this client (or this token from it) is over its limit.
     fn blocked(&self, client: IpAddr, token: Option<&str>) -> Option<u64> {
+        let client = client_key(client);
         let by_token = self.tokens.over(&self.token_key(client, token));
         let by_client = self.clients.over(&client);
         by_token
@@ -78,6 +79,7 @@ impl AuthFailures {
     }
 
     fn failed(&self, client: IpAddr, token: Option<&str>) {
+        let client = client_key(client);
         // Over the limit already or not, the failure is spent; `blocked` answers the next one.
         let _ = self.tokens.spend(&self.token_key(client, token));
         let _ = self.clients.spend(&client);
