@@ -24,25 +24,62 @@ use governor::{Quota, RateLimiter};
 pub const MAX_TRACKED: usize = 100_000;
 
 struct Inner<K> {
-    /// Each key's theoretical arrival time (GCRA), in nanoseconds since `origin`.
-    tats: Mutex<HashMap<K, u64>>,
+    /// Each key's theoretical arrival time (GCRA), in nanoseconds since `origin`, and when the
+    /// full store was last swept.
+    tats: Mutex<Tats<K>>,
     capacity: usize,
     /// When the limiter started: its clock's zero.
     origin: Instant,
+    /// One emission interval (a cell), in nanoseconds; at least 1, as in governor.
+    t: u64,
     /// The bucket's tolerance (burst − 1 emission intervals), in nanoseconds.
     tau: u64,
+}
+
+struct Tats<K> {
+    map: HashMap<K, u64>,
+    swept: Option<u64>,
 }
 
 /// The bounded state store, shared by the limiter and [`ClientLimiter::over`].
 struct Bounded<K>(Arc<Inner<K>>);
 
-impl<K> Inner<K> {
+impl<K: Hash + Eq + Clone> Inner<K> {
     fn now(&self) -> u64 {
         self.origin
             .elapsed()
             .as_nanos()
             .try_into()
             .unwrap_or(u64::MAX)
+    }
+
+    /// The state, also after a panic elsewhere held the lock: a limiter must not turn itself
+    /// off for good because one request panicked.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tats<K>> {
+        self.tats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Room for a new key: false when the store is full of keys still over their limit. A
+    /// full store is swept at most once per emission interval, so a flood of newcomers costs
+    /// one scan per interval, not one per request.
+    fn room(&self, s: &mut Tats<K>) -> bool {
+        if s.map.len() < self.capacity {
+            return true;
+        }
+        let now = self.now();
+        if s.swept.is_some_and(|at| now.saturating_sub(at) < self.t) {
+            return false;
+        }
+        s.swept = Some(now);
+        // Fresh again: the theoretical arrival time has passed.
+        s.map.retain(|_, tat| *tat > now);
+        if s.map.len() >= self.capacity {
+            // Under their limit: a whole burst is not yet used up.
+            s.map.retain(|_, tat| tat.saturating_sub(self.tau) > now);
+        }
+        s.map.len() < self.capacity
     }
 }
 
@@ -54,25 +91,13 @@ impl<K: Hash + Eq + Clone> StateStore for Bounded<K> {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let inner = &self.0;
-        let Ok(mut m) = inner.tats.lock() else {
-            // A poisoned lock (a panic while holding it): decide as for a fresh key.
+        let mut s = inner.lock();
+        let prev = s.map.get(key).copied();
+        if prev.is_none() && !inner.room(&mut s) {
             return f(None).map(|(t, _)| t);
-        };
-        let prev = m.get(key).copied();
-        if prev.is_none() && m.len() >= inner.capacity {
-            let now = inner.now();
-            // Fresh again: the theoretical arrival time has passed.
-            m.retain(|_, tat| *tat > now);
-            if m.len() >= inner.capacity {
-                // Under their limit: a whole burst is not yet used up.
-                m.retain(|_, tat| tat.saturating_sub(inner.tau) > now);
-            }
-            if m.len() >= inner.capacity {
-                return f(None).map(|(t, _)| t);
-            }
         }
         let (t, next) = f(prev.map(Nanos::from))?;
-        m.insert(key.clone(), next.as_u64());
+        s.map.insert(key.clone(), next.as_u64());
         Ok(t)
     }
 }
@@ -90,14 +115,21 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
         let quota = Quota::with_period(every)
             .unwrap_or_else(|| Quota::per_second(burst))
             .allow_burst(burst);
-        let tau = quota.replenish_interval().as_nanos() as u64 * u64::from(burst.get() - 1);
+        let t = u64::try_from(quota.replenish_interval().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let tau = t.saturating_mul(u64::from(burst.get() - 1));
         let clock = MonotonicClock;
         // Taken just before the limiter takes its own start from the same clock: the two
         // differ by the nanoseconds between the calls, nothing a limit of seconds can see.
         let inner = Arc::new(Inner {
-            tats: Mutex::new(HashMap::new()),
+            tats: Mutex::new(Tats {
+                map: HashMap::new(),
+                swept: None,
+            }),
             capacity: capacity.max(1),
             origin: clock.now(),
+            t,
             tau,
         });
         let gcra = RateLimiter::new(quota, Bounded(inner.clone()), clock.clone());
@@ -111,9 +143,22 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
             .map_err(|no| no.wait_time_from(self.clock.now()))
     }
 
+    /// Counts one cell against `key` even when it is over its limit already (governor would
+    /// refuse the cell and record nothing): what failed sign-ins use, so that failures sent
+    /// all at once, which all passed the check before any was counted, each push the key's
+    /// next allowed time further out instead of being forgotten.
+    pub fn charge(&self, key: &K) {
+        if self.spend(key).is_err() {
+            let mut s = self.inner.lock();
+            if let Some(tat) = s.map.get_mut(key) {
+                *tat = tat.saturating_add(self.inner.t);
+            }
+        }
+    }
+
     /// How long until `key` may spend again, if it is over its limit now; spends nothing.
     pub fn over(&self, key: &K) -> Option<Duration> {
-        let tat = *self.inner.tats.lock().ok()?.get(key)?;
+        let tat = *self.inner.lock().map.get(key)?;
         let earliest = tat.saturating_sub(self.inner.tau);
         let now = self.inner.now();
         (now < earliest).then(|| Duration::from_nanos(earliest - now))
@@ -121,7 +166,7 @@ impl<K: Hash + Eq + Clone> ClientLimiter<K> {
 
     /// Keys tracked now.
     pub fn tracked(&self) -> usize {
-        self.inner.tats.lock().map(|m| m.len()).unwrap_or(0)
+        self.inner.lock().map.len()
     }
 }
 
@@ -208,6 +253,52 @@ mod tests {
             on.admit("2001:db8::3".parse().unwrap()).is_err(),
             "a new address in the same /64 is the same client"
         );
+    }
+
+    #[test]
+    fn charges_past_the_limit_push_the_wait_out() {
+        let l = ClientLimiter::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(10), 10);
+        let k = ip(1);
+        // 12 failures that all passed the check at once: 2 fit the burst, 10 more are owed.
+        for _ in 0..12 {
+            l.charge(&k);
+        }
+        let wait = l.over(&k).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(110),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_flood_into_a_full_store_sweeps_it_once_per_interval() {
+        let l = ClientLimiter::new(NonZeroU32::new(1).unwrap(), Duration::from_secs(60), 3);
+        for i in 1..=3 {
+            l.spend(&ip(i)).unwrap();
+        }
+        for i in 10..1_000 {
+            assert!(l.spend(&ip(i)).is_ok(), "newcomers pass untracked");
+        }
+        assert_eq!(l.tracked(), 3);
+        assert!(l.inner.lock().swept.is_some());
+    }
+
+    #[test]
+    fn a_poisoned_lock_keeps_limiting() {
+        let l = Arc::new(ClientLimiter::new(
+            NonZeroU32::new(1).unwrap(),
+            Duration::from_secs(60),
+            10,
+        ));
+        l.spend(&ip(1)).unwrap();
+        let held = l.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.inner.tats.lock();
+            panic!("a panic while holding the lock");
+        })
+        .join();
+        assert!(l.inner.tats.is_poisoned());
+        assert!(l.spend(&ip(1)).is_err() && l.over(&ip(1)).is_some());
     }
 
     #[test]

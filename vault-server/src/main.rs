@@ -156,6 +156,8 @@ struct Settings {
 
 /// Requests per second per client address unless configured.
 const DEFAULT_RATE_LIMIT: u32 = 500;
+/// More than this is no limit at all: say 0.
+const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 fn settings(a: Args) -> Result<Settings> {
     let f: FileConfig = match &a.config {
@@ -184,6 +186,19 @@ fn settings(a: Args) -> Result<Settings> {
     if store_country.len() != 2 || !store_country.bytes().all(|b| b.is_ascii_uppercase()) {
         bail!("store_country must be a two-letter ISO 3166 code such as KZ");
     }
+    let rate_limit = a.rate_limit.or(f.rate_limit).unwrap_or(DEFAULT_RATE_LIMIT);
+    if rate_limit > MAX_RATE_LIMIT {
+        bail!(
+            "rate_limit {rate_limit} is more than {MAX_RATE_LIMIT} requests a second per client; give a smaller number, or 0 to turn the limit off"
+        );
+    }
+    let identity = a.identity.or(f.identity);
+    let passphrase_file = a.passphrase_file.or(f.passphrase_file);
+    if identity.is_some() && passphrase_file.is_some() {
+        bail!(
+            "both identity and passphrase_file are set (flags, VAULT_ variables or the config file): the keyring is unsealed by one of them; remove the other"
+        );
+    }
     Ok(Settings {
         dev: a.dev,
         listen: a
@@ -195,8 +210,8 @@ fn settings(a: Args) -> Result<Settings> {
             .or(f.data_dir)
             .unwrap_or_else(|| "vault-data".into()),
         stores,
-        identity: a.identity.or(f.identity),
-        passphrase_file: a.passphrase_file.or(f.passphrase_file),
+        identity,
+        passphrase_file,
         policies: a
             .policies
             .or(f.policies)
@@ -207,10 +222,13 @@ fn settings(a: Args) -> Result<Settings> {
             f.trusted_proxies.unwrap_or_default()
         } else {
             a.trusted_proxy
-        },
+        }
+        .into_iter()
+        .map(|ip| ip.to_canonical())
+        .collect(),
         audit_witness: a.audit_witness.or(f.audit_witness),
         audit_anchor_stdout: a.audit_anchor_stdout || f.audit_anchor_stdout.unwrap_or(false),
-        rate_limit: a.rate_limit.or(f.rate_limit).unwrap_or(DEFAULT_RATE_LIMIT),
+        rate_limit,
         rate_limit_clients: a
             .rate_limit_clients
             .or(f.rate_limit_clients)

@@ -279,7 +279,10 @@ async fn bad_tokens_are_rate_limited_per_client() {
             .status;
     }
     assert_eq!(last, 429, "the client total stops token cycling");
-    assert_eq!(s.get("/v1/me", "admissions", None).status, 429);
+    // Behind one NAT, the apps already working there keep working: admissions authenticated
+    // from this address minutes ago. A token new to the address waits like the guesser.
+    assert_eq!(s.get("/v1/me", "admissions", None).status, 200);
+    assert_eq!(s.get("/v1/me", "auditor", None).status, 429);
     // Unauthenticated endpoints still answer.
     assert_eq!(s.call("GET", "/healthz", None, &[], None).status, 200);
     s.stop(&[]);

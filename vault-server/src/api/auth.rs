@@ -22,12 +22,20 @@ use crate::problem::ApiError;
 /// proxy's address, so the client is taken from `X-Forwarded-For` when, and only when, the peer
 /// is a trusted proxy; and one app presenting a stale token locks out only that token, not
 /// every other app from the same address, while a client guessing many tokens is stopped by its
-/// address total.
+/// address total. A token that authenticated from an address in the last ten minutes is not
+/// stopped by that address's total, so one client guessing behind a school's NAT does not lock
+/// out the apps already working there (its own per-token limit still applies).
 pub struct AuthFailures {
     tokens: ClientLimiter<(IpAddr, u64)>,
     clients: ClientLimiter<IpAddr>,
+    /// (client, token prefix) pairs that authenticated, and when; at most `capacity`.
+    good: std::sync::Mutex<std::collections::HashMap<(IpAddr, u64), std::time::Instant>>,
+    capacity: usize,
     hasher: std::hash::RandomState,
 }
+
+/// How long a token that authenticated from an address stays exempt from its address total.
+const GOOD_FOR: Duration = Duration::from_secs(600);
 
 impl Default for AuthFailures {
     fn default() -> Self {
@@ -55,8 +63,32 @@ impl AuthFailures {
         AuthFailures {
             tokens: ClientLimiter::new(burst(AUTH_FAILURES_PER_TOKEN), every, capacity),
             clients: ClientLimiter::new(burst(AUTH_FAILURES_PER_CLIENT), every, capacity),
+            good: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity: capacity.max(1),
             hasher: std::hash::RandomState::new(),
         }
+    }
+
+    fn good(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(IpAddr, u64), std::time::Instant>>
+    {
+        self.good
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This token authenticated from this client.
+    fn succeeded(&self, client: IpAddr, token: Option<&str>) {
+        let key = self.token_key(client_key(client), token);
+        let mut good = self.good();
+        if !good.contains_key(&key) && good.len() >= self.capacity {
+            good.retain(|_, at| at.elapsed() < GOOD_FOR);
+            if good.len() >= self.capacity {
+                return;
+            }
+        }
+        good.insert(key, std::time::Instant::now());
     }
 
     /// A keyed hash of the token's first characters: no token material is kept.
@@ -69,8 +101,17 @@ impl AuthFailures {
     /// Seconds to wait, if this client (or this token from it) is over its limit.
     fn blocked(&self, client: IpAddr, token: Option<&str>) -> Option<u64> {
         let client = client_key(client);
-        let by_token = self.tokens.over(&self.token_key(client, token));
-        let by_client = self.clients.over(&client);
+        let key = self.token_key(client, token);
+        let by_token = self.tokens.over(&key);
+        let known = self
+            .good()
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < GOOD_FOR);
+        let by_client = if known {
+            None
+        } else {
+            self.clients.over(&client)
+        };
         by_token
             .into_iter()
             .chain(by_client)
@@ -80,9 +121,12 @@ impl AuthFailures {
 
     fn failed(&self, client: IpAddr, token: Option<&str>) {
         let client = client_key(client);
-        // Over the limit already or not, the failure is spent; `blocked` answers the next one.
-        let _ = self.tokens.spend(&self.token_key(client, token));
-        let _ = self.clients.spend(&client);
+        // Counted even past the limit: failures sent all at once passed `blocked` together,
+        // and each must push the next allowed time out.
+        let key = self.token_key(client, token);
+        self.good().remove(&key);
+        self.tokens.charge(&key);
+        self.clients.charge(&client);
     }
 
     /// How many keys are tracked (for the memory-bound test).
@@ -95,7 +139,8 @@ impl AuthFailures {
 /// `X-Forwarded-For` that is not itself a trusted proxy. A client can put anything in that
 /// header, so only the part the trusted proxies appended is believed.
 pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
+    // A server listening on [::] sees IPv4 peers as ::ffff:a.b.c.d: compare as IPv4.
+    let peer = req.peer_addr()?.ip().to_canonical();
     if !trusted.contains(&peer) {
         return Some(peer);
     }
@@ -107,7 +152,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
         .map(str::trim)
         .collect::<Vec<_>>();
     while let Some(hop) = hops.pop() {
-        match hop.parse::<IpAddr>() {
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if trusted.contains(&ip) => continue,
             Ok(ip) => return Some(ip),
             // A malformed hop: trust nothing further left than the proxy itself.
@@ -150,6 +195,9 @@ async fn principal(s: &State, req: &HttpRequest) -> Result<Principal, ApiError> 
         && e.status == StatusCode::UNAUTHORIZED
     {
         s.auth_failures.failed(ip, shown);
+    }
+    if let (Ok(_), Some(ip)) = (&result, ip) {
+        s.auth_failures.succeeded(ip, shown);
     }
     if let Ok(p) = &result {
         // The request's span (startup::app) names who made it, in every log line it writes.
