@@ -354,13 +354,25 @@ async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
 /// One raw request from a chosen loopback source address; the status, and the problem code
 /// if the answer is one.
 async fn from(source: std::net::Ipv4Addr, server: &str, path: &str) -> (u16, String) {
+    from_with(source, server, path, "").await.0
+}
+
+/// `from` with extra header lines; also answers the Retry-After header, if any.
+async fn from_with(
+    source: std::net::Ipv4Addr,
+    server: &str,
+    path: &str,
+    headers: &str,
+) -> ((u16, String), Option<u64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind((source, 0).into()).unwrap();
     let mut c = sock.connect(server.parse().unwrap()).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: v\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
@@ -375,7 +387,44 @@ async fn from(source: std::net::Ipv4Addr, server: &str, path: &str) -> (u16, Str
         .and_then(|s| s.split('"').next())
         .unwrap_or("")
         .to_owned();
-    (status, code)
+    let retry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok());
+    ((status, code), retry)
+}
+
+/// Failures sent all at once all pass the check before any is counted. Before, governor
+/// recorded nothing past the limit, so 100 at once left a wait of one refill (3 s), and a
+/// guesser got about as many guesses per 3 s as it could send at once. Now each failure is
+/// counted and pushes the wait out: 80 past a burst of 20 owe about 240 s.
+#[tokio::test]
+async fn failures_sent_all_at_once_each_count() {
+    let s = start(Backend::Sqlite).await;
+    let a = std::net::Ipv4Addr::new(127, 0, 0, 9);
+    let bad = format!("Authorization: Bearer vt_{:064}\r\n", 5);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (addr, bad) = (s.addr.clone(), bad.clone());
+        tasks.push(tokio::spawn(async move {
+            from_with(a, &addr, "/v1/me", &bad).await.0.0
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!([401, 429].contains(&status), "{status}");
+        failed += usize::from(status == 401);
+    }
+    let ((status, code), retry) = from_with(a, &s.addr, "/v1/me", &bad).await;
+    assert_eq!((status, code.as_str()), (429, "too_many_failures"));
+    let owed = (failed.saturating_sub(20) as u64) * 3;
+    let retry = retry.expect("a Retry-After header");
+    assert!(
+        retry + 10 >= owed && retry > 3,
+        "{failed} failures got through; Retry-After {retry} s"
+    );
+    s.stop(&[]);
 }
 
 fn rss(s: &common::Server) -> f64 {
