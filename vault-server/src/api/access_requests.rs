@@ -9,7 +9,7 @@ use vault_core::{ApprovalAct, NewAccessRequest, Purpose, RecordId, RequestId, Su
 
 use super::auth::Caller;
 use super::input::{categories, json, parse};
-use super::output::{created, ok, request_json};
+use super::output::{created, ok, request_out};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -52,7 +52,7 @@ pub async fn create_access_request(
     payload: web::Payload,
 ) -> Res {
     let new = json::<CreateAccessRequest>(&req, payload).await?.domain()?;
-    Ok(created(request_json(
+    Ok(created(request_out(
         &who.session(&s).request_access(new).await?,
     )))
 }
@@ -60,7 +60,7 @@ pub async fn create_access_request(
 pub async fn pending_requests(s: State, who: Caller) -> Res {
     let list = who.session(&s).pending_requests().await?;
     Ok(ok(
-        json!({ "requests": list.iter().map(request_json).collect::<Vec<_>>() }),
+        json!({ "requests": list.iter().map(request_out).collect::<Vec<_>>() }),
     ))
 }
 
@@ -80,7 +80,7 @@ pub async fn approve(
 ) -> Res {
     let id = parse(RequestId::parse(&id), "id")?;
     let b: Approve = json(&req, payload).await?;
-    Ok(ok(request_json(
+    Ok(ok(request_out(
         &who.session(&s).approve(id, b.expires_at, b.uses).await?,
     )))
 }
@@ -100,14 +100,10 @@ pub async fn deny(
 ) -> Res {
     let id = parse(RequestId::parse(&id), "id")?;
     let b: Deny = json(&req, payload).await?;
-    Ok(ok(request_json(
-        &who.session(&s).deny(id, &b.reason).await?,
-    )))
+    Ok(ok(request_out(&who.session(&s).deny(id, &b.reason).await?)))
 }
 
 pub async fn revoke(s: State, who: Caller, id: web::Path<String>) -> Res {
     let id = parse(RequestId::parse(&id), "id")?;
-    Ok(ok(request_json(
-        &who.session(&s).revoke_approval(id).await?,
-    )))
+    Ok(ok(request_out(&who.session(&s).revoke_approval(id).await?)))
 }

@@ -8,7 +8,7 @@ use vault_core::{BreakGlassId, SubjectId};
 
 use super::auth::Caller;
 use super::input::{json, parse};
-use super::output::{break_glass_json, created, ok};
+use super::output::{break_glass_out, created, ok};
 use super::{Res, State};
 
 #[derive(Deserialize)]
@@ -32,7 +32,7 @@ pub async fn open_break_glass(
 ) -> Res {
     let b: OpenBreakGlass = json(&req, payload).await?;
     let subject = b.domain()?;
-    Ok(created(break_glass_json(
+    Ok(created(break_glass_out(
         &who.session(&s)
             .open_break_glass(subject, &b.justification)
             .await?,
@@ -54,7 +54,7 @@ pub async fn review_break_glass(
 ) -> Res {
     let id = parse(BreakGlassId::parse(&id), "id")?;
     let b: Review = json(&req, payload).await?;
-    Ok(ok(break_glass_json(
+    Ok(ok(break_glass_out(
         &who.session(&s).review_break_glass(id, &b.note).await?,
     )))
 }
@@ -62,6 +62,6 @@ pub async fn review_break_glass(
 pub async fn overdue_break_glass(s: State, who: Caller) -> Res {
     let list = who.session(&s).overdue_break_glass().await?;
     Ok(ok(
-        json!({ "overdue": list.iter().map(break_glass_json).collect::<Vec<_>>() }),
+        json!({ "overdue": list.iter().map(break_glass_out).collect::<Vec<_>>() }),
     ))
 }

@@ -10,7 +10,7 @@ use vault_core::{Category, ConsentGiver, ConsentId, LegalGround, NewConsent, Sub
 
 use super::auth::Caller;
 use super::input::{categories, json, parse};
-use super::output::{consent_json, created, ok};
+use super::output::{consent_out, created, ok};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -75,14 +75,14 @@ pub async fn record_consent(
         .await?
         .domain(subject)?;
     let c = who.session(&s).record_consent(new).await?;
-    Ok(created(consent_json(&c)))
+    Ok(created(consent_out(&c)))
 }
 
 pub async fn list_consents(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let list = who.session(&s).consents(subject).await?;
     Ok(ok(
-        json!({ "consents": list.iter().map(consent_json).collect::<Vec<_>>() }),
+        json!({ "consents": list.iter().map(consent_out).collect::<Vec<_>>() }),
     ))
 }
 
@@ -101,7 +101,7 @@ pub async fn withdraw_consent(
 ) -> Res {
     let id = parse(ConsentId::parse(&id), "id")?;
     let b: Withdraw = json(&req, payload).await?;
-    Ok(ok(consent_json(
+    Ok(ok(consent_out(
         &who.session(&s)
             .withdraw_consent(id, b.refusal_reason.as_deref())
             .await?,

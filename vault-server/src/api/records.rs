@@ -12,7 +12,7 @@ use vault_core::{FieldChange, FieldName, FieldValue, RecordId, RecordType, Subje
 
 use super::auth::{Caller, Why, purposes};
 use super::input::{json, parse};
-use super::output::{etag, meta_json, ok, record_json};
+use super::output::{etag, meta_out, ok, record_out};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -77,14 +77,14 @@ pub async fn create_record(
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(meta.version)))
         .insert_header((header::LOCATION, format!("/v1/records/{}", meta.id)))
-        .json(meta_json(&meta)))
+        .json(meta_out(&meta)))
 }
 
 pub async fn list_records(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let ids = who.session(&s).records(subject).await?;
     Ok(ok(
-        json!({ "records": ids.iter().map(meta_json).collect::<Vec<_>>() }),
+        json!({ "records": ids.iter().map(meta_out).collect::<Vec<_>>() }),
     ))
 }
 
@@ -93,7 +93,7 @@ pub async fn get_record(s: State, who: Caller, why: Why, id: web::Path<String>) 
     let view = who.session(&s).read_record(id, &why.0).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(view.meta.version)))
-        .json(record_json(&s.metrics, &view)))
+        .json(record_out(&s.metrics, &view)))
 }
 
 #[derive(Deserialize)]
@@ -141,7 +141,7 @@ pub async fn update_record(
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(meta.version)))
-        .json(meta_json(&meta)))
+        .json(meta_out(&meta)))
 }
 
 pub async fn shred_record(s: State, who: Caller, why: Why, id: web::Path<String>) -> Res {

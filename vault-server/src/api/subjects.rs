@@ -9,7 +9,7 @@ use vault_core::{Iin, NewSubject, SchoolId, SubjectId, SubjectKind};
 
 use super::auth::{Caller, Why};
 use super::input::{json, parse};
-use super::output::{audit_json, consent_json, created, ok, record_json, subject_json};
+use super::output::{audit_out, consent_out, created, ok, record_out, subject_out};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -38,12 +38,12 @@ impl CreateSubject {
 pub async fn create_subject(s: State, who: Caller, req: HttpRequest, payload: web::Payload) -> Res {
     let new = json::<CreateSubject>(&req, payload).await?.domain()?;
     let subj = who.session(&s).create_subject(new).await?;
-    Ok(created(subject_json(&subj)))
+    Ok(created(subject_out(&subj)))
 }
 
 pub async fn get_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
     let id = parse(SubjectId::parse(&id), "id")?;
-    Ok(ok(subject_json(&who.session(&s).subject(id).await?)))
+    Ok(ok(subject_out(&who.session(&s).subject(id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -68,7 +68,7 @@ pub async fn find_subject(
 ) -> Res {
     let iin = json::<FindSubject>(&req, payload).await?.domain()?;
     match who.session(&s).find_subject(&iin, &why.0).await? {
-        Some(subj) => Ok(ok(subject_json(&subj))),
+        Some(subj) => Ok(ok(subject_out(&subj))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -81,10 +81,10 @@ pub async fn export_subject(s: State, who: Caller, id: web::Path<String>) -> Res
     let subject = parse(SubjectId::parse(&id), "id")?;
     let e = who.session(&s).export_subject(subject).await?;
     Ok(ok(json!({
-        "subject": subject_json(&e.subject),
-        "records": e.records.iter().map(|r| record_json(&s.metrics, r)).collect::<Vec<_>>(),
-        "consents": e.consents.iter().map(consent_json).collect::<Vec<_>>(),
-        "access_history": e.history.iter().map(audit_json).collect::<Vec<_>>(),
+        "subject": subject_out(&e.subject),
+        "records": e.records.iter().map(|r| record_out(&s.metrics, r)).collect::<Vec<_>>(),
+        "consents": e.consents.iter().map(consent_out).collect::<Vec<_>>(),
+        "access_history": e.history.iter().map(audit_out).collect::<Vec<_>>(),
     })))
 }
 
@@ -108,6 +108,6 @@ pub async fn access_history(s: State, who: Caller, id: web::Path<String>) -> Res
     let subject = parse(SubjectId::parse(&id), "id")?;
     let list = who.session(&s).access_history(subject).await?;
     Ok(ok(
-        json!({ "entries": list.iter().map(audit_json).collect::<Vec<_>>() }),
+        json!({ "entries": list.iter().map(audit_out).collect::<Vec<_>>() }),
     ))
 }
