@@ -4,12 +4,11 @@ use actix_web::HttpRequest;
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use vault_core::{ApprovalAct, NewAccessRequest, Purpose, RecordId, RequestId, SubjectId};
 
 use super::auth::Caller;
 use super::input::{categories, json, parse};
-use super::output::{created, ok, request_out};
+use super::output::{RequestList, created, ok, request_out};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -59,9 +58,9 @@ pub async fn create_access_request(
 
 pub async fn pending_requests(s: State, who: Caller) -> Res {
     let list = who.session(&s).pending_requests().await?;
-    Ok(ok(
-        json!({ "requests": list.iter().map(request_out).collect::<Vec<_>>() }),
-    ))
+    Ok(ok(RequestList {
+        requests: list.iter().map(request_out).collect(),
+    }))
 }
 
 #[derive(Deserialize)]

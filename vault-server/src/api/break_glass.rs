@@ -3,12 +3,11 @@
 use actix_web::HttpRequest;
 use actix_web::web;
 use serde::Deserialize;
-use serde_json::json;
 use vault_core::{BreakGlassId, SubjectId};
 
 use super::auth::Caller;
 use super::input::{json, parse};
-use super::output::{break_glass_out, created, ok};
+use super::output::{BreakGlassList, break_glass_out, created, ok};
 use super::{Res, State};
 
 #[derive(Deserialize)]
@@ -61,7 +60,7 @@ pub async fn review_break_glass(
 
 pub async fn overdue_break_glass(s: State, who: Caller) -> Res {
     let list = who.session(&s).overdue_break_glass().await?;
-    Ok(ok(
-        json!({ "overdue": list.iter().map(break_glass_out).collect::<Vec<_>>() }),
-    ))
+    Ok(ok(BreakGlassList {
+        overdue: list.iter().map(break_glass_out).collect(),
+    }))
 }

@@ -5,12 +5,11 @@ use actix_web::HttpRequest;
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use vault_core::{Category, ConsentGiver, ConsentId, LegalGround, NewConsent, SubjectId};
 
 use super::auth::Caller;
 use super::input::{categories, json, parse};
-use super::output::{consent_out, created, ok};
+use super::output::{ConsentList, LegalGroundOut, consent_out, created, ok};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -81,9 +80,9 @@ pub async fn record_consent(
 pub async fn list_consents(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let list = who.session(&s).consents(subject).await?;
-    Ok(ok(
-        json!({ "consents": list.iter().map(consent_out).collect::<Vec<_>>() }),
-    ))
+    Ok(ok(ConsentList {
+        consents: list.iter().map(consent_out).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -138,7 +137,9 @@ pub async fn record_ground(
     who.session(&s)
         .record_legal_ground(subject, &category, ground, &b.reference)
         .await?;
-    Ok(created(
-        json!({ "subject": subject.to_string(), "category": category.as_str(), "ground": ground.as_str() }),
-    ))
+    Ok(created(LegalGroundOut {
+        subject: subject.to_string(),
+        category: category.as_str().to_owned(),
+        ground: ground.as_str().to_owned(),
+    }))
 }

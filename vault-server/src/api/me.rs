@@ -1,13 +1,21 @@
 //! `GET /v1/me`: who the token belongs to.
 
-use serde_json::json;
-
 use super::Res;
 use super::auth::Caller;
-use super::output::ok;
+use super::output::{MeOut, RoleOut, ok};
 
 pub async fn me(who: Caller) -> Res {
     let p = &who.0;
-    Ok(ok(json!({ "id": p.id().to_string(), "name": p.name(),
-        "roles": p.roles().iter().map(|(sc, r)| json!({ "school": sc.as_str(), "role": r.as_str() })).collect::<Vec<_>>() })))
+    Ok(ok(MeOut {
+        id: p.id().to_string(),
+        name: p.name().to_owned(),
+        roles: p
+            .roles()
+            .iter()
+            .map(|(sc, r)| RoleOut {
+                school: sc.as_str().to_owned(),
+                role: r.as_str().to_owned(),
+            })
+            .collect(),
+    }))
 }

@@ -297,3 +297,92 @@ pub(super) fn ok(v: impl Serialize) -> HttpResponse {
 pub(super) fn created(v: impl Serialize) -> HttpResponse {
     HttpResponse::Created().json(v)
 }
+
+/// `{"requests": [...]}`, `{"records": [...]}` and the other lists: one named array.
+#[derive(Serialize)]
+pub(super) struct RequestList {
+    pub(super) requests: Vec<RequestOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct BreakGlassList {
+    pub(super) overdue: Vec<BreakGlassOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct ConsentList {
+    pub(super) consents: Vec<ConsentOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct RecordList {
+    pub(super) records: Vec<MetaOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct AuditList {
+    pub(super) entries: Vec<AuditOut>,
+}
+
+/// Everything held about a subject (Law 94-V Art. 24).
+#[derive(Serialize)]
+pub(super) struct Export {
+    pub(super) subject: SubjectOut,
+    pub(super) records: Vec<RecordOut>,
+    pub(super) consents: Vec<ConsentOut>,
+    pub(super) access_history: Vec<AuditOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct LegalGroundOut {
+    pub(super) subject: String,
+    pub(super) category: String,
+    pub(super) ground: String,
+}
+
+#[derive(Serialize)]
+pub(super) struct Blocking {
+    pub(super) subject: String,
+    pub(super) blocked: bool,
+}
+
+#[derive(Serialize)]
+pub(super) struct ShredOut {
+    pub(super) record: String,
+    pub(super) categories: Vec<String>,
+    pub(super) keys_destroyed: u64,
+    pub(super) fields_deleted: u64,
+}
+
+#[derive(Serialize)]
+pub(super) struct AuditVerification {
+    pub(super) entries: u64,
+    pub(super) checkpoints: u64,
+    pub(super) intact: bool,
+    pub(super) problem: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct MeOut {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) roles: Vec<RoleOut>,
+}
+
+#[derive(Serialize)]
+pub(super) struct RoleOut {
+    pub(super) school: String,
+    pub(super) role: String,
+}
+
+/// Whether the server is sealed and, while it is, the share numbers given so far.
+#[derive(Serialize)]
+pub(super) struct UnsealStatus {
+    pub(super) sealed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) threshold: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) custodians: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) given: Option<Vec<u8>>,
+}

@@ -7,12 +7,12 @@ use actix_web::http::header;
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use vault_core::{FieldChange, FieldName, FieldValue, RecordId, RecordType, SubjectId};
 
 use super::auth::{Caller, Why, purposes};
 use super::input::{json, parse};
-use super::output::{etag, meta_out, ok, record_out};
+use super::output::{RecordList, ShredOut, etag, meta_out, ok, record_out};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -83,9 +83,9 @@ pub async fn create_record(
 pub async fn list_records(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let ids = who.session(&s).records(subject).await?;
-    Ok(ok(
-        json!({ "records": ids.iter().map(meta_out).collect::<Vec<_>>() }),
-    ))
+    Ok(ok(RecordList {
+        records: ids.iter().map(meta_out).collect(),
+    }))
 }
 
 pub async fn get_record(s: State, who: Caller, why: Why, id: web::Path<String>) -> Res {
@@ -147,7 +147,10 @@ pub async fn update_record(
 pub async fn shred_record(s: State, who: Caller, why: Why, id: web::Path<String>) -> Res {
     let id = parse(RecordId::parse(&id), "id")?;
     let r = who.session(&s).shred_record(id, &why.0).await?;
-    Ok(ok(json!({ "record": r.record.to_string(),
-        "categories": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "keys_destroyed": r.deks_destroyed, "fields_deleted": r.fields_deleted })))
+    Ok(ok(ShredOut {
+        record: r.record.to_string(),
+        categories: r.categories.iter().map(|c| c.as_str().to_owned()).collect(),
+        keys_destroyed: r.deks_destroyed,
+        fields_deleted: r.fields_deleted,
+    }))
 }

@@ -4,12 +4,13 @@ use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
 use actix_web::web;
 use serde::Deserialize;
-use serde_json::json;
 use vault_core::{Iin, NewSubject, SchoolId, SubjectId, SubjectKind};
 
 use super::auth::{Caller, Why};
 use super::input::{json, parse};
-use super::output::{audit_out, consent_out, created, ok, record_out, subject_out};
+use super::output::{
+    AuditList, Blocking, Export, audit_out, consent_out, created, ok, record_out, subject_out,
+};
 use super::{Res, State};
 use crate::problem::ApiError;
 
@@ -80,34 +81,40 @@ pub async fn find_subject(
 pub async fn export_subject(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let e = who.session(&s).export_subject(subject).await?;
-    Ok(ok(json!({
-        "subject": subject_out(&e.subject),
-        "records": e.records.iter().map(|r| record_out(&s.metrics, r)).collect::<Vec<_>>(),
-        "consents": e.consents.iter().map(consent_out).collect::<Vec<_>>(),
-        "access_history": e.history.iter().map(audit_out).collect::<Vec<_>>(),
-    })))
+    Ok(ok(Export {
+        subject: subject_out(&e.subject),
+        records: e
+            .records
+            .iter()
+            .map(|r| record_out(&s.metrics, r))
+            .collect(),
+        consents: e.consents.iter().map(consent_out).collect(),
+        access_history: e.history.iter().map(audit_out).collect(),
+    }))
 }
 
 pub async fn block(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     who.session(&s).block(subject).await?;
-    Ok(ok(
-        json!({ "subject": subject.to_string(), "blocked": true }),
-    ))
+    Ok(ok(Blocking {
+        subject: subject.to_string(),
+        blocked: true,
+    }))
 }
 
 pub async fn unblock(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     who.session(&s).unblock(subject).await?;
-    Ok(ok(
-        json!({ "subject": subject.to_string(), "blocked": false }),
-    ))
+    Ok(ok(Blocking {
+        subject: subject.to_string(),
+        blocked: false,
+    }))
 }
 
 pub async fn access_history(s: State, who: Caller, id: web::Path<String>) -> Res {
     let subject = parse(SubjectId::parse(&id), "id")?;
     let list = who.session(&s).access_history(subject).await?;
-    Ok(ok(
-        json!({ "entries": list.iter().map(audit_out).collect::<Vec<_>>() }),
-    ))
+    Ok(ok(AuditList {
+        entries: list.iter().map(audit_out).collect(),
+    }))
 }

@@ -12,11 +12,11 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 use vault_core::{QuorumKey, Share, UnsealProgress, Unsealed, Unsealer, VaultError};
 use zeroize::Zeroizing;
 
 use super::input;
+use super::output::UnsealStatus;
 use crate::problem::ApiError;
 
 /// The rebuilt quorum key on its way to the main task, which opens the vault on its own
@@ -35,13 +35,22 @@ struct ShareBody {
     share: String,
 }
 
-fn progress_json(p: &UnsealProgress) -> serde_json::Value {
-    json!({
-        "sealed": true,
-        "threshold": p.threshold,
-        "custodians": p.custodians,
-        "given": p.given,
-    })
+fn progress_json(p: &UnsealProgress) -> UnsealStatus {
+    UnsealStatus {
+        sealed: true,
+        threshold: Some(p.threshold),
+        custodians: Some(p.custodians),
+        given: Some(p.given.clone()),
+    }
+}
+
+fn unsealed() -> UnsealStatus {
+    UnsealStatus {
+        sealed: false,
+        threshold: None,
+        custodians: None,
+        given: None,
+    }
 }
 
 /// The routes of a sealed server.
@@ -107,7 +116,7 @@ async fn give_share(
             };
             match opened {
                 // The full app takes the listener once this answer has gone.
-                Ok(()) => Ok(HttpResponse::Ok().json(json!({ "sealed": false }))),
+                Ok(()) => Ok(HttpResponse::Ok().json(unsealed())),
                 Err(why) => Err(ApiError::internal(anyhow::anyhow!(
                     "the shares rebuilt the quorum key, but the vault did not open: {why}"
                 ))),
@@ -128,7 +137,7 @@ fn share_error(e: vault_core::KeyringError) -> ApiError {
 }
 
 async fn open_status() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "sealed": false }))
+    HttpResponse::Ok().json(unsealed())
 }
 
 async fn not_sealed(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
