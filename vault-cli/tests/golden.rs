@@ -49,21 +49,34 @@ const COMMANDS: &[&[&str]] = &[
     &["man"],
 ];
 
+/// What vaultctl prints on stdout for `args`; it must succeed. The environment is cleared:
+/// its defaults would show in the help text.
+fn vaultctl(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// `vaultctl CMD --help`.
+fn help(cmd: &[&str]) -> String {
+    vaultctl(&[cmd, &["--help"]].concat())
+}
+
 #[test]
 fn help_of_every_command_matches_its_golden_file() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut mismatches = Vec::new();
     for cmd in COMMANDS {
-        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
-            .args(*cmd)
-            .arg("--help")
-            // Environment defaults would show in the help text.
-            .env_clear()
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{cmd:?}");
-        let got = String::from_utf8(o.stdout).unwrap();
+        let got = help(cmd);
         if !cmd.is_empty() {
             assert!(
                 got.contains("Example: vaultctl"),
@@ -96,13 +109,8 @@ fn help_of_every_command_matches_its_golden_file() {
 #[test]
 fn every_command_has_a_golden_file() {
     fn walk(path: Vec<String>, missing: &mut Vec<String>) {
-        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
-            .args(&path)
-            .arg("--help")
-            .env_clear()
-            .output()
-            .unwrap();
-        let help = String::from_utf8(o.stdout).unwrap();
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let help = help(&args);
         let Some(list) = help.split("Commands:\n").nth(1) else {
             // A leaf: it must be listed.
             if !COMMANDS.iter().any(|c| *c == path.as_slice()) {
@@ -134,13 +142,7 @@ fn every_command_has_a_golden_file() {
 #[test]
 fn global_options_have_their_own_heading() {
     for cmd in COMMANDS.iter().filter(|c| !c.is_empty()) {
-        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
-            .args(*cmd)
-            .arg("--help")
-            .env_clear()
-            .output()
-            .unwrap();
-        let help = String::from_utf8(o.stdout).unwrap();
+        let help = help(cmd);
         let (usage, global) = help
             .split_once("Global options:")
             .unwrap_or_else(|| panic!("{cmd:?} has no Global options heading:\n{help}"));
@@ -155,29 +157,16 @@ fn global_options_have_their_own_heading() {
 
 #[test]
 fn completions_and_manual_pages_cover_every_command() {
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_vaultctl"))
-            .args(args)
-            .env_clear()
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    };
     for shell in ["bash", "zsh", "fish"] {
-        let script = run(&["completions", shell]);
+        let script = vaultctl(&["completions", shell]);
         for cmd in COMMANDS.iter().filter(|c| c.len() == 2) {
             assert!(script.contains(cmd[1]), "{shell} completion lacks {cmd:?}");
         }
     }
-    let page = run(&["man"]);
+    let page = vaultctl(&["man"]);
     assert!(page.contains(".TH vaultctl 1"), "{page}");
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&["man", "--out", dir.path().to_str().unwrap()]);
+    let out = vaultctl(&["man", "--out", dir.path().to_str().unwrap()]);
     for cmd in COMMANDS {
         let name = if cmd.is_empty() {
             "vaultctl".to_owned()

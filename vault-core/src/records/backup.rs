@@ -136,6 +136,18 @@ pub struct CopyProgress {
     pub total: Option<u64>,
 }
 
+/// Turns the stores' per-table counts into a running `CopyProgress` for `progress`.
+fn running_count<'a>(
+    progress: &'a mut (dyn FnMut(CopyProgress) + Send),
+    total: Option<u64>,
+) -> impl FnMut(&'static str, u64) + Send + 'a {
+    let mut rows = 0u64;
+    move |table, n| {
+        rows += n;
+        progress(CopyProgress { table, rows, total });
+    }
+}
+
 /// Writes a consistent backup of both stores into `dir` (created; must not exist).
 pub async fn backup(
     stores: &Stores,
@@ -177,15 +189,7 @@ pub async fn backup_reporting(
         None => recipients,
     };
     let mut rows = BTreeMap::new();
-    let mut copied = 0u64;
-    let mut tell = |table: &'static str, n: u64| {
-        copied += n;
-        progress(CopyProgress {
-            table,
-            rows: copied,
-            total: None,
-        });
-    };
+    let mut tell = running_count(progress, None);
     let data = tables::dump(&stores.data, false, &mut rows, &mut tell).await?;
     let keys = tables::dump(&stores.keys, true, &mut rows, &mut tell).await?;
     for (name, plain) in [("data.jsonl.age", data), ("keys.jsonl.age", keys)] {
@@ -398,15 +402,7 @@ pub async fn restore_reporting(
         .filter(|s| !backed_up.contains(&(s.record_id.clone(), s.categories.clone())))
         .collect();
 
-    let mut written = 0u64;
-    let mut tell = |table: &'static str, n: u64| {
-        written += n;
-        progress(CopyProgress {
-            table,
-            rows: written,
-            total: Some(expected),
-        });
-    };
+    let mut tell = running_count(progress, Some(expected));
     let txn = crate::store::begin(&stores.keys)
         .await
         .map_err(StoreError::keys)?;
