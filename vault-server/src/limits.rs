@@ -20,7 +20,7 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
-/// Keys remembered at most per limiter, by default: about 5 MB at worst.
+/// Keys remembered at most per limiter, by default.
 pub const MAX_TRACKED: usize = 100_000;
 
 struct Inner<K> {
@@ -195,7 +195,7 @@ impl RequestLimit {
     /// `per_second` sustained, bursts of twice that, for at most `capacity` addresses; none at 0.
     pub fn per_second(per_second: u32, capacity: usize) -> Self {
         RequestLimit(NonZeroU32::new(per_second).map(|n| {
-            let burst = n.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+            let burst = n.saturating_add(n.get());
             ClientLimiter::new(burst, Duration::from_secs(1) / n.get(), capacity)
         }))
     }
@@ -276,11 +276,18 @@ mod tests {
         for i in 1..=3 {
             l.spend(&ip(i)).unwrap();
         }
-        for i in 10..1_000 {
+        assert!(l.spend(&ip(10)).is_ok(), "a newcomer passes untracked");
+        let first = l.inner.lock().swept;
+        assert!(first.is_some(), "the first newcomer swept the full store");
+        for i in 11..1_000 {
             assert!(l.spend(&ip(i)).is_ok(), "newcomers pass untracked");
         }
         assert_eq!(l.tracked(), 3);
-        assert!(l.inner.lock().swept.is_some());
+        assert_eq!(
+            l.inner.lock().swept,
+            first,
+            "no sweep again within the interval"
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ struct Args {
     /// Liveness, readiness, metrics and /openapi.json are never limited. Default: 500.
     #[arg(long, env = "VAULT_RATE_LIMIT")]
     rate_limit: Option<u32>,
-    /// Client addresses (and tokens) each limiter remembers at most, about 50 bytes each; when
+    /// Client addresses (and tokens) each limiter remembers at most, a fixed-size entry each; when
     /// full, those not over their limit are forgotten first. Default: 100000.
     #[arg(long, env = "VAULT_RATE_LIMIT_CLIENTS")]
     rate_limit_clients: Option<usize>,

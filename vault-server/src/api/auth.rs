@@ -1,10 +1,11 @@
 //! Who is calling and why: the `Caller` (from `Authorization: Bearer`) and `Why` (from
 //! `X-Vault-Purpose`) extractors, the failed-authentication limiter and the client address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
@@ -29,10 +30,12 @@ pub struct AuthFailures {
     tokens: ClientLimiter<(IpAddr, u64)>,
     clients: ClientLimiter<IpAddr>,
     /// (client, token prefix) pairs that authenticated, and when; at most `capacity`.
-    good: std::sync::Mutex<std::collections::HashMap<(IpAddr, u64), std::time::Instant>>,
+    good: Mutex<Recent>,
     capacity: usize,
     hasher: std::hash::RandomState,
 }
+
+type Recent = HashMap<(IpAddr, u64), Instant>;
 
 /// How long a token that authenticated from an address stays exempt from its address total.
 const GOOD_FOR: Duration = Duration::from_secs(600);
@@ -63,19 +66,14 @@ impl AuthFailures {
         AuthFailures {
             tokens: ClientLimiter::new(burst(AUTH_FAILURES_PER_TOKEN), every, capacity),
             clients: ClientLimiter::new(burst(AUTH_FAILURES_PER_CLIENT), every, capacity),
-            good: std::sync::Mutex::new(std::collections::HashMap::new()),
+            good: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    fn good(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(IpAddr, u64), std::time::Instant>>
-    {
-        self.good
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn good(&self) -> MutexGuard<'_, Recent> {
+        self.good.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// This token authenticated from this client.
@@ -88,7 +86,7 @@ impl AuthFailures {
                 return;
             }
         }
-        good.insert(key, std::time::Instant::now());
+        good.insert(key, Instant::now());
     }
 
     /// A keyed hash of the token's first characters: no token material is kept.
