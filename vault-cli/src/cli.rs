@@ -87,9 +87,13 @@ impl Cli {
                     .with_context(|| format!("creating {}", dir.display()))?;
                 clap_mangen::generate_to(Cli::command(), &dir)
                     .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+                // The folder may hold other programs' pages (a system man1): count ours.
                 let pages = std::fs::read_dir(&dir)?
                     .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".1"))
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with("vaultctl") && name.ends_with(".1")
+                    })
                     .count();
                 outln!(out, "wrote {pages} manual pages into {}", dir.display());
                 return Ok(());

@@ -166,7 +166,22 @@ fn completions_and_manual_pages_cover_every_command() {
     let page = vaultctl(&["man"]);
     assert!(page.contains(".TH vaultctl 1"), "{page}");
     let dir = tempfile::tempdir().unwrap();
+    // Another program's page in the folder is not counted as one of ours.
+    std::fs::write(dir.path().join("other.1"), ".TH other 1\n").unwrap();
     let out = vaultctl(&["man", "--out", dir.path().to_str().unwrap()]);
+    // One page per command, and one per command group (`keyring`, `keyring recipient`, ...).
+    let groups: std::collections::BTreeSet<&[&str]> = COMMANDS
+        .iter()
+        .flat_map(|c| (1..c.len()).map(move |k| &c[..k]))
+        .collect();
+    assert_eq!(
+        out.trim(),
+        format!(
+            "wrote {} manual pages into {}",
+            COMMANDS.len() + groups.len(),
+            dir.path().display()
+        )
+    );
     for cmd in COMMANDS {
         let name = if cmd.is_empty() {
             "vaultctl".to_owned()
